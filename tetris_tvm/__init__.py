@@ -1,0 +1,44 @@
+"""tetris-tvm: TETRIS reorder-and-block-prune as a TVM compiler pass.
+
+Public API (see design.md):
+
+- :func:`prune_weight` -- reorder + block-prune one numpy weight, returns a :class:`LayerPlan`.
+- :func:`prune` -- a :class:`PruningPlan` for every eligible layer of a torch model.
+- :func:`compile` / :func:`load` -- build a block-sparse TVM module (and load an exported one).
+
+Nothing heavy (TVM, torch) is imported until a name that needs it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "prune_weight": "tetris_tvm.reorder",
+    "LayerPlan": "tetris_tvm.reorder",
+    "prune": "tetris_tvm.plan",
+    "PruningPlan": "tetris_tvm.plan",
+    "SkippedLayer": "tetris_tvm.plan",
+    "compile": "tetris_tvm.compiler",
+    "load": "tetris_tvm.compiler",
+    "CompiledModel": "tetris_tvm.compiler",
+    "tune": "tetris_tvm.tuning",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tetris_tvm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

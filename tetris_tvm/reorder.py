@@ -1,0 +1,517 @@
+"""The TETRIS algorithm on numpy arrays: reorder the channel axes of a weight, prune whole blocks.
+
+A weight ``w`` of shape ``(O, I, *window)`` (2-D for Linear, 4-D for Conv2d) is blocked over its
+two channel axes; the window axes always lie whole inside a block. Each channel axis is split
+into *block groups* of ``block_size`` consecutive slots (the last group is shorter when the
+axis is not a multiple of the block: logical padding). A permutation of an axis is the same
+thing as assigning every index to a group, so the algorithm works on group memberships:
+
+- E-step: sum ``|w|`` over every block; prune the ``sparsity`` fraction of blocks with the
+  smallest sums (``balanced=True``: the same number in every block-row).
+- M-step: for one axis at a time, with the block mask fixed, move indices between groups to keep
+  more magnitude. ``solver="assign"`` solves that exactly as a capacitated assignment on the
+  ``n x G`` table of costs (:mod:`tetris_tvm.assignment`); ``solver="swap"`` is the paper's
+  greedy pairwise swapping.
+- Repeat until the kept magnitude stops growing. Every step keeps at least what it had, and the
+  first E-step is plain block pruning, so the result is never worse than no reordering.
+
+Nothing here imports torch or TVM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from .assignment import AssignmentResult, assign_to_groups
+
+__all__ = [
+    "LayerPlan",
+    "prune_weight",
+    "prune_elementwise",
+    "count_pruned_blocks",
+    "SOLVERS",
+]
+
+Solver = Literal["assign", "swap"]
+SOLVERS: tuple[str, ...] = ("assign", "swap")
+# temperatures of the soft E-steps that precede the hard ones (see _soft_keep)
+DEFAULT_ANNEAL: tuple[float, ...] = (1.0, 0.5, 0.25, 0.12, 0.06, 0.03)
+
+# ---------------------------------------------------------------------------------------------
+# the result
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPlan:
+    """How one weight is pruned.
+
+    Attributes:
+        mask: bool array of the weight's shape in ORIGINAL coordinates; True = kept.
+        perms: one int array per axis (identity where not permuted);
+            ``w[np.ix_(*perms)] * mask[np.ix_(*perms)]`` is block-structured.
+        block_size: per-axis block size actually used (window axes: the whole window).
+        retained_l1: ``sum(|w| * mask) / sum(|w|)``.
+        sparsity: the requested fraction of pruned blocks.
+        method: ``"tetris-assign"``, ``"tetris-swap"``, ``"block"`` or ``"element"``.
+        balanced: every block-row keeps the same number of blocks.
+        block_mask: kept blocks, ``(ceil(O/bo), ceil(I/bi))``, in PERMUTED order.
+        history: pruned-magnitude fraction after each E-step (first entry: no reordering).
+    """
+
+    mask: np.ndarray
+    perms: tuple[np.ndarray, ...]
+    block_size: tuple[int, ...]
+    retained_l1: float
+    sparsity: float
+    method: str
+    balanced: bool = False
+    block_mask: np.ndarray | None = None
+    history: tuple[float, ...] = field(default=())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.mask.shape)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.block_mask.size) if self.block_mask is not None else int(self.mask.size)
+
+    @property
+    def kept_blocks(self) -> int:
+        if self.block_mask is not None:
+            return int(self.block_mask.sum())
+        return int(self.mask.sum())
+
+    @property
+    def density(self) -> float:
+        """Fraction of weight elements kept."""
+        return float(self.mask.mean()) if self.mask.size else 1.0
+
+    def permuted(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (weight-shaped) in the permuted storage order."""
+        return np.asarray(array)[np.ix_(*self.perms)]
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain arrays and scalars (what :meth:`PruningPlan.save` writes)."""
+        state: dict[str, Any] = {
+            "mask": np.packbits(self.mask.ravel()),
+            "shape": np.asarray(self.mask.shape, dtype=np.int64),
+            "block_size": np.asarray(self.block_size, dtype=np.int64),
+            "retained_l1": np.float64(self.retained_l1),
+            "sparsity": np.float64(self.sparsity),
+            "method": np.str_(self.method),
+            "balanced": np.bool_(self.balanced),
+            "history": np.asarray(self.history, dtype=np.float64),
+        }
+        for axis, perm in enumerate(self.perms):
+            state[f"perm{axis}"] = perm.astype(np.int64)
+        if self.block_mask is not None:
+            state["block_mask"] = self.block_mask
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LayerPlan:
+        shape = tuple(int(s) for s in state["shape"])
+        size = int(np.prod(shape)) if shape else 1
+        mask = np.unpackbits(state["mask"], count=size).astype(bool).reshape(shape)
+        perms = tuple(np.asarray(state[f"perm{a}"], dtype=np.int64) for a in range(len(shape)))
+        return cls(
+            mask=mask,
+            perms=perms,
+            block_size=tuple(int(b) for b in state["block_size"]),
+            retained_l1=float(state["retained_l1"]),
+            sparsity=float(state["sparsity"]),
+            method=str(state["method"]),
+            balanced=bool(state["balanced"]),
+            block_mask=np.asarray(state["block_mask"], dtype=bool)
+            if "block_mask" in state
+            else None,
+            history=tuple(float(h) for h in state.get("history", ())),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+
+
+def _as_weight(w: Any, name: str) -> np.ndarray:
+    if hasattr(w, "detach"):  # a torch tensor, without importing torch
+        w = w.detach().cpu().numpy()
+    w = np.asarray(w)
+    if w.dtype.kind != "f":
+        raise ValueError(f"{name}: weight dtype {w.dtype} is not floating point")
+    if w.ndim < 2:
+        raise ValueError(f"{name}: weight must have at least 2 axes (out, in, ...), got {w.shape}")
+    if not np.isfinite(w).all():
+        bad = int((~np.isfinite(w)).sum())
+        raise ValueError(f"{name}: weight has {bad} NaN/Inf values")
+    return w
+
+
+def _check_sparsity(sparsity: float, name: str) -> float:
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if not 0.0 <= s < 1.0:
+        raise ValueError(f"{name}: sparsity must be in [0, 1), got {sparsity!r}")
+    return s
+
+
+def resolve_block_size(
+    block_size: int | Sequence[int], shape: Sequence[int], name: str = "weight"
+) -> tuple[int, int]:
+    """Block size over the two channel axes; ``0`` means the whole axis. Strict: no clamping."""
+    if isinstance(block_size, (int, np.integer)):
+        pair = (int(block_size), int(block_size))
+    else:
+        pair = tuple(int(b) for b in block_size)
+        if len(pair) != 2:
+            raise ValueError(
+                f"{name}: block_size must be an int or (out, in) pair, got {block_size!r}"
+            )
+    out: list[int] = []
+    for axis, (b, n) in enumerate(zip(pair, shape[:2], strict=True)):
+        if b < 0:
+            raise ValueError(f"{name}: block size {b} on axis {axis} is negative")
+        if b > n:
+            raise ValueError(f"{name}: block size {b} on axis {axis} is larger than the axis ({n})")
+        out.append(n if b == 0 else b)
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# counting blocks
+
+
+def count_pruned_blocks(n_blocks: int, sparsity: float) -> int:
+    """Blocks pruned for a layer of ``n_blocks``: ``sparsity * n_blocks`` rounded half up,
+    but always leaving at least one block (so ``sparsity < 1`` never prunes a whole layer)."""
+    return min(int(math.floor(sparsity * n_blocks + 0.5)), max(n_blocks - 1, 0))
+
+
+def _kept_per_row(n_cols: int, sparsity: float) -> int:
+    """Balanced plans: blocks kept in every block-row (at least one)."""
+    return max(1, n_cols - int(math.floor(sparsity * n_cols + 0.5)))
+
+
+# ---------------------------------------------------------------------------------------------
+# group bookkeeping
+
+
+def _capacities(n: int, b: int) -> np.ndarray:
+    groups = -(-n // b)
+    cap = np.full(groups, b, dtype=np.int64)
+    cap[-1] = n - (groups - 1) * b
+    return cap
+
+
+def _perm_from_groups(groups: np.ndarray) -> np.ndarray:
+    """Slot order: group by group, members in ascending original index."""
+    return np.argsort(groups, kind="stable").astype(np.int64)
+
+
+class _Blocked:
+    """``|w|`` folded to a 2-D ``(O, I)`` energy map plus the current group of every index."""
+
+    def __init__(
+        self, energy: np.ndarray, block: tuple[int, int], init: str = "identity"
+    ) -> None:
+        self.energy = energy
+        self.energy_t = np.ascontiguousarray(energy.T)  # row gathers beat column gathers
+        self.block = block
+        self.caps = (_capacities(energy.shape[0], block[0]), _capacities(energy.shape[1], block[1]))
+        self.groups = [
+            np.arange(energy.shape[0]) // block[0],
+            np.arange(energy.shape[1]) // block[1],
+        ]
+        if init == "norm":
+            for axis in (0, 1):
+                order = np.argsort(-energy.sum(axis=1 - axis), kind="stable")
+                g = np.empty_like(self.groups[axis])
+                g[order] = np.arange(order.size) // block[axis]
+                self.groups[axis] = g
+        elif init.startswith("random"):
+            rng = np.random.default_rng(int(init[6:] or 0))
+            for axis in (0, 1):
+                self.groups[axis] = rng.permutation(self.groups[axis])
+        elif init == "spectral":
+            u, _, vt = np.linalg.svd(energy, full_matrices=False)
+            for axis, vec in ((0, u[:, 1]), (1, vt[1])):
+                order = np.argsort(vec, kind="stable")
+                g = np.empty_like(self.groups[axis])
+                g[order] = np.arange(order.size) // block[axis]
+                self.groups[axis] = g
+
+    @property
+    def n_groups(self) -> tuple[int, int]:
+        return self.caps[0].size, self.caps[1].size
+
+    def _starts(self, axis: int) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.caps[axis])[:-1]])
+
+    def col_group_sums(self) -> np.ndarray:
+        """``A[r, gi]``: energy of row ``r`` inside column group ``gi``  (O x G1)."""
+        perm = _perm_from_groups(self.groups[1])
+        return np.add.reduceat(self.energy_t[perm], self._starts(1), axis=0).T
+
+    def row_group_sums(self) -> np.ndarray:
+        """``B[c, go]``: energy of column ``c`` inside row group ``go``  (I x G0)."""
+        perm = _perm_from_groups(self.groups[0])
+        return np.add.reduceat(self.energy[perm, :], self._starts(0), axis=0).T
+
+    def block_sums(self, col_sums: np.ndarray | None = None) -> np.ndarray:
+        a = self.col_group_sums() if col_sums is None else col_sums
+        perm = _perm_from_groups(self.groups[0])
+        return np.add.reduceat(a[perm], self._starts(0), axis=0)
+
+
+def _e_step(block_sums: np.ndarray, sparsity: float, balanced: bool) -> np.ndarray:
+    """Kept-block mask: drop the smallest block sums (stable, so ties break deterministically)."""
+    g0, g1 = block_sums.shape
+    keep = np.ones((g0, g1), dtype=bool)
+    if balanced:
+        n_keep = _kept_per_row(g1, sparsity)
+        order = np.argsort(block_sums, axis=1, kind="stable")
+        keep[np.arange(g0)[:, None], order[:, : g1 - n_keep]] = False
+    else:
+        n_prune = count_pruned_blocks(g0 * g1, sparsity)
+        order = np.argsort(block_sums.ravel(), kind="stable")
+        keep.ravel()[order[:n_prune]] = False
+    return keep
+
+
+def _soft_keep(block_sums: np.ndarray, hard: np.ndarray, temperature: float) -> np.ndarray:
+    """Annealed E-step: how much each block counts as kept, a sigmoid around the pruning
+    threshold. ``temperature`` is relative to the spread of the block sums; 0 is the hard mask.
+    Early soft rounds let the M-step see which blocks are *nearly* kept, which keeps the
+    alternation out of the poor local optimum that the first (arbitrary) hard mask sets."""
+    if temperature <= 0.0 or hard.all():
+        return hard.astype(np.float64)
+    pruned_max = float(block_sums[~hard].max())
+    kept_min = float(block_sums[hard].min())
+    threshold = 0.5 * (pruned_max + kept_min)
+    scale = temperature * float(block_sums.std()) + 1e-30
+    z = np.clip((block_sums - threshold) / scale, -60.0, 60.0)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+# ---------------------------------------------------------------------------------------------
+# M-step solvers
+
+
+def _m_step_assign(
+    gain: np.ndarray,
+    groups: np.ndarray,
+    cap: np.ndarray,
+    warm: AssignmentResult | None,
+) -> tuple[np.ndarray, AssignmentResult]:
+    """Exact: assign indices to groups maximising the kept magnitude ``gain[r, g]``."""
+    result = assign_to_groups(gain, cap, warm_start=warm)
+    current = float(gain[np.arange(groups.size), groups].sum())
+    if result.value < current:  # already optimal up to the auction's tolerance: keep it
+        return groups, result
+    return result.groups.astype(np.int64), result
+
+
+def _swap_candidates(gain: np.ndarray, groups: np.ndarray, limit: int) -> np.ndarray:
+    """Pairs ``(r, s)``, ``r < s``, whose swap increases the kept magnitude, best first."""
+    n = groups.size
+    current = gain[np.arange(n), groups]
+    rows_per_chunk = max(1, (1 << 22) // max(n, 1))
+    found: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for start in range(0, n, rows_per_chunk):
+        stop = min(n, start + rows_per_chunk)
+        r = np.arange(start, stop)
+        # kept after swapping r and s, minus kept before
+        delta = (
+            gain[r][:, groups]
+            + gain[:, groups[r]].T
+            - current[r][:, None]
+            - current[None, :]
+        )
+        delta[np.arange(stop - start)[:, None] >= (np.arange(n)[None, :] - start)] = 0.0
+        ii, jj = np.nonzero(delta > 1e-12 * max(1.0, float(current.max())))
+        if ii.size:
+            found.append(np.stack([ii + start, jj], axis=1))
+            values.append(delta[ii, jj])
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.concatenate(found)
+    vals = np.concatenate(values)
+    if vals.size > limit:
+        top = np.argpartition(-vals, limit)[:limit]
+        pairs, vals = pairs[top], vals[top]
+    return pairs[np.argsort(-vals, kind="stable")]
+
+
+def _m_step_swap(
+    gain: np.ndarray, groups: np.ndarray, max_rounds: int = 50
+) -> np.ndarray:
+    """The paper's greedy: apply the best disjoint positive-gain swaps, recompute, repeat."""
+    groups = groups.copy()
+    n = groups.size
+    for _ in range(max_rounds):
+        pairs = _swap_candidates(gain, groups, limit=8 * n)
+        if pairs.size == 0:
+            break
+        used = np.zeros(n, dtype=bool)
+        swapped = 0
+        for r, s in pairs:
+            if used[r] or used[s] or groups[r] == groups[s]:
+                continue
+            used[r] = used[s] = True
+            groups[r], groups[s] = groups[s], groups[r]
+            swapped += 1
+        if swapped == 0:
+            break
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# the public entry points
+
+
+def _energy(w: np.ndarray) -> np.ndarray:
+    """``|w|`` summed over the window axes, float32 for big weights (memory, bandwidth)."""
+    dtype = np.float64 if w.size <= (1 << 22) else np.float32
+    a = np.abs(w.astype(dtype, copy=False))
+    return a.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) if w.ndim > 2 else a
+
+
+def _full_perms(blocked: _Blocked, ndim: int, shape: Sequence[int]) -> tuple[np.ndarray, ...]:
+    perms = [_perm_from_groups(blocked.groups[0]), _perm_from_groups(blocked.groups[1])]
+    perms += [np.arange(n, dtype=np.int64) for n in shape[2:]]
+    return tuple(perms[:ndim])
+
+
+def prune_weight(
+    w: Any,
+    block_size: int | Sequence[int] = (32, 32),
+    sparsity: float = 0.75,
+    reorder: bool = True,
+    *,
+    solver: Solver = "assign",
+    balanced: bool = False,
+    permute: tuple[bool, bool] = (True, True),
+    max_iters: int = 20,
+    tol: float = 1e-4,
+    anneal: Sequence[float] = DEFAULT_ANNEAL,
+    init: str = "identity",
+    name: str = "weight",
+) -> LayerPlan:
+    """Reorder and block-prune one weight (the TETRIS algorithm).
+
+    Args:
+        w: float array (numpy or torch), ``(out, in)`` or ``(out, in, kh, kw)``.
+        block_size: block over the two channel axes, an int for square blocks; ``0`` means the
+            whole axis. The window axes of a conv weight always lie whole inside a block. Axes
+            that are not a multiple of the block end in a shorter block (logical padding).
+        sparsity: fraction of blocks pruned, in ``[0, 1)``; the count is rounded half up and at
+            least one block is always kept (:func:`count_pruned_blocks`).
+        reorder: permute the channel axes (TETRIS); ``False`` is plain block pruning.
+        solver: M-step solver: ``"assign"`` (exact per-axis assignment, default) or ``"swap"``
+            (the paper's greedy pairwise swaps).
+        balanced: every block-row keeps the same number of blocks (static trip counts).
+        permute: which of the (out, in) axes may be permuted.
+        max_iters: at most this many E/M rounds (each M-steps both axes).
+        tol: stop when a round gains less than this fraction of the total magnitude.
+        name: used in error messages (e.g. the layer's parameter name).
+
+    Returns:
+        A :class:`LayerPlan`; the computation is deterministic.
+    """
+    w = _as_weight(w, name)
+    s = _check_sparsity(sparsity, name)
+    if solver not in SOLVERS:
+        raise ValueError(f"{name}: solver must be one of {SOLVERS}, got {solver!r}")
+    block = resolve_block_size(block_size, w.shape, name)
+    full_block = block + tuple(w.shape[2:])
+
+    blocked = _Blocked(_energy(w), block, init)
+    total = float(blocked.energy.sum())
+    col_sums = blocked.col_group_sums()
+    block_sums = blocked.block_sums(col_sums)
+    keep = _e_step(block_sums, s, balanced)
+    kept = float(block_sums[keep].sum())
+    history = [1.0 - kept / total if total > 0 else 0.0]
+
+    do_reorder = reorder and s > 0.0 and total > 0.0 and keep.size > 1 and any(permute)
+    if do_reorder:
+        best = ([g.copy() for g in blocked.groups], keep, kept)
+        warm: list[AssignmentResult | None] = [None, None]
+        schedule = list(anneal) + [0.0] * max_iters
+        for step, temperature in enumerate(schedule):
+            before = best[2]
+            for axis in (0, 1):
+                if not permute[axis] or blocked.n_groups[axis] == 1:
+                    continue
+                weight = _soft_keep(block_sums, keep, temperature)
+                if axis == 0:
+                    gain = col_sums @ weight.T
+                else:
+                    gain = blocked.row_group_sums() @ weight
+                if solver == "assign":
+                    new_groups, warm[axis] = _m_step_assign(
+                        gain, blocked.groups[axis], blocked.caps[axis], warm[axis]
+                    )
+                else:
+                    new_groups = _m_step_swap(gain, blocked.groups[axis])
+                blocked.groups[axis] = new_groups
+                col_sums = blocked.col_group_sums()
+                block_sums = blocked.block_sums(col_sums)
+                keep = _e_step(block_sums, s, balanced)
+                kept = float(block_sums[keep].sum())
+                history.append(1.0 - kept / total)
+                if kept > best[2]:
+                    best = ([g.copy() for g in blocked.groups], keep, kept)
+            if step >= len(anneal) and best[2] - before <= tol * total:
+                break
+        blocked.groups, keep, kept = best
+
+    mask2d = keep[blocked.groups[0][:, None], blocked.groups[1][None, :]]
+    mask = np.broadcast_to(mask2d.reshape(mask2d.shape + (1,) * (w.ndim - 2)), w.shape).copy()
+    method = f"tetris-{solver}" if reorder else "block"
+    return LayerPlan(
+        mask=mask,
+        perms=_full_perms(blocked, w.ndim, w.shape),
+        block_size=full_block,
+        retained_l1=_retained(w, mask),
+        sparsity=s,
+        method=method,
+        balanced=balanced,
+        block_mask=keep,
+        history=tuple(history),
+    )
+
+
+def _retained(w: np.ndarray, mask: np.ndarray) -> float:
+    """``sum(|w| * mask) / sum(|w|)`` in float64."""
+    mag = np.abs(w.astype(np.float64, copy=False))
+    total = float(mag.sum())
+    return float(mag[mask].sum()) / total if total > 0 else 1.0
+
+
+def prune_elementwise(w: Any, sparsity: float = 0.75, *, name: str = "weight") -> LayerPlan:
+    """Baseline: unstructured magnitude pruning of ``sparsity`` of the elements (same API)."""
+    w = _as_weight(w, name)
+    s = _check_sparsity(sparsity, name)
+    mag = np.abs(w).ravel()
+    n_prune = count_pruned_blocks(mag.size, s)
+    mask = np.ones(mag.size, dtype=bool)
+    mask[np.argsort(mag, kind="stable")[:n_prune]] = False
+    mask = mask.reshape(w.shape)
+    return LayerPlan(
+        mask=mask,
+        perms=tuple(np.arange(n, dtype=np.int64) for n in w.shape),
+        block_size=(1,) * w.ndim,
+        retained_l1=_retained(w, mask),
+        sparsity=s,
+        method="element",
+    )
