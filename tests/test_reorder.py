@@ -33,7 +33,9 @@ def _rand(shape, seed=0):
 
 
 @pytest.mark.parametrize("solver", ["assign", "swap"])
-@pytest.mark.parametrize("shape,block", [((64, 96), (16, 32)), ((70, 45), (8, 8)), ((33, 17), (32, 16))])
+@pytest.mark.parametrize(
+    "shape,block", [((64, 96), (16, 32)), ((70, 45), (8, 8)), ((33, 17), (32, 16))]
+)
 def test_mask_structure_and_count(solver, shape, block):
     w = _rand(shape)
     lp = prune_weight(w, block, 0.6, solver=solver)

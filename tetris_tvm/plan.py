@@ -51,7 +51,9 @@ def _as_override(value: Any) -> LayerOverride:
     if isinstance(value, Mapping):
         unknown = set(value) - {"sparsity", "block_size", "skip"}
         if unknown:
-            raise ValueError(f"unknown override keys {sorted(unknown)}: use sparsity, block_size, skip")
+            raise ValueError(
+                f"unknown override keys {sorted(unknown)}: use sparsity, block_size, skip"
+            )
         return LayerOverride(**value)
     raise ValueError(f"an override must be a dict or LayerOverride, got {value!r}")
 

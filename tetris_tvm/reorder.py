@@ -39,8 +39,10 @@ __all__ = [
 
 Solver = Literal["assign", "swap"]
 SOLVERS: tuple[str, ...] = ("assign", "swap")
+# weights up to this many elements try several initial orders (see _default_inits)
+_MULTI_START_MAX = 1 << 22
 # temperatures of the soft E-steps that precede the hard ones (see _soft_keep)
-DEFAULT_ANNEAL: tuple[float, ...] = (1.0, 0.5, 0.25, 0.12, 0.06, 0.03)
+DEFAULT_ANNEAL: tuple[float, ...] = (1.0, 0.35, 0.12, 0.04)
 
 # ---------------------------------------------------------------------------------------------
 # the result
@@ -216,11 +218,30 @@ def _perm_from_groups(groups: np.ndarray) -> np.ndarray:
     return np.argsort(groups, kind="stable").astype(np.int64)
 
 
+def _second_singular_vectors(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left/right singular vectors of the 2nd singular value: the spectral (Fiedler-like)
+    ordering that places rows and columns with similar magnitude profiles next to each other."""
+    if min(a.shape) <= 2:
+        return np.arange(a.shape[0], dtype=float), np.arange(a.shape[1], dtype=float)
+    if min(a.shape) < 64:
+        u, _, vt = np.linalg.svd(a.astype(np.float64), full_matrices=False)
+        return u[:, 1], vt[1]
+    from scipy.sparse.linalg import svds
+
+    u, sv, vt = svds(a.astype(np.float64), k=2, random_state=0)
+    i = int(np.argsort(sv)[0])  # svds returns ascending; the smaller of the top two
+    return u[:, i], vt[i]
+
+
 class _Blocked:
     """``|w|`` folded to a 2-D ``(O, I)`` energy map plus the current group of every index."""
 
     def __init__(
-        self, energy: np.ndarray, block: tuple[int, int], init: str = "identity"
+        self,
+        energy: np.ndarray,
+        block: tuple[int, int],
+        init: str = "identity",
+        permute: tuple[bool, bool] = (True, True),
     ) -> None:
         self.energy = energy
         self.energy_t = np.ascontiguousarray(energy.T)  # row gathers beat column gathers
@@ -230,8 +251,12 @@ class _Blocked:
             np.arange(energy.shape[0]) // block[0],
             np.arange(energy.shape[1]) // block[1],
         ]
+        if init not in ("identity", "norm", "spectral") and not init.startswith("random"):
+            raise ValueError(f"unknown init {init!r}: identity, norm, spectral or random<seed>")
         if init == "norm":
             for axis in (0, 1):
+                if not permute[axis]:
+                    continue
                 order = np.argsort(-energy.sum(axis=1 - axis), kind="stable")
                 g = np.empty_like(self.groups[axis])
                 g[order] = np.arange(order.size) // block[axis]
@@ -239,10 +264,13 @@ class _Blocked:
         elif init.startswith("random"):
             rng = np.random.default_rng(int(init[6:] or 0))
             for axis in (0, 1):
-                self.groups[axis] = rng.permutation(self.groups[axis])
+                if permute[axis]:
+                    self.groups[axis] = rng.permutation(self.groups[axis])
         elif init == "spectral":
-            u, _, vt = np.linalg.svd(energy, full_matrices=False)
-            for axis, vec in ((0, u[:, 1]), (1, vt[1])):
+            u, vt = _second_singular_vectors(energy)
+            for axis, vec in ((0, u), (1, vt)):
+                if not permute[axis]:
+                    continue
                 order = np.argsort(vec, kind="stable")
                 g = np.empty_like(self.groups[axis])
                 g[order] = np.arange(order.size) // block[axis]
@@ -391,6 +419,60 @@ def _full_perms(blocked: _Blocked, ndim: int, shape: Sequence[int]) -> tuple[np.
     return tuple(perms[:ndim])
 
 
+def _default_inits(size: int) -> tuple[str, ...]:
+    """Initial orders tried (best kept): three for small weights, one past ~4M elements."""
+    return ("identity", "norm", "spectral") if size <= _MULTI_START_MAX else ("identity",)
+
+
+def _alternate(
+    blocked: _Blocked,
+    s: float,
+    balanced: bool,
+    solver: str,
+    permute: tuple[bool, bool],
+    anneal: Sequence[float],
+    max_iters: int,
+    tol: float,
+    total: float,
+) -> tuple[list[np.ndarray], np.ndarray, float, list[float]]:
+    """E/M alternation from ``blocked``'s groups; returns the best (groups, keep, kept, hist)."""
+    col_sums = blocked.col_group_sums()
+    block_sums = blocked.block_sums(col_sums)
+    keep = _e_step(block_sums, s, balanced)
+    kept = float(block_sums[keep].sum())
+    history = [1.0 - kept / total]
+    best = ([g.copy() for g in blocked.groups], keep, kept)
+    warm: list[AssignmentResult | None] = [None, None]
+    schedule = list(anneal) + [0.0] * max_iters
+    for step, temperature in enumerate(schedule):
+        before = best[2]
+        for axis in (0, 1):
+            if not permute[axis] or blocked.n_groups[axis] == 1:
+                continue
+            weight = _soft_keep(block_sums, keep, temperature)
+            if axis == 0:
+                gain = col_sums @ weight.T
+            else:
+                gain = blocked.row_group_sums() @ weight
+            if solver == "assign":
+                new_groups, warm[axis] = _m_step_assign(
+                    gain, blocked.groups[axis], blocked.caps[axis], warm[axis]
+                )
+            else:
+                new_groups = _m_step_swap(gain, blocked.groups[axis])
+            blocked.groups[axis] = new_groups
+            col_sums = blocked.col_group_sums()
+            block_sums = blocked.block_sums(col_sums)
+            keep = _e_step(block_sums, s, balanced)
+            kept = float(block_sums[keep].sum())
+            history.append(1.0 - kept / total)
+            if kept > best[2]:
+                best = ([g.copy() for g in blocked.groups], keep, kept)
+        if step >= len(anneal) and best[2] - before <= tol * total:
+            break
+    return best[0], best[1], best[2], history
+
+
 def prune_weight(
     w: Any,
     block_size: int | Sequence[int] = (32, 32),
@@ -403,7 +485,7 @@ def prune_weight(
     max_iters: int = 20,
     tol: float = 1e-4,
     anneal: Sequence[float] = DEFAULT_ANNEAL,
-    init: str = "identity",
+    inits: Sequence[str] | None = None,
     name: str = "weight",
 ) -> LayerPlan:
     """Reorder and block-prune one weight (the TETRIS algorithm).
@@ -422,6 +504,11 @@ def prune_weight(
         permute: which of the (out, in) axes may be permuted.
         max_iters: at most this many E/M rounds (each M-steps both axes).
         tol: stop when a round gains less than this fraction of the total magnitude.
+        anneal: temperatures of the soft E-steps run before the hard ones (see ``_soft_keep``).
+        inits: initial orders to start the alternation from, the best result is kept:
+            ``"identity"``, ``"norm"`` (sorted by magnitude), ``"spectral"`` (2nd singular
+            vectors), ``"random<seed>"``. Default: all three deterministic ones for weights up to
+            4M elements, ``identity`` alone above (cost control).
         name: used in error messages (e.g. the layer's parameter name).
 
     Returns:
@@ -434,46 +521,23 @@ def prune_weight(
     block = resolve_block_size(block_size, w.shape, name)
     full_block = block + tuple(w.shape[2:])
 
-    blocked = _Blocked(_energy(w), block, init)
-    total = float(blocked.energy.sum())
-    col_sums = blocked.col_group_sums()
-    block_sums = blocked.block_sums(col_sums)
+    energy = _energy(w)
+    blocked = _Blocked(energy, block)
+    total = float(energy.sum())
+    block_sums = blocked.block_sums()
     keep = _e_step(block_sums, s, balanced)
     kept = float(block_sums[keep].sum())
     history = [1.0 - kept / total if total > 0 else 0.0]
 
-    do_reorder = reorder and s > 0.0 and total > 0.0 and keep.size > 1 and any(permute)
-    if do_reorder:
-        best = ([g.copy() for g in blocked.groups], keep, kept)
-        warm: list[AssignmentResult | None] = [None, None]
-        schedule = list(anneal) + [0.0] * max_iters
-        for step, temperature in enumerate(schedule):
-            before = best[2]
-            for axis in (0, 1):
-                if not permute[axis] or blocked.n_groups[axis] == 1:
-                    continue
-                weight = _soft_keep(block_sums, keep, temperature)
-                if axis == 0:
-                    gain = col_sums @ weight.T
-                else:
-                    gain = blocked.row_group_sums() @ weight
-                if solver == "assign":
-                    new_groups, warm[axis] = _m_step_assign(
-                        gain, blocked.groups[axis], blocked.caps[axis], warm[axis]
-                    )
-                else:
-                    new_groups = _m_step_swap(gain, blocked.groups[axis])
-                blocked.groups[axis] = new_groups
-                col_sums = blocked.col_group_sums()
-                block_sums = blocked.block_sums(col_sums)
-                keep = _e_step(block_sums, s, balanced)
-                kept = float(block_sums[keep].sum())
-                history.append(1.0 - kept / total)
-                if kept > best[2]:
-                    best = ([g.copy() for g in blocked.groups], keep, kept)
-            if step >= len(anneal) and best[2] - before <= tol * total:
-                break
-        blocked.groups, keep, kept = best
+    if reorder and s > 0.0 and total > 0.0 and keep.size > 1 and any(permute):
+        best = (blocked.groups, keep, kept, history)
+        starts = _default_inits(w.size) if inits is None else tuple(inits)
+        for init in starts:
+            start = _Blocked(energy, block, init, permute)
+            run = _alternate(start, s, balanced, solver, permute, anneal, max_iters, tol, total)
+            if run[2] > best[2]:
+                best = (run[0], run[1], run[2], history + run[3])
+        blocked.groups, keep, kept, history = best[0], best[1], best[2], best[3]
 
     mask2d = keep[blocked.groups[0][:, None], blocked.groups[1][None, :]]
     mask = np.broadcast_to(mask2d.reshape(mask2d.shape + (1,) * (w.ndim - 2)), w.shape).copy()

