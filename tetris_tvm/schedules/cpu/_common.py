@@ -1,0 +1,102 @@
+"""Helpers shared by the CPU schedule rules: target facts, the tile table, safe schedule setup."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ..kernels import KERNEL_ATTR
+
+# below this many bytes an allocation inside a parallel loop is a stack alloca (TVM's
+# kMaxStackAlloca is 1024); "local" scope always goes through TVMBackendAllocWorkspace on CPU,
+# which LLVM cannot keep in registers, so accumulators use "global" scope small enough for this.
+_STACK_BYTES = 1024
+
+
+def kernel_kind(func: tirx.PrimFunc) -> str | None:
+    """The ``tetris.kernel`` attribute of ``func`` (None for other functions)."""
+    if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
+        return None
+    kind = func.attrs.get(KERNEL_ATTR)
+    return None if kind is None else str(kind)
+
+
+def is_cpu(target: Target) -> bool:
+    """True for llvm targets (the CPU rules' domain)."""
+    return target.kind.name == "llvm"
+
+
+def vector_lanes(target: Target) -> int:
+    """float32 lanes of the widest SIMD register the target is known to have."""
+    try:
+        from tvm.target import codegen
+
+        if codegen.target_has_features("avx512f", target):
+            return 16
+        if codegen.target_has_features("avx", target):
+            return 8
+    except Exception:  # noqa: BLE001 - feature query unsupported for this target
+        pass
+    return 4
+
+
+def vector_registers(target: Target) -> int:
+    """Architectural SIMD registers (16 on AVX2, 32 on AVX-512 / NEON)."""
+    return 32 if vector_lanes(target) in (16, 4) else 16
+
+
+def fresh_schedule(func: tirx.PrimFunc) -> s_tir.Schedule:
+    """A Schedule on a deep copy of ``func``.
+
+    In TVM 0.27 some primitives (split after parallel) were seen to mutate the scheduled
+    PrimFunc in place, corrupting the caller's copy; scheduling a copy keeps ``func`` intact.
+    """
+    copy = tvm.ir.load_json(tvm.ir.save_json(func))
+    return s_tir.Schedule(tvm.IRModule({"main": copy}))
+
+
+def register_tile(rows: int, cols: int, target: Target, max_rows: int = 8) -> int:
+    """Rows of a register tile whose other side is ``cols`` floats (vectorised).
+
+    Rule table: the ``tile_rows * ceil(cols / lanes)`` accumulators plus the ``ceil(cols /
+    lanes)`` loaded weight vectors and one broadcast fit in the vector registers (AVX2, 16:
+    bn=8 -> 8 rows, bn=16 -> 6, bn=32 -> 2; measured: 3 rows at bn=32 spill and run 1.5x
+    slower), the tile stays below the stack-alloca limit, and never exceeds the problem's rows
+    (M = 1 is a GEMV).
+    """
+    lanes = vector_lanes(target)
+    vecs = max(1, -(-cols // lanes))
+    budget = vector_registers(target) - vecs - 1
+    tile = max(1, min(max_rows, budget // vecs, rows))
+    while tile > 1 and tile * cols * 4 >= _STACK_BYTES:
+        tile -= 1
+    return tile
+
+
+def loop_extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:
+    """Constant extent of ``loop`` or None."""
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def child_blocks(sch: s_tir.Schedule, parent: s_tir.schedule.SBlockRV) -> dict:
+    """Direct child blocks of ``parent`` by name."""
+    return {sch.get(b).name_hint: b for b in sch.get_child_blocks(parent)}
+
+
+def schedule_pad(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, skip: int = 0) -> None:
+    """A copy (padding / im2col / slice): parallel outer loops, vectorised inner loop.
+
+    ``skip`` outer loops (e.g. the image loop the copy was computed at) are left alone.
+    """
+    loops = sch.get_loops(block)[skip:]
+    if len(loops) > 2:
+        outer = sch.fuse(*loops[:-1])
+    else:
+        outer = loops[0]
+    sch.parallel(outer)
+    inner = loops[-1]
+    extent = loop_extent(sch, inner) or 0
+    if extent % 8 == 0:
+        sch.vectorize(sch.split(inner, [None, 8])[1])

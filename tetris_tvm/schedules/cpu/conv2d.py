@@ -1,0 +1,105 @@
+"""CPU schedule for the block-sparse and dense conv2d kernels of :mod:`..kernels`.
+
+The conv is a GEMM with the weight on the left, ``y[n] (Cout, P) = W (Cout, K) @ col[n] (K, P)``
+(``P = OH * OW``, contiguous in NCHW): the register tile is ``CT`` output channels x ``PV``
+output pixels, the pixel axis is vectorised and each weight value is broadcast.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+from ._common import (
+    child_blocks,
+    fresh_schedule,
+    is_cpu,
+    kernel_kind,
+    schedule_pad,
+    vector_lanes,
+    vector_registers,
+)
+
+
+def conv_tile(bn: int, pixels: int, target: Target) -> tuple[int, int]:
+    """``(CT, PV)``: channels x pixels of the register tile (rule table).
+
+    ``PV`` is 2 vectors (a 3-vector, 24-lane tile was scalarised by TVM's vectoriser when the
+    operand address is indirect), ``CT`` the largest divisor of the block height whose
+    ``CT * PV / lanes`` accumulators fit in 3/4 of the registers.
+    """
+    lanes = vector_lanes(target)
+    vecs = max(1, min(2, -(-pixels // lanes)))
+    budget = max(1, (vector_registers(target) * 3 // 4) // vecs)
+    ct = max(d for d in range(1, bn + 1) if bn % d == 0 and d <= budget)
+    return ct, vecs * lanes
+
+
+def schedule_conv2d(sch: s_tir.Schedule, target: Target) -> None:
+    """Schedule a ``*_conv2d`` kernel in place (see the module docstring).
+
+    Parallel over (image, output block-row); strided convs first build the im2col operand of
+    each image in parallel, stride-1 convs read a zero-padded copy of the input in place
+    (implicit GEMM).  Inside a block-row, pixel tiles are outer and channel tiles inner so an
+    operand tile stays in L1 across channel tiles; kh x kw taps are unrolled.
+    """
+    func = sch.mod["main"]
+    bn = int(func.attrs["tetris.block"][0])
+    pixels = int(func.attrs["tetris.rows"])
+    root = child_blocks(sch, sch.get_sblock("root"))
+    row = root["row"]
+    ln, lnb = sch.get_loops(row)
+    if "im2col" in root:  # per image: build the operand (in parallel), then use it
+        sch.compute_at(root["im2col"], ln)
+        schedule_pad(sch, root["im2col"], skip=1)
+        sch.parallel(lnb)
+    else:
+        # the padded input (implicit GEMM) is small: one parallel pass over all images.  Not
+        # compute_at per image: its region is a flat (h * Wp + w) range, which compute_at
+        # mapped back onto (h, w) incorrectly in TVM 0.27 (part of the copy was skipped).
+        if "x_pad" in root:
+            schedule_pad(sch, root["x_pad"])
+        sch.parallel(sch.fuse(ln, lnb))
+    if "y_slice" in root:
+        schedule_pad(sch, root["y_slice"])
+    inner = child_blocks(sch, row)
+    store = inner["store"]
+    if "update" not in inner:
+        sch.vectorize(sch.get_loops(store)[-1])
+        return
+    update = inner["update"]
+    ct, pv = conv_tile(bn, pixels, target)
+    # co, p, then the reduction: [j (kept blocks)], k  or  [j], ci, kh, kw (implicit GEMM)
+    li, lp, *red = sch.get_loops(update)
+    red_outer = red[0]
+    lio, lii = sch.split(li, [None, ct])
+    lpo, lpi = sch.split(lp, [None, pv])
+    sch.reorder(lpo, lio, *red, lii, lpi)
+    sch.vectorize(lpi)
+    sch.unroll(lii)
+    if str(func.attrs["tetris.conv_mode"]) == "implicit":
+        for tap in red[-2:]:  # kh x kw taps
+            sch.unroll(tap)
+    init = sch.decompose_reduction(update, red_outer)
+    sch.reverse_compute_at(store, lio)
+    for blk in (init, store):
+        bc, bp = sch.get_loops(blk)[-2:]
+        sch.unroll(bc)
+        sch.vectorize(bp)
+    if pixels % pv:
+        sch.annotate(lpo, "pragma_loop_partition_hint", 1)
+
+
+class BlockSparseConv2d(CPUScheduleRule):
+    """dlight rule for the ``bsr_conv2d`` / ``ell_conv2d`` / ``dense_conv2d`` kernels."""
+
+    kinds: tuple[str, ...] = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule ``func`` if it is one of :attr:`kinds` on a CPU target, else None."""
+        if not is_cpu(target) or kernel_kind(func) not in self.kinds:
+            return None
+        sch = fresh_schedule(func)
+        schedule_conv2d(sch, target)
+        return sch

@@ -1,0 +1,589 @@
+"""TensorIR kernel builders: block-sparse and dense linear / conv2d, generated per shape.
+
+Every builder returns an unscheduled :class:`tvm.tirx.PrimFunc` in destination-passing style (the
+output is the last parameter, as ``relax.call_tir`` expects) whose ``"tetris.kernel"`` attribute
+names the kernel kind; the schedule rules in :mod:`tetris_tvm.schedules.cpu` recognise that
+attribute and the block names below.  Unscheduled kernels are already correct (slow): a block-row
+with no kept block yields the bias (or 0), never garbage.
+
+Structure shared by all kinds (``NB`` output block-rows of ``bn`` outputs each)::
+
+    [x_pad / im2col]                  zero-padded copy of the input, only when needed
+    for nb:                           block "row"   (one output block-row; parallel axis)
+        acc = alloc (rows, bn)
+        for m, [j], k, i:             block "update" (T.init acc = 0; acc += x * w)
+        for m, i:                     block "store"  (y = act(acc + bias))
+    [y_slice]                         copy to y when N is not a multiple of bn
+
+``call_tir`` argument order: ``(x, *weight_args, [bias])`` with ``weight_args`` from
+:func:`linear_weight_args` / :func:`conv2d_weight_args`; output ``y``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from tvm import tirx
+from tvm.script import tirx as T
+from tvm.script.ir_builder import IRBuilder
+from tvm.tirx.script.builder import ir as TB
+
+from .bsr import BSRMatrix
+
+__all__ = [
+    "ACTIVATIONS",
+    "KERNEL_ATTR",
+    "Conv2dGeometry",
+    "block_sparse_conv2d",
+    "block_sparse_linear",
+    "conv2d_weight_args",
+    "dense_conv2d",
+    "dense_linear",
+    "linear_weight_args",
+    "pack_dense_weight",
+    "weight_format",
+]
+
+KERNEL_ATTR = "tetris.kernel"
+"""PrimFunc attribute naming the kernel kind (``bsr_linear``, ``ell_linear``, ``dense_linear``,
+``bsr_conv2d``, ``ell_conv2d``, ``dense_conv2d``)."""
+
+ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
+"""Fused epilogues: ``gelu`` is the erf form (torch default), ``gelu_tanh`` the tanh form."""
+
+F32 = "float32"
+I32 = "int32"
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _f32(v: float) -> tirx.Expr:
+    return tirx.const(v, F32)
+
+
+def _activate(v: tirx.Expr, activation: str | None) -> tirx.Expr:
+    if activation is None:
+        return v
+    if activation == "relu":
+        return T.max(v, _f32(0.0))
+    if activation == "gelu":
+        return _f32(0.5) * v * (_f32(1.0) + T.erf(v * _f32(1.0 / math.sqrt(2.0))))
+    if activation == "gelu_tanh":
+        inner = _f32(math.sqrt(2.0 / math.pi)) * (v + _f32(0.044715) * v * v * v)
+        return _f32(0.5) * v * (_f32(1.0) + T.tanh(inner))
+    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+
+
+def weight_format(weight: BSRMatrix, fmt: str = "auto") -> str:
+    """Resolve ``fmt`` (``"auto"``, ``"bsr"``, ``"ell"``) for a weight.
+
+    ``auto`` picks the static blocked-ELL form when the matrix is balanced, BSR otherwise.
+    """
+    if fmt == "auto":
+        return "ell" if weight.is_balanced else "bsr"
+    if fmt == "ell" and not weight.is_balanced:
+        raise ValueError("blocked-ELL needs a balanced matrix (same block count in every row)")
+    if fmt not in ("bsr", "ell"):
+        raise ValueError(f"unknown format {fmt!r}")
+    return fmt
+
+
+def linear_weight_args(
+    weight: BSRMatrix, bias: np.ndarray | None = None, fmt: str = "auto"
+) -> list[np.ndarray]:
+    """The constant arguments that follow ``x`` in ``call_tir`` for a block-sparse kernel.
+
+    ``bsr``: ``[data (nnzb, bk, bn), indices (nnzb,), indptr (NB+1,)]``;
+    ``ell``: ``[data (NB, P, bk, bn), indices (NB, P)]``; then ``bias (N,)`` when given.
+    Blocks are transposed (output axis innermost).  Also used by the conv kernels.
+    """
+    fmt = weight_format(weight, fmt)
+    if fmt == "bsr":
+        args = [weight.packed_data(), weight.indices.astype(np.int32)]
+        args.append(weight.indptr.astype(np.int32))
+    else:
+        data, indices = weight.to_ell()
+        args = [np.ascontiguousarray(data.transpose(0, 1, 3, 2)), indices.astype(np.int32)]
+    if bias is not None:
+        args.append(np.ascontiguousarray(bias, dtype=np.float32).reshape(weight.shape[0]))
+    return args
+
+
+conv2d_weight_args = linear_weight_args
+
+
+def pack_dense_weight(w: np.ndarray, block_n: int) -> np.ndarray:
+    """Pack a dense ``(N, K)`` weight for the dense kernels: ``(ceil(N/bn), K, bn)``, padded."""
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    nb = _ceil_div(n, block_n)
+    padded = np.zeros((nb * block_n, k), np.float32)
+    padded[:n] = w
+    return np.ascontiguousarray(padded.reshape(nb, block_n, k).transpose(0, 2, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# the reduction over one output block-row, shared by linear and conv
+# ---------------------------------------------------------------------------------------------
+class _Weight:
+    """Buffers + index helpers of one weight format inside a kernel being built."""
+
+    def __init__(self, fmt: str, n: int, kp: int, block: tuple[int, int], nnzb: int, width: int):
+        self.fmt, self.block = fmt, block
+        bn, bk = block
+        self.nb = _ceil_div(n, bn)
+        if fmt == "bsr":
+            self.data = TB.arg("w_data", T.Buffer((nnzb, bk, bn), F32))
+            self.indices = TB.arg("w_indices", T.Buffer((nnzb,), I32))
+            self.indptr = TB.arg("w_indptr", T.Buffer((self.nb + 1,), I32))
+        elif fmt == "ell":
+            self.data = TB.arg("w_data", T.Buffer((self.nb, width, bk, bn), F32))
+            self.indices = TB.arg("w_indices", T.Buffer((self.nb, width), I32))
+        else:  # dense: (NB, K, bn)
+            self.data = TB.arg("w_data", T.Buffer((self.nb, kp, bn), F32))
+        self.width = width
+
+    def row_extent(self, vnb: tirx.Var) -> tirx.Expr | int:
+        if self.fmt == "bsr":
+            return self.indptr[vnb + 1] - self.indptr[vnb]
+        return self.width
+
+    def row_nonempty(self, vnb: tirx.Var) -> tirx.Expr | None:
+        if self.fmt == "bsr":
+            return self.indptr[vnb + 1] > self.indptr[vnb]
+        return None
+
+    def col_base(self, vnb: tirx.Var, vj: tirx.Var) -> tirx.Expr:
+        bk = self.block[1]
+        if self.fmt == "bsr":
+            return self.indices[self.indptr[vnb] + vj] * bk
+        return self.indices[vnb, vj] * bk
+
+    def value(self, vnb: tirx.Var, vj: tirx.Var | None, vk: tirx.Var, vi: tirx.Var) -> tirx.Expr:
+        if self.fmt == "bsr":
+            return self.data[self.indptr[vnb] + vj, vk, vi]
+        if self.fmt == "ell":
+            return self.data[vnb, vj, vk, vi]
+        return self.data[vnb, vk, vi]
+
+
+def _store_value(acc_val, weight: _Weight, vnb, bias_val, activation):
+    nonempty = weight.row_nonempty(vnb)
+    if nonempty is not None:  # a block-row without blocks never ran T.init: read 0, not acc
+        acc_val = T.if_then_else(nonempty, acc_val, _f32(0.0))
+    if bias_val is not None:
+        acc_val = acc_val + bias_val
+    return _activate(acc_val, activation)
+
+
+def _linear_common(
+    kind: str,
+    fmt: str,
+    x_shape: Sequence[int],
+    n: int,
+    block: tuple[int, int],
+    nnzb: int,
+    width: int,
+    bias: bool,
+    activation: str | None,
+    name: str,
+) -> tirx.PrimFunc:
+    x_shape = tuple(int(d) for d in x_shape)
+    if len(x_shape) < 1:
+        raise ValueError("x must have at least one dimension")
+    m = int(np.prod(x_shape[:-1], dtype=np.int64))
+    k = x_shape[-1]
+    bn, bk = block
+    nbk = _ceil_div(k, bk) if fmt != "dense" else 1
+    kp = nbk * bk if fmt != "dense" else k
+    nb = _ceil_div(n, bn)
+    _activate(_f32(0.0), activation)  # validate early
+    with IRBuilder() as ib:
+        with TB.prim_func(s_tir=True):
+            TB.func_name(name)
+            TB.func_attr(
+                {
+                    KERNEL_ATTR: kind,
+                    "tetris.block": [bn, bk],
+                    "tetris.rows": m,
+                    "tetris.out_features": n,
+                    "tetris.activation": activation or "none",
+                }
+            )
+            x = TB.arg("x", T.Buffer(x_shape, F32))
+            w = _Weight(fmt, n, kp, block, nnzb, width)
+            b = TB.arg("bias", T.Buffer((n,), F32)) if bias else None
+            y = TB.arg("y", T.Buffer((*x_shape[:-1], n), F32))
+            xf = TB.decl_buffer((m, k), F32, data=x.data)
+            yf = TB.decl_buffer((m, n), F32, data=y.data)
+            src = xf
+            if kp != k:
+                xp = TB.sblock_alloc_buffer((m, kp), F32)
+                with T.grid(m, kp) as (lm, lk):
+                    with T.sblock("x_pad"):
+                        vm, vk = T.axis.remap("SS", [lm, lk])
+                        T.buffer_store(
+                            xp, T.if_then_else(vk < k, xf[vm, vk], _f32(0.0)), [vm, vk]
+                        )
+                src = xp
+            # N % bn != 0: the last block-row is computed whole into a padded buffer and sliced
+            # afterwards (a predicate on "store" is lost by reverse_compute_at in TVM 0.27)
+            dst = yf if n % bn == 0 else TB.sblock_alloc_buffer((m, nb * bn), F32)
+            with T.grid(nb) as lnb:
+                with T.sblock("row"):
+                    vnb = T.axis.spatial(nb, lnb)
+                    acc = TB.sblock_alloc_buffer((m, bn), F32)
+                    has_update = fmt != "ell" or width > 0
+                    if fmt == "dense":
+                        with T.grid(m, k, bn) as (lm, lk, li):
+                            with T.sblock("update"):
+                                vm, vk, vi = T.axis.remap("SRS", [lm, lk, li])
+                                with T.init():
+                                    T.buffer_store(acc, _f32(0.0), [vm, vi])
+                                T.buffer_store(
+                                    acc,
+                                    acc[vm, vi] + src[vm, vk] * w.value(vnb, None, vk, vi),
+                                    [vm, vi],
+                                )
+                    elif has_update:
+                        with T.grid(m, w.row_extent(vnb), bk, bn) as (lm, lj, lk, li):
+                            with T.sblock("update"):
+                                vm, vj, vk, vi = T.axis.remap("SRRS", [lm, lj, lk, li])
+                                with T.init():
+                                    T.buffer_store(acc, _f32(0.0), [vm, vi])
+                                xv = src[vm, w.col_base(vnb, vj) + vk]
+                                T.buffer_store(
+                                    acc, acc[vm, vi] + xv * w.value(vnb, vj, vk, vi), [vm, vi]
+                                )
+                    with T.grid(m, bn) as (lm, li):
+                        with T.sblock("store"):
+                            vm, vi = T.axis.remap("SS", [lm, li])
+                            acc_val = acc[vm, vi] if has_update else _f32(0.0)
+                            bias_val = b[vnb * bn + vi] if b is not None else None
+                            T.buffer_store(
+                                dst,
+                                _store_value(acc_val, w, vnb, bias_val, activation),
+                                [vm, vnb * bn + vi],
+                            )
+            if dst is not yf:
+                with T.grid(m, n) as (lm, ln):
+                    with T.sblock("y_slice"):
+                        vm, vn = T.axis.remap("SS", [lm, ln])
+                        T.buffer_store(yf, dst[vm, vn], [vm, vn])
+    return ib.get()
+
+
+def block_sparse_linear(
+    x_shape: Sequence[int],
+    weight: BSRMatrix,
+    *,
+    bias: bool = False,
+    activation: str | None = None,
+    fmt: str = "auto",
+    name: str = "main",
+) -> tirx.PrimFunc:
+    """``y[..., N] = act(x[..., K] @ W.T + bias)`` with ``W`` block-sparse.
+
+    Parameters: ``x_shape`` is the full input shape (leading batch dims allowed, last = K);
+    ``weight`` gives the structure sizes (nnzb, blocks per row); its values are runtime
+    arguments, so one PrimFunc serves any weight with the same structure sizes.
+    ``bias`` adds a ``bias (N,)`` parameter; ``activation`` in :data:`ACTIVATIONS`;
+    ``fmt``: ``"bsr"`` (indptr-driven loops), ``"ell"`` (static, balanced weights only) or
+    ``"auto"``.  Arguments: ``(x, *linear_weight_args(weight, bias, fmt), y)``.
+    """
+    if int(x_shape[-1]) != weight.shape[1]:
+        raise ValueError(f"x has K={x_shape[-1]} but the weight is {weight.shape}")
+    fmt = weight_format(weight, fmt)
+    width = weight.ell_width if fmt == "ell" else 0
+    return _linear_common(
+        f"{fmt}_linear", fmt, x_shape, weight.shape[0], weight.block, weight.nnzb, width,
+        bias, activation, name,
+    )
+
+
+def dense_linear(
+    x_shape: Sequence[int],
+    n: int,
+    *,
+    block_n: int = 16,
+    bias: bool = False,
+    activation: str | None = None,
+    name: str = "main",
+) -> tirx.PrimFunc:
+    """Dense ``y[..., N] = act(x[..., K] @ W.T + bias)`` with ``W`` pre-packed.
+
+    Arguments: ``(x, pack_dense_weight(W, block_n), [bias], y)``; ``block_n`` is the
+    vectorised output tile (16 or 32 suit AVX2).
+    """
+    k = int(x_shape[-1])
+    return _linear_common(
+        "dense_linear", "dense", x_shape, n, (block_n, k), 0, 0, bias, activation, name
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# conv2d (NCHW, groups=1) as a GEMM with the weight on the left: y[n] (Cout, P) = W @ col[n]
+# ---------------------------------------------------------------------------------------------
+class Conv2dGeometry:
+    """Shapes of an NCHW conv2d (torch semantics for stride, padding, dilation)."""
+
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        w_shape: Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+    ):
+        def pair(v):
+            return (int(v), int(v)) if isinstance(v, int | np.integer) else tuple(int(a) for a in v)
+
+        self.batch, self.cin, self.h, self.w = (int(d) for d in x_shape)
+        self.cout, cin_w, self.kh, self.kw = (int(d) for d in w_shape)
+        if cin_w != self.cin:
+            raise ValueError(f"weight has Cin={cin_w}, input has {self.cin} (groups=1 only)")
+        self.stride, self.padding, self.dilation = pair(stride), pair(padding), pair(dilation)
+        sh, sw = self.stride
+        ph, pw = self.padding
+        dh, dw = self.dilation
+        self.oh = (self.h + 2 * ph - dh * (self.kh - 1) - 1) // sh + 1
+        self.ow = (self.w + 2 * pw - dw * (self.kw - 1) - 1) // sw + 1
+        if self.oh <= 0 or self.ow <= 0:
+            raise ValueError("empty conv output")
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        """``(N, Cout, OH, OW)``."""
+        return (self.batch, self.cout, self.oh, self.ow)
+
+    @property
+    def is_pointwise(self) -> bool:
+        """1x1, stride 1, no padding: the input itself is the GEMM operand."""
+        return (self.kh, self.kw, self.stride, self.padding) == (1, 1, (1, 1), (0, 0))
+
+    @property
+    def gemm_k(self) -> int:
+        """``Cin * kh * kw`` (K ordered (cin, kh, kw) as in ``w.reshape(Cout, -1)``)."""
+        return self.cin * self.kh * self.kw
+
+
+def conv_mode(geo: Conv2dGeometry, bi: int | None) -> str:
+    """How the conv kernel reads its GEMM operand.
+
+    ``direct``: pointwise conv, the input is the operand; ``implicit``: stride 1, the operand is
+    read in place from a zero-padded copy of the input (flat index ``oh * Wp + ow`` plus a
+    constant per (kh, kw) tap, so it stays contiguous; the ``Wp - OW`` extra columns per row are
+    computed and dropped); ``im2col``: strided convs materialise the operand per image.
+    ``bi`` is the weight's input-channel block (None for dense).
+    """
+    if geo.is_pointwise and (bi is None or geo.cin % bi == 0):
+        return "direct"
+    if geo.stride == (1, 1):
+        return "implicit"
+    return "im2col"
+
+
+def _conv_common(
+    kind: str,
+    fmt: str,
+    geo: Conv2dGeometry,
+    block: tuple[int, int],
+    nnzb: int,
+    width: int,
+    bias: bool,
+    activation: str | None,
+    name: str,
+) -> tirx.PrimFunc:
+    bn, bk = block
+    kk = geo.kh * geo.kw
+    k = geo.gemm_k
+    p = geo.oh * geo.ow
+    sparse = fmt != "dense"
+    bi = bk // kk if sparse else None
+    nbk = _ceil_div(k, bk) if sparse else 1
+    kp = nbk * bk if sparse else k
+    cin_p = kp // kk
+    nb = _ceil_div(geo.cout, bn)
+    nbatch = geo.batch
+    sh, sw = geo.stride
+    ph, pw = geo.padding
+    dh, dw = geo.dilation
+    hp, wp = geo.h + 2 * ph, geo.w + 2 * pw
+    mode = conv_mode(geo, bi)
+    q = geo.oh * wp if mode == "implicit" else p  # GEMM columns actually computed
+    _activate(_f32(0.0), activation)
+    with IRBuilder() as ib:
+        with TB.prim_func(s_tir=True):
+            TB.func_name(name)
+            TB.func_attr(
+                {
+                    KERNEL_ATTR: kind,
+                    "tetris.block": [bn, bk],
+                    "tetris.rows": q,
+                    "tetris.out_features": geo.cout,
+                    "tetris.activation": activation or "none",
+                    "tetris.conv_mode": mode,
+                }
+            )
+            x = TB.arg("x", T.Buffer((nbatch, geo.cin, geo.h, geo.w), F32))
+            w = _Weight(fmt, geo.cout, kp, block, nnzb, width)
+            b = TB.arg("bias", T.Buffer((geo.cout,), F32)) if bias else None
+            y = TB.arg("y", T.Buffer(geo.out_shape, F32))
+            yf = TB.decl_buffer((nbatch, geo.cout, p), F32, data=y.data)
+            if mode == "direct":
+                col = TB.decl_buffer((nbatch, k, p), F32, data=x.data)
+            elif mode == "implicit":
+                # one extra zero row so the taps of the dropped columns stay in bounds
+                xp = TB.sblock_alloc_buffer((nbatch, cin_p, (hp + 1) * wp), F32)
+                with T.grid(nbatch, cin_p, hp + 1, wp) as (ln, lc, lh, lw):
+                    with T.sblock("x_pad"):
+                        vn, vc, vh, vw = T.axis.remap("SSSS", [ln, lc, lh, lw])
+                        ih, iw = vh - ph, vw - pw
+                        inside = tirx.all(vc < geo.cin, ih >= 0, ih < geo.h, iw >= 0, iw < geo.w)
+                        T.buffer_store(
+                            xp,
+                            T.if_then_else(inside, x[vn, vc, ih, iw], _f32(0.0)),
+                            [vn, vc, vh * wp + vw],
+                        )
+            else:
+                col = TB.sblock_alloc_buffer((nbatch, kp, p), F32)
+                with T.grid(nbatch, kp, geo.oh, geo.ow) as (ln, lk, lh, lw):
+                    with T.sblock("im2col"):
+                        vn, vk, voh, vow = T.axis.remap("SSSS", [ln, lk, lh, lw])
+                        c = vk // kk
+                        r = vk % kk // geo.kw
+                        s = vk % geo.kw
+                        ih = voh * sh - ph + r * dh
+                        iw = vow * sw - pw + s * dw
+                        inside = tirx.all(vk < k, ih >= 0, ih < geo.h, iw >= 0, iw < geo.w)
+                        T.buffer_store(
+                            col,
+                            T.if_then_else(inside, x[vn, c, ih, iw], _f32(0.0)),
+                            [vn, vk, voh * geo.ow + vow],
+                        )
+            if mode == "implicit" or geo.cout % bn:
+                dst = TB.sblock_alloc_buffer((nbatch, nb * bn, q), F32)
+            else:
+                dst = yf
+            with T.grid(nbatch, nb) as (ln, lnb):
+                with T.sblock("row"):
+                    vn, vnb = T.axis.remap("SS", [ln, lnb])
+                    acc = TB.sblock_alloc_buffer((bn, q), F32)
+                    has_update = fmt != "ell" or width > 0
+                    if has_update and mode == "implicit":
+                        if sparse:
+                            red_ext = [w.row_extent(vnb), bi, geo.kh, geo.kw]
+                        else:
+                            red_ext = [geo.cin, geo.kh, geo.kw]
+                        with T.grid(bn, q, *red_ext) as loops:
+                            with T.sblock("update"):
+                                vi, vq, *vred = T.axis.remap("SS" + "R" * len(red_ext), loops)
+                                if sparse:
+                                    vj, vci, vr, vs = vred
+                                    c = w.col_base(vnb, vj) // kk + vci
+                                    wv = w.value(vnb, vj, vci * kk + vr * geo.kw + vs, vi)
+                                else:
+                                    vc, vr, vs = vred
+                                    c = vc
+                                    wv = w.value(vnb, None, vc * kk + vr * geo.kw + vs, vi)
+                                with T.init():
+                                    T.buffer_store(acc, _f32(0.0), [vi, vq])
+                                xv = xp[vn, c, vq + vr * dh * wp + vs * dw]
+                                T.buffer_store(acc, acc[vi, vq] + wv * xv, [vi, vq])
+                    elif has_update and sparse:
+                        with T.grid(bn, q, w.row_extent(vnb), bk) as (li, lp, lj, lk):
+                            with T.sblock("update"):
+                                vi, vp, vj, vk = T.axis.remap("SSRR", [li, lp, lj, lk])
+                                with T.init():
+                                    T.buffer_store(acc, _f32(0.0), [vi, vp])
+                                cv = col[vn, w.col_base(vnb, vj) + vk, vp]
+                                T.buffer_store(
+                                    acc, acc[vi, vp] + w.value(vnb, vj, vk, vi) * cv, [vi, vp]
+                                )
+                    elif has_update:
+                        with T.grid(bn, q, k) as (li, lp, lk):
+                            with T.sblock("update"):
+                                vi, vp, vk = T.axis.remap("SSR", [li, lp, lk])
+                                with T.init():
+                                    T.buffer_store(acc, _f32(0.0), [vi, vp])
+                                T.buffer_store(
+                                    acc,
+                                    acc[vi, vp] + w.value(vnb, None, vk, vi) * col[vn, vk, vp],
+                                    [vi, vp],
+                                )
+                    with T.grid(bn, q) as (li, lp):
+                        with T.sblock("store"):
+                            vi, vp = T.axis.remap("SS", [li, lp])
+                            acc_val = acc[vi, vp] if has_update else _f32(0.0)
+                            bias_val = b[vnb * bn + vi] if b is not None else None
+                            T.buffer_store(
+                                dst,
+                                _store_value(acc_val, w, vnb, bias_val, activation),
+                                [vn, vnb * bn + vi, vp],
+                            )
+            if dst is not yf:
+                with T.grid(nbatch, geo.cout, geo.oh, geo.ow) as (ln, lc, lh, lw):
+                    with T.sblock("y_slice"):
+                        vn, vc, vh, vw = T.axis.remap("SSSS", [ln, lc, lh, lw])
+                        row_len = wp if mode == "implicit" else geo.ow
+                        T.buffer_store(
+                            yf, dst[vn, vc, vh * row_len + vw], [vn, vc, vh * geo.ow + vw]
+                        )
+    return ib.get()
+
+
+def block_sparse_conv2d(
+    x_shape: Sequence[int],
+    weight: BSRMatrix,
+    kernel_size: int | Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    bias: bool = False,
+    activation: str | None = None,
+    fmt: str = "auto",
+    name: str = "main",
+) -> tirx.PrimFunc:
+    """Block-sparse NCHW conv2d (groups=1), torch semantics.
+
+    ``weight`` is the BSR form of ``w.reshape(Cout, Cin * kh * kw)`` with blocks
+    ``(bo, bi * kh * kw)`` (a whole kh x kw window inside each block); ``kernel_size`` gives
+    ``(kh, kw)``.  Arguments: ``(x, *conv2d_weight_args(weight, bias, fmt), y)``.
+    """
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    cout, k = weight.shape
+    if k % (kh * kw) or weight.block[1] % (kh * kw):
+        raise ValueError("weight K and block K must be multiples of kh * kw")
+    geo = Conv2dGeometry(x_shape, (cout, k // (kh * kw), kh, kw), stride, padding, dilation)
+    fmt = weight_format(weight, fmt)
+    width = weight.ell_width if fmt == "ell" else 0
+    return _conv_common(
+        f"{fmt}_conv2d", fmt, geo, weight.block, weight.nnzb, width, bias, activation, name
+    )
+
+
+def dense_conv2d(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    block_n: int = 16,
+    bias: bool = False,
+    activation: str | None = None,
+    name: str = "main",
+) -> tirx.PrimFunc:
+    """Dense NCHW conv2d with the same GEMM structure as the block-sparse one.
+
+    Arguments: ``(x, pack_dense_weight(w.reshape(Cout, -1), block_n), [bias], y)``.
+    """
+    geo = Conv2dGeometry(x_shape, w_shape, stride, padding, dilation)
+    return _conv_common(
+        "dense_conv2d", "dense", geo, (block_n, geo.gemm_k), 0, 0, bias, activation, name
+    )
