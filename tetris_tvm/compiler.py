@@ -1,0 +1,440 @@
+"""``tetris_tvm.compile``: torch model -> pruned, block-sparse TVM module; export and load.
+
+Pipeline (design.md)::
+
+    torch.export -> Relax (weights as named params)
+      -> TetrisPrune -> bind weights -> FoldPermutations -> LowerBlockSparse
+      -> LegalizeOps / FoldConstant / FuseOps / FuseTIR
+      -> default schedules for the target (ours first, then dlight), tuning database if any
+      -> tvm.compile -> CompiledModel
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["compile", "CompiledModel", "LoadedModel", "load", "resolve_target", "Report"]
+
+_META_SUFFIX = ".tetris.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# targets
+
+
+def resolve_target(target: Any) -> Any:
+    """A ``tvm.target.Target`` from ``"llvm"``, ``"cuda"``, a JSON dict or a Target.
+
+    ``"llvm"`` is this host (its CPU and core count, which MetaSchedule needs); ``"cuda"`` is an
+    sm_90 GPU with the attributes dlight and MetaSchedule read.
+    """
+    from tvm.target import Target
+
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str):
+        if target == "llvm":
+            from .schedules.build import default_target
+
+            return default_target()
+        if target == "cuda":
+            return Target(cuda_target_dict())
+        raise ValueError(
+            f"unknown target {target!r}: use 'llvm', 'cuda' or a JSON dict such as "
+            '{"kind": "llvm", "mcpu": "znver3", "num-cores": 2}'
+        )
+    if isinstance(target, Mapping):
+        spec = dict(target)
+        if spec.get("kind") == "llvm" and "num-cores" not in spec:
+            spec["num-cores"] = len(os.sched_getaffinity(0))
+        if spec.get("kind") == "cuda":
+            spec = {**cuda_target_dict(str(spec.get("arch", "sm_90"))), **spec}
+        return Target(spec)
+    raise ValueError(f"target must be a string, dict or tvm Target, got {type(target)}")
+
+
+def cuda_target_dict(arch: str = "sm_90") -> dict[str, Any]:
+    """A CUDA target with the limits dlight / MetaSchedule need (H100/H200-class defaults)."""
+    return {
+        "kind": "cuda",
+        "arch": arch,
+        "max_threads_per_block": 1024,
+        "max_shared_memory_per_block": 49152,
+        "thread_warp_size": 32,
+        "registers_per_block": 65536,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+@dataclass
+class Report:
+    """What the compiler did: one row per weight layer plus totals."""
+
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    runtime_gathers: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        weights = sum(r["weights"] for r in self.layers)
+        kept = sum(r["weights_kept"] for r in self.layers)
+        flops = sum(r["flops"] for r in self.layers)
+        flops_kept = sum(r["flops"] * r["density"] for r in self.layers)
+        return {
+            "layers": len(self.layers),
+            "weights": weights,
+            "weights_kept": kept,
+            "weights_kept_fraction": kept / weights if weights else 1.0,
+            "flops": flops,
+            "flops_kept_fraction": flops_kept / flops if flops else 1.0,
+            "runtime_gathers": self.runtime_gathers,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "totals": self.totals, "skipped": self.skipped}
+
+    def format_table(self) -> str:
+        head = (
+            f"{'layer':<44} {'shape':<16} {'block':<7} {'kept':>9} {'ret.L1':>7} "
+            f"{'kernel':<13} fused"
+        )
+        lines = [head, "-" * len(head)]
+        for r in self.layers:
+            lines.append(
+                f"{r['name']:<44} {'x'.join(map(str, r['shape'])):<16} "
+                f"{'x'.join(map(str, r['block'])):<7} "
+                f"{str(r['kept_blocks']) + '/' + str(r['blocks']):>9} {r['retained_l1']:>7.3f} "
+                f"{r['kernel']:<13} {r['fused']}"
+            )
+        for s in self.skipped:
+            lines.append(f"{s['name']:<44} dense: {s['reason']}")
+        t = self.totals
+        lines.append(
+            f"weights kept {t['weights_kept_fraction']:.3f}, FLOPs kept "
+            f"{t['flops_kept_fraction']:.3f}, runtime gathers {t['runtime_gathers']}"
+        )
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# running a compiled module
+
+
+def _to_tvm(x: Any, device: Any) -> Any:
+    import tvm
+
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().contiguous().numpy()
+    return tvm.runtime.tensor(np.ascontiguousarray(x), device)
+
+
+def _flatten_outputs(out: Any) -> list[np.ndarray]:
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    return [o for item in out for o in _flatten_outputs(item)]
+
+
+class _Runner:
+    """Shared by CompiledModel and LoadedModel: a Relax VM and the calling convention."""
+
+    def __init__(self, executable: Any, device_name: str, meta: Mapping[str, Any]) -> None:
+        import tvm
+        from tvm import relax
+
+        self.device = tvm.device(device_name, 0)
+        self.vm = relax.VirtualMachine(executable, self.device)
+        self.meta = dict(meta)
+
+    def run_numpy(self, *inputs: Any) -> list[np.ndarray]:
+        n = len(self.meta["input_names"])
+        if len(inputs) != n:
+            raise ValueError(f"expected {n} inputs ({', '.join(self.meta['input_names'])}), "
+                             f"got {len(inputs)}")
+        args = [_to_tvm(x, self.device) for x in inputs]
+        return _flatten_outputs(self.vm["main"](*args))
+
+    def benchmark(self, *inputs: Any, number: int = 5, repeat: int = 5) -> float:
+        """Median seconds per call (TVM's time_evaluator)."""
+        args = [_to_tvm(x, self.device) for x in inputs]
+        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return float(timer(*args).median)
+
+
+class CompiledModel(_Runner):
+    """A compiled model: call it like the torch module (torch tensors or numpy in, torch out)."""
+
+    def __init__(
+        self,
+        executable: Any,
+        target: Any,
+        plan: Any,
+        report: Report,
+        meta: Mapping[str, Any],
+        ir: Any = None,
+    ) -> None:
+        device = "cuda" if target.kind.name == "cuda" else "cpu"
+        self.executable = executable
+        self.target = target
+        self.plan = plan
+        self.report = report
+        self.ir = ir
+        self._device_name = device
+        self._vm_ready = False
+        self._meta = dict(meta)
+
+    def _ensure_vm(self) -> None:
+        if not self._vm_ready:
+            _Runner.__init__(self, self.executable, self._device_name, self._meta)
+            self._vm_ready = True
+
+    def __call__(self, *inputs: Any) -> Any:
+        import torch
+
+        self._ensure_vm()
+        outs = [torch.from_numpy(o) for o in self.run_numpy(*inputs)]
+        return tuple(outs) if self.meta["output_is_tuple"] or len(outs) > 1 else outs[0]
+
+    def benchmark(self, *inputs: Any, number: int = 5, repeat: int = 5) -> float:
+        self._ensure_vm()
+        return super().benchmark(*inputs, number=number, repeat=repeat)
+
+    def export(self, path: str | os.PathLike[str], cross_compiler: str | None = None) -> Path:
+        """Write a deployable shared library (and a small ``.tetris.json`` beside it).
+
+        ``cross_compiler`` (e.g. ``"aarch64-linux-gnu-gcc"``) links for another machine; the
+        target given to :func:`compile` must describe that machine (e.g.
+        ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "num-cores": 4}``).
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if cross_compiler:
+            from tvm.support import cc
+
+            self.executable.export_library(str(path), fcompile=cc.cross_compiler(cross_compiler))
+        else:
+            self.executable.export_library(str(path))
+        meta = {**self._meta, "target": str(self.target), "report": self.report.to_dict()}
+        Path(str(path) + _META_SUFFIX).write_text(json.dumps(meta, indent=1, default=str))
+        return path
+
+
+class LoadedModel(_Runner):
+    """An exported model loaded back: numpy (or torch) in, numpy out; needs no torch."""
+
+    def __call__(self, *inputs: Any) -> Any:
+        outs = self.run_numpy(*inputs)
+        return tuple(outs) if self.meta["output_is_tuple"] or len(outs) > 1 else outs[0]
+
+
+def load(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel:
+    """Load a library written by :meth:`CompiledModel.export` (works without torch)."""
+    import tvm
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such compiled model")
+    meta_path = Path(str(path) + _META_SUFFIX)
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.setdefault("input_names", ["input"])
+    meta.setdefault("output_is_tuple", False)
+    lib = tvm.runtime.load_module(str(path))
+    return LoadedModel(lib, device, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# compile
+
+
+def _eligible_names(model: Any) -> tuple[set[str] | None, list[dict[str, str]]]:
+    """Weight names of Linear / Conv2d(groups=1) layers, and the other layers with a reason."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return None, []
+    from .plan import _eligible
+
+    names, skipped = set(), []
+    for mod_name, module in model.named_modules():
+        if not list(module.parameters(recurse=False)):
+            continue
+        ok, reason = _eligible(module)
+        if ok:
+            names.add(f"{mod_name}.weight" if mod_name else "weight")
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            skipped.append({"name": mod_name, "reason": reason})
+    return names, skipped
+
+
+def schedule_pipeline(target: Any) -> Any:
+    """The passes after LowerBlockSparse: legalize, fuse, default schedules for ``target``."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    if target.kind.name == "cuda":
+        from .schedules import cuda as cuda_rules
+
+        rules = [*cuda_rules.default_rules(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    else:
+        from .schedules.cpu import default_rules
+        from .schedules.cpu.fallback import Fallback
+
+        rules = [*default_rules(), dl.cpu.GEMV(), dl.cpu.Reduction(), Fallback()]
+    return tvm.transform.Sequential(
+        [
+            relax.transform.DeadCodeElimination(),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+            dl.ApplyDefaultSchedule(*rules),
+        ]
+    )
+
+
+def _check_sparsity(sparsity: Any) -> float:
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if not 0.0 <= s < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    return s
+
+
+def compile(  # noqa: A001 - the public name of the API contract
+    model: Any,
+    example_inputs: Sequence[Any] | Any,
+    target: Any = "llvm",
+    sparsity: float = 0.75,
+    block_size: int | tuple[int, int] = (32, 32),
+    plan: Any = None,
+    tuning: str | os.PathLike[str] | None = None,
+    *,
+    dynamic_batch: bool = False,
+    allow_gathers: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    prune_options: Mapping[str, Any] | None = None,
+) -> CompiledModel:
+    """Prune ``model`` with TETRIS and compile it with block-sparse kernels.
+
+    Args:
+        model: a ``torch.nn.Module`` or ``torch.export.ExportedProgram``.
+        example_inputs: the input tensors (shapes are compiled in, except a dynamic batch).
+        target: ``"llvm"`` (this CPU), ``"cuda"``, a JSON target dict or a tvm Target.
+        sparsity: fraction of blocks pruned per layer, in ``[0, 1)``; ``0`` compiles the dense
+            model through the same path (the baseline for speedups).
+        block_size: ``(out, in)`` channel block.
+        plan: a :class:`~tetris_tvm.PruningPlan` to use instead of computing one (its
+            permutations are honoured; gathers stay where they cannot be folded).
+        tuning: a MetaSchedule work directory from :func:`tetris_tvm.tune` to apply.
+        dynamic_batch: compile dimension 0 of the inputs as symbolic.
+        allow_gathers: let computed plans permute every axis even where a runtime gather
+            must stay (better retained L1, some gather cost).
+        overrides: per-layer ``{pattern: {"sparsity", "block_size", "skip"}}``.
+        prune_options: extra arguments for :func:`~tetris_tvm.prune_weight` (e.g. balanced).
+    """
+    import tvm
+    from tvm import relax
+
+    from .frontend import bind_weights, import_model
+    from .passes import FastActivations, FoldPermutations, LowerBlockSparse, TetrisPrune
+
+    sparsity = _check_sparsity(sparsity)
+    tgt = resolve_target(target)
+    if dynamic_batch:
+        raise NotImplementedError(
+            "dynamic_batch: the block-sparse kernels are generated per static shape; "
+            "compile once per batch size for now"
+        )
+    eligible, skipped = _eligible_names(model)
+    imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)
+    if plan is not None:
+        missing = [n for n in plan if n not in imported.torch_names.values()]
+        if missing:
+            raise ValueError(f"plan has layers the model does not: {missing[:5]}")
+    prune_pass = TetrisPrune(
+        plan,
+        imported.weights,
+        imported.torch_names,
+        eligible=eligible,
+        sparsity=sparsity,
+        block_size=block_size,
+        prune_options=prune_options,
+        allow_gathers=allow_gathers,
+        overrides=overrides,
+    )
+    mod = prune_pass(imported.mod)
+    mod = bind_weights(mod, imported.weights)
+    fold = FoldPermutations()
+    mod = fold(mod)
+    mod = relax.transform.DeadCodeElimination()(mod)
+    lower = LowerBlockSparse()
+    mod = lower(mod)
+    mod = FastActivations()(mod)
+    with tgt:
+        mod = schedule_pipeline(tgt)(mod)
+        if tuning is not None:
+            mod = _apply_tuning(mod, tgt, tuning)
+    executable = tvm.compile(mod, target=tgt)
+
+    used_plan = prune_pass.plan
+    report = _report(used_plan, lower.layers, fold.runtime_gathers, skipped, imported)
+    meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple}
+    return CompiledModel(executable, tgt, used_plan, report, meta, ir=mod)
+
+
+def _apply_tuning(mod: Any, target: Any, work_dir: str | os.PathLike[str]) -> Any:
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    work = Path(work_dir)
+    wl, tr = work / "database_workload.json", work / "database_tuning_record.json"
+    if not wl.exists() or not tr.exists():
+        raise ValueError(f"{work}: no MetaSchedule database (expected {wl.name}, {tr.name})")
+    database = ms.database.JSONDatabase(path_workload=str(wl), path_tuning_record=str(tr))
+    with database:
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def _report(
+    plan: Any, lowered: Sequence[Any], gathers: int, skipped: list, imported: Any
+) -> Report:
+    rows = []
+    by_name = {layer.name: layer for layer in lowered}
+    for name, lp in plan.items():
+        low = by_name.get(name)
+        weights = int(lp.mask.size)
+        kept = int(lp.mask.sum())
+        rows.append(
+            {
+                "name": name,
+                "shape": list(lp.mask.shape),
+                "block": list(lp.block_size[:2]),
+                "kept_blocks": lp.kept_blocks,
+                "blocks": lp.n_blocks,
+                "retained_l1": float(lp.retained_l1),
+                "density": kept / weights if weights else 1.0,
+                "weights": weights,
+                "weights_kept": kept,
+                "flops": weights,  # per output position; relative figures only
+                "kernel": low.kernel if low is not None else "dense (not lowered)",
+                "fused": low.fused if low is not None else "",
+                "perm_out": not bool(np.array_equal(lp.perms[0], np.arange(lp.perms[0].size))),
+                "perm_in": not bool(np.array_equal(lp.perms[1], np.arange(lp.perms[1].size))),
+            }
+        )
+    return Report(layers=rows, runtime_gathers=int(gathers), skipped=list(skipped))

@@ -1,0 +1,145 @@
+"""torch.export -> Relax, with the weights kept as named parameters of ``main``.
+
+The Relax passes of :mod:`tetris_tvm.passes` need to know which ``main`` parameter is which torch
+weight (to match the PruningPlan by ``state_dict`` name) and the weights' values. We keep the
+weights as function parameters (TVM's ``keep_params_as_input`` convention: the first
+``num_input`` parameters are the model inputs) and return their values and torch names beside the
+module; :func:`bind_weights` turns whatever weights are left into constants at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ImportedModel", "import_model", "bind_weights", "to_torch_inputs"]
+
+
+@dataclass
+class ImportedModel:
+    """A Relax module whose ``main`` takes ``(*inputs, *weights)``, plus the weights.
+
+    Attributes:
+        mod: the IRModule (``main`` has ``num_input`` model inputs, then one parameter per weight).
+        weights: weight values keyed by the Relax parameter name (``"p_fc1_weight"``).
+        torch_names: Relax parameter name -> torch ``state_dict`` name (``"fc1.weight"``).
+        input_names: names of the model inputs, in order.
+        output_is_tuple: whether the torch model returned a tuple/list.
+    """
+
+    mod: Any
+    weights: dict[str, np.ndarray]
+    torch_names: dict[str, str]
+    input_names: list[str]
+    output_is_tuple: bool = False
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def relax_name(self, torch_name: str) -> str | None:
+        for relax_name, tname in self.torch_names.items():
+            if tname == torch_name:
+                return relax_name
+        return None
+
+
+def to_torch_inputs(example_inputs: Any) -> tuple[Any, ...]:
+    """Example inputs as a tuple of torch tensors (numpy arrays are converted)."""
+    import torch
+
+    if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
+        example_inputs = (example_inputs,)
+    out = []
+    for i, x in enumerate(example_inputs):
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(
+                f"example input {i} must be a torch tensor or numpy array, got {type(x)}"
+            )
+        out.append(x)
+    return tuple(out)
+
+
+def import_model(
+    model: Any,
+    example_inputs: Sequence[Any],
+    *,
+    dynamic_batch: bool = False,
+) -> ImportedModel:
+    """Export ``model`` with torch.export and import it into Relax.
+
+    Args:
+        model: a ``torch.nn.Module`` (put in eval mode) or a ``torch.export.ExportedProgram``.
+        example_inputs: tensors with the shapes to compile for.
+        dynamic_batch: make dimension 0 of every input symbolic (``batch``).
+    """
+    import torch
+    from tvm.relax.frontend.torch import from_exported_program
+
+    inputs = to_torch_inputs(example_inputs)
+    if isinstance(model, torch.export.ExportedProgram):
+        exported = model
+    else:
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(
+                f"model must be a torch.nn.Module or ExportedProgram, got {type(model)}"
+            )
+        model = model.eval()
+        dynamic_shapes = None
+        if dynamic_batch:
+            batch = torch.export.Dim("batch", min=1, max=1 << 16)
+            dynamic_shapes = tuple({0: batch} for _ in inputs)
+        try:
+            with torch.no_grad():
+                exported = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes)
+        except Exception as e:  # torch raises many kinds; all mean "could not export"
+            raise RuntimeError(
+                f"torch.export could not export {type(model).__name__}: {e}\n"
+                "hint: the model must be traceable with fixed control flow; compile a "
+                "torch.export.ExportedProgram you made yourself, or wrap the model so that "
+                "forward() takes only tensors."
+            ) from e
+
+    mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    from tvm import relax
+
+    mod, params = relax.frontend.detach_params(mod)
+    func = mod["main"]
+    num_input = int(func.attrs["num_input"])
+    weight_vars = func.params[num_input:]
+    values = params.get("main", [])
+    if len(values) != len(weight_vars):
+        raise RuntimeError(
+            f"internal: {len(weight_vars)} weight parameters but {len(values)} values"
+        )
+
+    sig = exported.graph_signature
+    relax_to_torch: dict[str, str] = {}
+    for spec in sig.input_specs:
+        target = getattr(spec, "target", None)
+        if target is not None:
+            relax_to_torch[spec.arg.name] = target
+    weights: dict[str, np.ndarray] = {}
+    torch_names: dict[str, str] = {}
+    for var, value in zip(weight_vars, values, strict=True):
+        name = var.name
+        weights[name] = value.numpy()
+        torch_names[name] = relax_to_torch.get(name, name)
+    input_names = [v.name for v in func.params[:num_input]]
+    out_spec = exported.call_spec.out_spec
+    is_tuple = out_spec is not None and out_spec.num_leaves > 1
+    return ImportedModel(mod, weights, torch_names, input_names, bool(is_tuple))
+
+
+def bind_weights(mod: Any, weights: dict[str, np.ndarray]) -> Any:
+    """Bind the named weight parameters of ``main`` as constants (BindParams)."""
+    import tvm
+    from tvm import relax
+
+    func = mod["main"]
+    present = {v.name for v in func.params}
+    bind = {k: tvm.runtime.tensor(v) for k, v in weights.items() if k in present}
+    mod = relax.transform.BindParams("main", bind)(mod)
+    return mod

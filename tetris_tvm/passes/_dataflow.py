@@ -1,0 +1,142 @@
+"""Small helpers shared by the passes: walking and rebuilding ``main``'s bindings in order.
+
+The Relax that torch.export produces is one dataflow block of ``var = op(args)`` bindings in A-
+normal form. Our passes rewrite it binding by binding: :func:`rebuild_main` replays the
+bindings through a BlockBuilder and lets a callback replace any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+__all__ = [
+    "op_name",
+    "const_value",
+    "is_const",
+    "rebuild_main",
+    "substitute",
+    "Rewriter",
+    "channel_axis",
+]
+
+
+def op_name(expr: Any) -> str | None:
+    """``"relax.matmul"`` for a call of that op, else None."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return str(expr.op.name)
+    return None
+
+
+_CONSTANT = getattr(relax, "Constant", None) or tvm.ir.expr.Constant  # moved in TVM 0.27
+
+
+def is_const(expr: Any) -> bool:
+    return isinstance(expr, _CONSTANT)
+
+
+def const_value(expr: Any) -> np.ndarray:
+    """numpy value of a relax Constant."""
+    value = expr.value if hasattr(expr, "value") else expr.data
+    return value.numpy()
+
+
+def substitute(expr: Any, mapping: dict[Any, Any]) -> Any:
+    """Replace vars at the top level of an ANF expression (call args, tuple fields)."""
+    if isinstance(expr, relax.Var):
+        return mapping.get(expr, expr)
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([substitute(f, mapping) for f in expr.fields])
+    if isinstance(expr, relax.TupleGetItem):
+        return relax.TupleGetItem(substitute(expr.tuple_value, mapping), expr.index)
+    if isinstance(expr, relax.Call):
+        args = [substitute(a, mapping) for a in expr.args]
+        return relax.Call(expr.op, args, expr.attrs, expr.ty_args)
+    return expr
+
+
+def channel_axis(ndim: int, op: str) -> int:
+    """The channel axis a gather acts on: NCHW axis 1 for conv-like tensors, else the last."""
+    return 1 if op == "conv2d" and ndim == 4 else ndim - 1
+
+
+Rewriter = Callable[[relax.BlockBuilder, relax.Var, Any, dict[Any, Any]], Any]
+
+
+def rebuild_main(
+    mod: tvm.IRModule,
+    rewrite: Rewriter,
+    finish: Callable[[relax.BlockBuilder, Any, dict[Any, Any]], Any] | None = None,
+    params: list[relax.Var] | None = None,
+    raw: bool = False,
+) -> tvm.IRModule:
+    """Replay ``main``'s bindings through a BlockBuilder.
+
+    ``rewrite(bb, var, value, mapping)`` is called for every binding with its value already
+    substituted (``raw=True``: as it was; the callback substitutes); it returns None when it
+    handled the binding itself, or the expression to bind (emitted by us), or a ``relax.Var`` it has
+    emitted itself (used as the binding's new var). ``mapping`` maps old vars to new ones and
+    can be extended by the callback. ``finish(bb, body, mapping)``, if given, returns the new
+    function body from the old one (e.g. after materialising something). Functions other
+    than ``main`` are kept as they are.
+    """
+    func = mod["main"]
+    body = func.body
+    if not isinstance(body, relax.SeqExpr):
+        raise ValueError("main must be a sequence of binding blocks")
+    others = {gv: f for gv, f in mod.functions.items() if _gv_name(gv) != "main"}
+    bb = relax.BlockBuilder(tvm.IRModule(others, attrs=mod.attrs))
+    mapping: dict[Any, Any] = {}
+    new_params = list(func.params) if params is None else params
+    attrs = {str(k): v for k, v in func.attrs.items()} if func.attrs is not None else {}
+    with bb.function("main", new_params, attrs=attrs, private=False):
+        out = None
+        for block in body.blocks:
+            dataflow = isinstance(block, relax.DataflowBlock)
+            ctx = bb.dataflow() if dataflow else _null()
+            with ctx:
+                for binding in block.bindings:
+                    if not isinstance(binding, relax.VarBinding):
+                        raise ValueError(f"unsupported binding {type(binding).__name__}")
+                    value = binding.value if raw else substitute(binding.value, mapping)
+                    result = rewrite(bb, binding.var, value, mapping)
+                    if result is None:  # the callback handled the binding (set mapping itself)
+                        continue
+                    is_output = not isinstance(binding.var, relax.DataflowVar)
+                    if is_output and dataflow:
+                        if isinstance(result, relax.Var) and not isinstance(
+                            result, relax.DataflowVar
+                        ):
+                            new = result
+                        else:
+                            new = bb.emit_output(result, name_hint=binding.var.name)
+                    elif isinstance(result, relax.Var) and result is not binding.var:
+                        new = result
+                    else:
+                        new = bb.emit(result, name_hint=binding.var.name)
+                    mapping[binding.var] = new
+                    out = new
+        if finish is not None:
+            result_body = finish(bb, body.body, mapping)
+        else:
+            result_body = substitute(body.body, mapping)
+        out = result_body if result_body is not None else out
+        bb.emit_func_output(out)
+    new_mod = bb.get()
+    return new_mod
+
+
+def _gv_name(gv: Any) -> str:
+    return str(getattr(gv, "name_hint", None) or gv.name)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

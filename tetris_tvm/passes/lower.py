@@ -1,0 +1,299 @@
+"""LowerBlockSparse: composites made by TetrisPrune -> ``call_tir`` to block-sparse kernels.
+
+For every call of a ``tetris.linear`` / ``tetris.conv2d`` composite the pass packs the
+composite's constant weight (already masked and in permuted storage order) as BSR (or the
+static blocked-ELL form when every block-row keeps the same number of blocks), builds the
+TensorIR kernel of :mod:`tetris_tvm.schedules.kernels` for the call's shapes, and emits
+``call_tir(kernel, [x, *weight constants, bias?])``. A following per-channel bias add and a
+relu/gelu on it are fused into the kernel's epilogue when nothing else uses the intermediate
+values. Layers that kept almost everything (density above ``dense_above``) use the dense kernel
+of the same family instead. The composites are removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..schedules import kernels as K
+from ..schedules.bsr import BSRMatrix
+from ._dataflow import const_value, is_const, op_name, rebuild_main
+from .prune import COMPOSITE_CONV2D, COMPOSITE_LINEAR
+
+__all__ = ["LowerBlockSparse", "LoweredLayer"]
+
+_ACTIVATIONS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"}
+
+
+@dataclass(frozen=True)
+class LoweredLayer:
+    """What LowerBlockSparse did with one layer (for the report)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    block: tuple[int, int]
+    kept_blocks: int
+    total_blocks: int
+    kernel: str
+    fused: str
+
+
+def _gv_name(gv: Any) -> str:
+    return str(getattr(gv, "name_hint", None) or gv.name)
+
+
+def _composites(mod: tvm.IRModule) -> dict[str, relax.Function]:
+    out = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function) and func.attrs is not None:
+            kind = func.attrs.get("Composite")
+            if kind is not None and str(kind) in (COMPOSITE_LINEAR, COMPOSITE_CONV2D):
+                out[_gv_name(gv)] = func
+    return out
+
+
+def _composite_call(func: relax.Function) -> relax.Call:
+    body = func.body
+    if isinstance(body, relax.SeqExpr) and body.blocks:
+        return body.blocks[-1].bindings[-1].value
+    return body
+
+
+@tvm.transform.module_pass(opt_level=0, name="LowerBlockSparse")
+class LowerBlockSparse:
+    """Lower the pruned-layer composites to block-sparse TensorIR kernels.
+
+    Args:
+        dense_above: layers whose kept-element fraction exceeds this use the dense kernel.
+        fuse_epilogue: fuse bias add and relu/gelu into the kernel.
+
+    After running, :attr:`layers` lists what each layer became.
+    """
+
+    def __init__(self, dense_above: float = 0.95, fuse_epilogue: bool = True) -> None:
+        self.dense_above = dense_above
+        self.fuse_epilogue = fuse_epilogue
+        self.layers: list[LoweredLayer] = []
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
+        comps = _composites(mod)
+        if not comps:
+            return mod
+        func = mod["main"]
+        bindings = [b for blk in func.body.blocks for b in blk.bindings]
+        uses: dict[Any, int] = {}
+        value_of = {b.var: b.value for b in bindings}
+        for b in bindings:
+            args = b.value.args if isinstance(b.value, relax.Call) else (
+                b.value.fields if isinstance(b.value, relax.Tuple) else [b.value]
+            )
+            for a in args:
+                uses[a] = uses.get(a, 0) + 1
+        uses[func.body.body] = uses.get(func.body.body, 0) + 1
+
+        # constants reshaped/transposed by a binding (a conv bias is reshape(bias, [1, C, 1, 1]))
+        folded: dict[Any, np.ndarray] = {}
+        for b in bindings:
+            v = b.value
+            if op_name(v) == "relax.reshape" and is_const(v.args[0]):
+                folded[b.var] = const_value(v.args[0]).reshape([int(d) for d in b.var.ty.shape])
+
+        # plan the fusions on the original vars: composite call -> [bias add] -> [activation]
+        consumer: dict[Any, tuple[Any, relax.Call]] = {}
+        for b in bindings:
+            if isinstance(b.value, relax.Call):
+                for a in b.value.args:
+                    if isinstance(a, relax.Var) and uses.get(a) == 1:
+                        consumer[a] = (b.var, b.value)
+        fused_into: dict[Any, Any] = {}  # var of the last fused op -> composite call var
+        skipped: set[Any] = set()
+        epilogue: dict[Any, tuple[np.ndarray | None, str | None, Any]] = {}
+        for b in bindings:
+            v = b.value
+            if not (isinstance(v, relax.Call) and isinstance(v.op, relax.GlobalVar)):
+                continue
+            if _gv_name(v.op) not in comps:
+                continue
+            last, bias, act = b.var, None, None
+            out_ty = b.var.ty
+            is_conv = int(out_ty.ndim) == 4 and "conv2d" in _gv_name(v.op)
+            channel = 1 if is_conv else int(out_ty.ndim) - 1
+            if self.fuse_epilogue and last in consumer:
+                nxt_var, nxt = consumer[last]
+                bias = _bias_of(
+                    nxt, last, channel, int(out_ty.ndim), int(out_ty.shape[channel]), folded
+                )
+                if bias is not None and isinstance(nxt_var, relax.DataflowVar):
+                    skipped.add(last)
+                    last = nxt_var
+                else:
+                    bias = None
+            if self.fuse_epilogue and last in consumer:
+                nxt_var, nxt = consumer[last]
+                through: list[Any] = []
+                # torch.export wraps a GELU in reshapes (2-D matmul, 3-D gelu): look through one
+                if _keeps_channel(nxt, last, channel) and nxt_var in consumer:
+                    through = [nxt_var]
+                    nxt_var, nxt = consumer[nxt_var]
+                name = op_name(nxt)
+                if name in _ACTIVATIONS and isinstance(nxt_var, relax.DataflowVar):
+                    act = _ACTIVATIONS[name]
+                    skipped.update([last, *through])
+                    last = nxt_var
+            fused_into[last] = b.var
+            epilogue[b.var] = (bias, act, last)
+        del value_of
+
+        self.layers = []
+
+        def rewrite(bb: relax.BlockBuilder, var: Any, value: Any, mapping: dict) -> Any:
+            if var in skipped:
+                return None  # fused into a kernel emitted later
+            if var in fused_into:
+                call_var = fused_into[var]
+                call_value = _original_value(bindings, call_var)
+                x = mapping.get(call_value.args[0], call_value.args[0])
+                comp = comps[_gv_name(call_value.op)]
+                bias, act, _ = epilogue[call_var]
+                out = self._lower(bb, comp, x, call_var.ty, bias, act)
+                shape = [int(d) for d in var.ty.shape]
+                if shape != [int(d) for d in call_var.ty.shape]:
+                    out = relax.op.reshape(bb.emit(out), shape)
+                return out
+            return value
+
+        new = rebuild_main(mod, rewrite)
+        for name in comps:
+            gv = new.get_global_var(name)
+            new = _without(new, gv)
+        return new
+
+    def _lower(
+        self,
+        bb: relax.BlockBuilder,
+        comp: relax.Function,
+        x: Any,
+        out_ty: Any,
+        bias: np.ndarray | None,
+        act: str | None,
+    ) -> relax.Call:
+        layer = str(comp.attrs["tetris.layer"])
+        block = tuple(int(b) for b in comp.attrs["tetris.block"])
+        call = _composite_call(comp)
+        x_shape = [int(s) for s in x.ty.shape]
+        out_shape = [int(s) for s in out_ty.shape]
+        if str(comp.attrs["Composite"]) == COMPOSITE_LINEAR:
+            w = const_value(call.args[1]).T  # (N, K), permuted storage order
+            bsr = BSRMatrix.from_dense(w, (min(block[0], w.shape[0]), min(block[1], w.shape[1])))
+            kind = "linear"
+            if bsr.density > self.dense_above:
+                func = K.dense_linear(x_shape, w.shape[0], bias=bias is not None, activation=act)
+                consts = [K.pack_dense_weight(w, 16)]
+                kernel = "dense_linear"
+            else:
+                func = K.block_sparse_linear(x_shape, bsr, bias=bias is not None, activation=act)
+                consts = K.linear_weight_args(bsr, None)
+                kernel = str(func.attrs[K.KERNEL_ATTR])
+            shape = tuple(w.shape)
+        else:
+            w4 = const_value(call.args[1])  # (O, I, kh, kw)
+            a = call.attrs
+            o, i, kh, kw = w4.shape
+            w2 = w4.reshape(o, -1)
+            bo, bi = min(block[0], o), min(block[1], i)
+            bsr = BSRMatrix.from_dense(w2, (bo, bi * kh * kw))
+            geo = dict(
+                stride=[int(s) for s in a.strides],
+                padding=[int(p) for p in a.padding][:2],
+                dilation=[int(d) for d in a.dilation],
+            )
+            pads = [int(p) for p in a.padding]
+            if len(pads) == 4 and (pads[0], pads[1]) != (pads[2], pads[3]):
+                raise ValueError(f"{layer}: asymmetric conv padding {pads} is not supported")
+            kind = "conv2d"
+            if bsr.density > self.dense_above:
+                func = K.dense_conv2d(
+                    x_shape, w4.shape, bias=bias is not None, activation=act, **geo
+                )
+                consts = [K.pack_dense_weight(w2, 16)]
+                kernel = "dense_conv2d"
+            else:
+                func = K.block_sparse_conv2d(
+                    x_shape, bsr, (kh, kw), bias=bias is not None, activation=act, **geo
+                )
+                consts = K.conv2d_weight_args(bsr, None)
+                kernel = str(func.attrs[K.KERNEL_ATTR])
+            shape = tuple(w4.shape)
+        if bias is not None:
+            consts.append(np.ascontiguousarray(bias.reshape(-1), dtype=np.float32))
+        safe = layer.replace(".", "_")
+        gv = bb.add_func(func.with_attr("global_symbol", f"{kernel}_{safe}"), f"{kernel}_{safe}")
+        args = [x, *(relax.const(c) for c in consts)]
+        total = bsr.num_block_rows * bsr.num_block_cols
+        self.layers.append(
+            LoweredLayer(
+                layer, kind, shape, block, int(bsr.nnzb), int(total), kernel,
+                "+".join(p for p in ("bias" if bias is not None else "", act or "") if p),
+            )
+        )
+        return relax.call_tir(gv, args, relax.TensorType(out_shape, str(out_ty.dtype)))
+
+
+def _keeps_channel(call: relax.Call, src: Any, channel: int) -> bool:
+    """A reshape of ``src`` that only regroups the leading axes (channel-last tensors)."""
+    if op_name(call) != "relax.reshape" or not call.args[0].same_as(src):
+        return False
+    before = [int(d) for d in src.ty.shape]
+    if channel != len(before) - 1:
+        return False
+    after = call.ty.shape if hasattr(call, "ty") and call.ty is not None else None
+    if after is None:
+        return False
+    after = [int(d) for d in after]
+    return after[-1] == before[-1]
+
+
+def _original_value(bindings: list[Any], var: Any) -> relax.Call:
+    for b in bindings:
+        if b.var.same_as(var):
+            return b.value
+    raise KeyError(var)
+
+
+def _bias_of(
+    call: relax.Call,
+    src: Any,
+    channel: int,
+    ndim: int,
+    channels: int,
+    folded: Mapping[Any, np.ndarray],
+) -> np.ndarray | None:
+    """The per-channel constant ``c`` of ``add(src, c)`` / ``add(c, src)``, flattened."""
+    if op_name(call) != "relax.add" or len(call.args) != 2:
+        return None
+    other = call.args[1] if call.args[0].same_as(src) else call.args[0]
+    if other.same_as(src):
+        return None
+    if is_const(other):
+        value = const_value(other)
+    elif other in folded:
+        value = folded[other]
+    else:
+        return None
+    if value.size != channels or value.ndim > ndim:
+        return None
+    full = (1,) * (ndim - value.ndim) + tuple(value.shape)
+    if full[channel] != channels:
+        return None
+    return value.reshape(-1).astype(np.float32)
+
+
+def _without(mod: tvm.IRModule, gv: Any) -> tvm.IRModule:
+    funcs = {g: f for g, f in mod.functions.items() if not g.same_as(gv)}
+    return tvm.IRModule(funcs, attrs=mod.attrs)

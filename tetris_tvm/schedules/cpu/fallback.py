@@ -1,0 +1,71 @@
+"""CPU fallback rule: parallel + vectorised loops for the ops no other rule takes.
+
+dlight's CPU package has only GEMV and Reduction rules, so everything else a Relax model
+legalizes to (elementwise epilogues, reshapes/transposes, gathers, softmax and layer-norm
+pieces) would run as one serial scalar loop nest. This rule inlines what can be inlined, then
+for every remaining block fuses the spatial loops, runs the outer part in parallel and the
+innermost in SIMD lanes when the innermost extent allows it.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+from ._common import vector_lanes
+
+__all__ = ["Fallback"]
+
+# below this many iterations a parallel region costs more than it saves
+_MIN_PARALLEL = 4096
+
+
+class Fallback(CPUScheduleRule):
+    """Inline, then parallelise and vectorise the spatial loops of each remaining block."""
+
+    def apply(  # noqa: D102 - ScheduleRule API
+        self, func: tirx.PrimFunc, target: Target, _: bool
+    ) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        lanes = vector_lanes(target)
+        for info in infos:
+            block = info.block_rv
+            loops = sch.get_loops(block)
+            kinds = info.dom_kind()
+            if not loops or len(kinds) != len(loops):
+                continue
+            spatial = [lp for lp, k in zip(loops, kinds, strict=True) if k == "S"]
+            rest = [lp for lp, k in zip(loops, kinds, strict=True) if k != "S"]
+            if not spatial:
+                continue
+            extents = [sch.get(lp).extent for lp in spatial]
+            if not all(isinstance(e, tirx.IntImm) for e in extents):
+                continue
+            sch.reorder(*spatial, *rest)
+            fused = sch.fuse(*spatial)
+            total = 1
+            for e in extents:
+                total *= int(e.value)
+            if rest:  # a reduction stays serial inside each parallel iteration
+                if total >= 2:
+                    sch.parallel(fused)
+                continue
+            if total >= _MIN_PARALLEL and total % lanes == 0:
+                outer, inner = sch.split(fused, [None, lanes])
+                sch.parallel(outer)
+                try:
+                    sch.vectorize(inner)
+                except Exception:  # noqa: BLE001 - gathers etc. cannot vectorise; stay scalar
+                    pass
+            elif total >= _MIN_PARALLEL:
+                sch.parallel(fused)
+        return sch
