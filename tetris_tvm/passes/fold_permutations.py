@@ -79,7 +79,14 @@ class _Folder:
     # -- the binding callback -----------------------------------------------------------------
     def rewrite(self, bb: relax.BlockBuilder, var: Any, value: Any, mapping: dict) -> Any:
         self._bb, self._mapping = bb, mapping
-        if not isinstance(value, relax.Call) or not isinstance(var, relax.DataflowVar):
+        if not isinstance(value, relax.Call):
+            return self._plain(value, var)
+        if not isinstance(var, relax.DataflowVar):  # a function output: nothing stays pending
+            lazy_pos = [i for i, a in enumerate(value.args) if a in self.lazy]
+            if lazy_pos == [0]:
+                absorbed = self._absorb_into_weight(value, 0, self.lazy[value.args[0]])
+                if absorbed is not None:
+                    return absorbed
             return self._plain(value, var)
         op = op_name(value)
 
