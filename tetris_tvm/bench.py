@@ -1,0 +1,63 @@
+"""Timing and quality helpers shared by the CLI (``tetris-tvm bench``) and benchmarks/.
+
+Timing follows design.md: everything compared is run in one process, interleaved (A B C A B C
+...), and the median of the repeats is reported, so a noisy machine shifts all candidates alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["time_interleaved", "mean_pool", "embedding_quality", "accuracy"]
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], Any]], repeats: int = 7, warmup: int = 1
+) -> dict[str, float]:
+    """Median wall seconds of each zero-argument callable, measured round-robin."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def mean_pool(hidden: np.ndarray, input_ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
+    """Sentence embeddings: mean of the token states over non-padding tokens, L2-normalised."""
+    mask = (input_ids != pad_id).astype(np.float32)[..., None]
+    emb = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def embedding_quality(dense: np.ndarray, pruned: np.ndarray) -> dict[str, float]:
+    """How much of the dense model's sentence geometry the pruned model keeps.
+
+    ``cosine``: mean cosine between each sentence's dense and pruned embedding.
+    ``pair_order``: fraction of sentence-pair comparisons (is pair A more similar than pair
+    B?) that the pruned model answers like the dense one.
+    """
+    cos = float(np.mean(np.sum(dense * pruned, axis=1)))
+    sd, sp = dense @ dense.T, pruned @ pruned.T
+    iu = np.triu_indices(len(dense), k=1)
+    a, b = sd[iu], sp[iu]
+    agree = total = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            if a[i] == a[j]:
+                continue
+            total += 1
+            agree += (a[i] > a[j]) == (b[i] > b[j])
+    return {"cosine": cos, "pair_order": agree / total if total else 1.0}
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(logits).argmax(axis=1) == labels).mean())
