@@ -1,0 +1,407 @@
+"""One-shot GPU check of the CUDA block-sparse linear kernels: correctness, then speed.
+
+Meant for ONE run on a GPU machine (an H200 here), through ``benchmarks/gpu_check.sh``::
+
+    python benchmarks/gpu_check.py --out results/gpu_check          # on the GPU machine
+    python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_dry     # anywhere: build only
+
+1. builds every kernel (``tetris_tvm.schedules.cuda`` rules) for the linear cases 768->3072,
+   3072->768, 4096->4096, M in {1, 16, 256, 1024}, blocks 32 and 64, block sparsity in
+   {0.5, 0.75, 0.9}, float16 and float32 (random block masks with an exact kept count, BSR
+   form); the CUDA sources are compiled in parallel (nvcc / NVRTC) before they are loaded;
+2. correctness: every kernel against torch's ``F.linear`` with the masked dense weight on the
+   GPU, plus epilogue checks (bias + GELU, empty block-rows);
+3. timing, interleaved per case, median of repeats: ours (TVM ``time_evaluator``), cuBLAS dense
+   (torch ``F.linear`` in the same dtype, CUDA events), torch BSR (``to_sparse_bsr`` matmul);
+4. JSON in ``--out`` and a table with ``vs_dense`` (cuBLAS time / ours), ``frac_ideal``
+   (``vs_dense * (1 - s)``: the fraction of the ideal ``1/(1-s)`` speedup) and ``vs_bsr``
+   (torch BSR time / ours).  Targets (recorded, not asserted): float16, blocks 32/64, s = 0.9,
+   M >= 256: ``frac_ideal >= 0.6`` and ``vs_bsr >= 2``.
+
+``--dry-run`` (no GPU needed) builds everything and skips execution; ``--quick`` runs a subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a bare checkout (tetris_tvm not pip-installed)
+    sys.path.insert(0, str(ROOT))
+
+SHAPES = [(768, 3072), (3072, 768), (4096, 4096)]  # (in, out)
+ROWS = [1, 16, 256, 1024]
+BLOCKS = [32, 64]
+SPARSITIES = [0.5, 0.75, 0.9]
+DTYPES = ["float16", "float32"]
+QUICK = dict(shapes=[(768, 3072)], rows=[16, 256], blocks=[32], sparsities=[0.9])
+
+
+@dataclass
+class Case:
+    """One linear kernel: ``y (M, out) = x (M, in) @ W.T`` with ``W`` block-sparse."""
+
+    k: int
+    n: int
+    m: int
+    block: int
+    sparsity: float
+    dtype: str
+    tensor_core: bool = False
+    build_s: float = 0.0
+    max_err: float | None = None
+    tol: float | None = None
+    ok: bool | None = None
+    error: str | None = None
+    t_ours: float | None = None
+    t_dense: float | None = None
+    t_bsr: float | None = None
+    bsr_error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Short label."""
+        return f"{self.k}->{self.n} M={self.m} b={self.block} s={self.sparsity} {self.dtype}"
+
+    def ratios(self) -> dict[str, float | None]:
+        """``vs_dense``, ``frac_ideal``, ``vs_bsr`` (None where a time is missing)."""
+        vs_dense = self.t_dense / self.t_ours if self.t_ours and self.t_dense else None
+        frac = vs_dense * (1.0 - self.sparsity) if vs_dense else None
+        vs_bsr = self.t_bsr / self.t_ours if self.t_ours and self.t_bsr else None
+        return {"vs_dense": vs_dense, "frac_ideal": frac, "vs_bsr": vs_bsr}
+
+    def in_target(self) -> bool:
+        """Whether the case is one the performance targets speak about."""
+        return self.dtype == "float16" and self.sparsity == 0.9 and self.m >= 256
+
+
+def random_mask(shape: tuple[int, int], sparsity: float, rng: np.random.Generator) -> np.ndarray:
+    """A block mask keeping exactly ``round((1 - s) * blocks)`` blocks, at random."""
+    total = shape[0] * shape[1]
+    keep = max(1, int(round((1.0 - sparsity) * total)))
+    mask = np.zeros(total, bool)
+    mask[rng.choice(total, keep, replace=False)] = True
+    return mask.reshape(shape)
+
+
+def make_weight(case: Case, rng: np.random.Generator):
+    """``(BSRMatrix, dense masked weight float32)`` for ``case``."""
+    from tetris_tvm.schedules import BSRMatrix
+
+    b = case.block
+    mask = random_mask((case.n // b, case.k // b), case.sparsity, rng)
+    w = (rng.standard_normal((case.n, case.k)) / np.sqrt(case.k)).astype(np.float32)
+    if case.dtype == "float16":
+        w = w.astype(np.float16).astype(np.float32)
+    bsr = BSRMatrix.from_dense(w, b, mask)
+    return bsr, bsr.to_dense()
+
+
+def build_func(case: Case, bsr, bias: bool = False, activation: str | None = None):
+    """The PrimFunc and its constant arguments for ``case``."""
+    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.schedules.cuda import block_sparse_linear_fp16, half_weight_args
+
+    bias_arr = None
+    if bias:
+        bias_arr = np.linspace(-1, 1, case.n, dtype=np.float32)
+    if case.dtype == "float32":
+        func = K.block_sparse_linear((case.m, case.k), bsr, bias=bias, activation=activation,
+                                     fmt="bsr")
+        consts = K.linear_weight_args(bsr, bias_arr, "bsr")
+    else:
+        func = block_sparse_linear_fp16((case.m, case.k), bsr, bias=bias, activation=activation,
+                                        fmt="bsr", dtype=case.dtype)
+        consts = half_weight_args(bsr, bias_arr, "bsr", case.dtype)
+    return func, consts, bias_arr
+
+
+# ------------------------------------------------------------------------------ CUDA compile
+_BINARIES: dict[str, bytes] = {}
+
+
+def install_compile_cache() -> str:
+    """Wrap TVM's CUDA compile callback with a cache filled by :func:`precompile`."""
+    import tvm_ffi
+
+    from tetris_tvm.schedules.cuda.build import ensure_cuda_compiler
+
+    mode = ensure_cuda_compiler()
+    from tvm.support import nvcc
+
+    original = nvcc.tvm_callback_cuda_compile
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def cached_compile(code):  # noqa: ANN001, ANN202 - signature fixed by TVM
+        key = hashlib.sha256(code.encode()).hexdigest()
+        if key not in _BINARIES:
+            _BINARIES[key] = original(code)
+        return _BINARIES[key]
+
+    return mode
+
+
+def _compile_one(code: str, arch: str, mode: str) -> tuple[str, bytes]:
+    from tvm.support import nvcc
+
+    from tetris_tvm.schedules.cuda import cuda_target
+
+    fmt = "fatbin" if mode == "nvcc" else "cubin"
+    with cuda_target(arch):
+        binary = nvcc.compile_cuda(code, target_format=fmt, compiler=mode)
+    return hashlib.sha256(code.encode()).hexdigest(), bytes(binary)
+
+
+def precompile(sources: list[str], arch: str, mode: str, workers: int) -> float:
+    """Compile the CUDA sources in parallel (threads around nvcc / NVRTC); returns seconds."""
+    t0 = time.time()
+    todo = {hashlib.sha256(s.encode()).hexdigest(): s for s in sources}
+    todo = {k: s for k, s in todo.items() if k not in _BINARIES}
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        for key, binary in pool.map(lambda s: _compile_one(s, arch, mode), todo.values()):
+            _BINARIES[key] = binary
+    return time.time() - t0
+
+
+# ------------------------------------------------------------------------------ timing
+def torch_timer(fn, number: int):
+    """A callable returning the mean seconds of ``number`` calls of ``fn`` (CUDA events)."""
+    import torch
+
+    def run() -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(number):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / number
+
+    return run
+
+
+def interleaved(candidates: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per candidate, one sample of each per round."""
+    for run in candidates.values():
+        run()
+    samples: dict[str, list[float]] = {k: [] for k in candidates}
+    for _ in range(repeats):
+        for name, run in candidates.items():
+            samples[name].append(run())
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+# ------------------------------------------------------------------------------ main
+def make_cases(quick: bool) -> list[Case]:
+    """All cases of the sweep (or the quick subset)."""
+    q = QUICK if quick else {}
+    return [
+        Case(k, n, m, b, s, dt)
+        for (k, n) in q.get("shapes", SHAPES)
+        for m in q.get("rows", ROWS)
+        for b in q.get("blocks", BLOCKS)
+        for s in q.get("sparsities", SPARSITIES)
+        for dt in DTYPES
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="results directory (JSON + table)")
+    parser.add_argument("--dry-run", action="store_true", help="build only, run nothing")
+    parser.add_argument("--quick", action="store_true", help="a small subset of the cases")
+    parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="stop timing new cases after this many seconds in total")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    args = parser.parse_args(argv)
+    t_start = time.time()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    import tvm
+
+    from tetris_tvm.schedules.cuda import cuda_target
+    from tetris_tvm.schedules.cuda.build import CudaKernel, compile_cuda, cuda_source
+
+    target = cuda_target(args.arch)
+    has_gpu = tvm.cuda(0).exist
+    if not args.dry_run and not has_gpu:
+        print("gpu_check: no CUDA GPU visible to TVM (tvm.cuda(0).exist is False); "
+              "use --dry-run to build only", file=sys.stderr)
+        return 2
+    meta = {
+        "host": platform.node(), "python": platform.python_version(),
+        "tvm": tvm.__version__, "arch": args.arch, "dry_run": args.dry_run,
+    }
+    rng = np.random.default_rng(0)
+
+    # ---- 1. build
+    cases = make_cases(args.quick)
+    built = []
+    for case in cases:
+        t0 = time.time()
+        bsr, w = make_weight(case, rng)
+        func, consts, _ = build_func(case, bsr)
+        try:
+            exe = compile_cuda(func, target)
+        except Exception as exc:  # noqa: BLE001 - recorded per case
+            case.error = f"build: {type(exc).__name__}: {str(exc).splitlines()[-1][:300]}"
+            print(f"BUILD FAIL {case.name}: {case.error}", flush=True)
+            continue
+        src = cuda_source(exe)
+        case.tensor_core = "mma_sync" in src
+        case.build_s = time.time() - t0
+        built.append((case, bsr, w, consts, exe, src))
+    print(f"built {len(built)}/{len(cases)} kernels in {time.time() - t_start:.1f}s "
+          f"({sum(c.tensor_core for c, *_ in built)} on tensor cores)", flush=True)
+
+    # epilogue checks: bias + GELU, empty block-rows, both dtypes
+    epi = []
+    for dtype in DTYPES:
+        case = Case(256, 512, 64, 32, 0.5, dtype)
+        bsr, _ = make_weight(case, rng)
+        mask = bsr.block_mask
+        mask[3] = False  # an empty block-row
+        from tetris_tvm.schedules import BSRMatrix
+
+        bsr = BSRMatrix.from_dense(bsr.to_dense(), 32, mask)
+        func, consts, bias = build_func(case, bsr, bias=True, activation="gelu")
+        epi.append((case, bsr, consts, bias, compile_cuda(func, target)))
+
+    if args.dry_run:
+        payload = {"meta": meta, "cases": [asdict(c) for c in cases]}
+        (out_dir / "gpu_check.json").write_text(json.dumps(payload, indent=1))
+        print(f"dry run: {len(built)} kernels + {len(epi)} epilogue kernels built; "
+              f"nothing executed; JSON in {out_dir}")
+        return 0 if len(built) == len(cases) else 1
+
+    import torch
+    import torch.nn.functional as F
+
+    meta.update(gpu=torch.cuda.get_device_name(0), torch=torch.__version__)
+    mode = install_compile_cache()
+    sources = [src for *_, src in built] + [cuda_source(e[-1]) for e in epi]
+    t_cc = precompile(sources, args.arch, mode, args.workers)
+    print(f"compiled {len(sources)} CUDA modules with {mode} in {t_cc:.1f}s", flush=True)
+
+    # ---- 2. correctness
+    dev = torch.device("cuda")
+    tdt = {"float16": torch.float16, "float32": torch.float32}
+    kernels = {}
+    for case, _bsr, w, consts, exe, _ in built:
+        try:
+            kern = CudaKernel(None, consts, (case.m, case.n), case.dtype, target, exe)
+            x = rng.standard_normal((case.m, case.k)).astype(case.dtype)
+            y = kern(x).astype(np.float32)
+            ref = F.linear(torch.from_numpy(x.astype(np.float32)).to(dev),
+                           torch.from_numpy(w).to(dev)).cpu().numpy()
+            scale = float(np.abs(ref).max()) or 1.0
+            case.max_err = float(np.abs(y - ref).max() / scale)
+            case.tol = 1e-3 if case.dtype == "float32" else 2e-2
+            case.ok = bool(np.isfinite(y).all() and case.max_err <= case.tol)
+            kernels[id(case)] = (kern, x)
+        except Exception as exc:  # noqa: BLE001 - recorded per case
+            case.ok = False
+            case.error = f"run: {type(exc).__name__}: {str(exc).splitlines()[-1][:300]}"
+        if not case.ok:
+            print(f"WRONG {case.name}: err={case.max_err} {case.error or ''}", flush=True)
+    epilogue = []
+    for case, bsr, consts, bias, exe in epi:
+        kern = CudaKernel(None, consts, (case.m, case.n), case.dtype, target, exe)
+        x = rng.standard_normal((case.m, case.k)).astype(case.dtype)
+        yb = kern(x).astype(np.float32)
+        b32 = bias.astype(case.dtype).astype(np.float32)
+        ref = F.gelu(F.linear(torch.from_numpy(x.astype(np.float32)),
+                              torch.from_numpy(bsr.to_dense()), torch.from_numpy(b32))).numpy()
+        err = float(np.abs(yb - ref).max() / max(1.0, float(np.abs(ref).max())))
+        tol = 1e-4 if case.dtype == "float32" else 2e-2
+        epilogue.append({"dtype": case.dtype, "max_err": err, "ok": bool(err <= tol)})
+    n_ok = sum(bool(c.ok) for c in cases)
+    print(f"correct: {n_ok}/{len(cases)}; epilogue (bias+gelu, empty row): {epilogue}",
+          flush=True)
+
+    # ---- 3. timing
+    for case, _bsr, w, *_ in built:
+        if id(case) not in kernels or not case.ok:
+            continue
+        if time.time() - t_start > args.budget_s:
+            case.extra["skipped_timing"] = "time budget"
+            continue
+        kern, x = kernels[id(case)]
+        xt = tvm.runtime.tensor(x, kern.dev)
+        out = tvm.runtime.empty((case.m, case.n), case.dtype, kern.dev)
+        fn = kern.executable.mod.time_evaluator("main", kern.dev, number=20, repeat=1)
+        xtorch = torch.from_numpy(x).to(dev)
+        wtorch = torch.from_numpy(w).to(dev, tdt[case.dtype])
+        candidates = {
+            "ours": lambda fn=fn, xt=xt, out=out, kern=kern: fn(xt, *kern.consts, out).mean,
+            "dense": torch_timer(lambda a=xtorch, b=wtorch: F.linear(a, b), 20),
+        }
+        try:
+            w_bsr = wtorch.to_sparse_bsr((case.block, case.block))
+            xtt = xtorch.t().contiguous()
+            (w_bsr @ xtt).t()  # noqa: B018 - probe support
+            candidates["bsr"] = torch_timer(lambda a=w_bsr, b=xtt: (a @ b).t(), 20)
+        except Exception as exc:  # noqa: BLE001 - not every dtype / shape is supported
+            case.bsr_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        times = interleaved(candidates, args.repeats)
+        case.t_ours, case.t_dense = times["ours"], times["dense"]
+        case.t_bsr = times.get("bsr")
+        torch.cuda.synchronize()
+
+    # ---- 4. report
+    lines = [f"{'case':46s} {'TC':>3s} {'ok':>3s} {'ours_us':>9s} {'cublas_us':>9s} "
+             f"{'bsr_us':>9s} {'vs_dense':>8s} {'frac_ideal':>10s} {'vs_bsr':>7s}"]
+
+    def fmt(v, scale=1.0, spec="9.1f"):
+        return format(v * scale, spec) if v is not None else format("-", ">" + spec[:-2])
+
+    target_rows = []
+    for c in cases:
+        r = c.ratios()
+        lines.append(
+            f"{c.name:46s} {'y' if c.tensor_core else 'n':>3s} {str(c.ok)[0]:>3s} "
+            f"{fmt(c.t_ours, 1e6)} {fmt(c.t_dense, 1e6)} {fmt(c.t_bsr, 1e6)} "
+            f"{fmt(r['vs_dense'], 1, '8.2f')} {fmt(r['frac_ideal'], 1, '10.2f')} "
+            f"{fmt(r['vs_bsr'], 1, '7.2f')}"
+        )
+        if c.in_target():
+            target_rows.append({
+                "case": c.name, **r,
+                "meets_frac_ideal_0.6": bool(r["frac_ideal"] and r["frac_ideal"] >= 0.6),
+                "meets_2x_torch_bsr": bool(r["vs_bsr"] and r["vs_bsr"] >= 2.0),
+            })
+    table = "\n".join(lines)
+    print(table)
+    met = sum(t["meets_frac_ideal_0.6"] and t["meets_2x_torch_bsr"] for t in target_rows)
+    print(f"targets (fp16, s=0.9, M>=256): {met}/{len(target_rows)} cases meet both")
+    payload = {
+        "meta": {**meta, "compile_mode": mode, "compile_s": t_cc,
+                 "total_s": time.time() - t_start},
+        "cases": [{**asdict(c), **c.ratios()} for c in cases],
+        "epilogue": epilogue,
+        "targets": target_rows,
+    }
+    (out_dir / "gpu_check.json").write_text(json.dumps(payload, indent=1))
+    (out_dir / "gpu_check.txt").write_text(table + "\n")
+    print(f"total {time.time() - t_start:.0f}s; results in {out_dir}")
+    return 0 if n_ok == len(cases) and all(e["ok"] for e in epilogue) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Helpers shared by the CUDA schedule rules: target facts, tile tables, thread bindings."""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ..cpu._common import child_blocks, fresh_schedule, kernel_kind, loop_extent
+
+__all__ = [
+    "bind_elementwise",
+    "child_blocks",
+    "cuda_target",
+    "fresh_schedule",
+    "is_cuda",
+    "kernel_dtype",
+    "kernel_kind",
+    "largest_divisor",
+    "loop_extent",
+    "max_threads",
+    "read_index",
+    "unroll_loops",
+]
+
+# facts MetaSchedule / dlight read from a CUDA target (TVM 0.27 fills none of them for a bare
+# {"kind": "cuda", "arch": ...}); the values hold for every sm_70+ part.
+_CUDA_FACTS = {
+    "max_threads_per_block": 1024,
+    "max_shared_memory_per_block": 49152,
+    "thread_warp_size": 32,
+    "registers_per_block": 65536,
+    "max_num_threads": 1024,
+}
+
+
+def cuda_target(arch: str = "sm_90", **attrs) -> Target:
+    """A CUDA target with the attributes the schedule rules, dlight and MetaSchedule need.
+
+    ``attrs`` override or extend the defaults (e.g. ``host={"kind": "llvm"}``).
+    """
+    config = {"kind": "cuda", "arch": arch, **_CUDA_FACTS, **attrs}
+    return Target(config)
+
+
+def is_cuda(target: Target) -> bool:
+    """True for CUDA targets (the domain of these rules)."""
+    return target.kind.name == "cuda"
+
+
+def max_threads(target: Target) -> int:
+    """``max_threads_per_block`` of the target (1024 when unset)."""
+    value = target.attrs.get("max_threads_per_block")
+    return int(value) if value is not None else 1024
+
+
+def kernel_dtype(func: tirx.PrimFunc) -> str:
+    """Operand dtype of a tetris kernel (``tetris.dtype``; float32 kernels carry none)."""
+    value = func.attrs.get("tetris.dtype") if func.attrs is not None else None
+    return "float32" if value is None else str(value)
+
+
+def largest_divisor(n: int, cap: int) -> int:
+    """The largest divisor of ``n`` that is at most ``cap`` (>= 1)."""
+    for d in range(min(n, cap), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def read_index(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, name: str | None) -> int:
+    """Index in ``block``'s read regions of the buffer called ``name``.
+
+    ``name=None`` selects the activation operand: the read that is neither the block's own
+    output (the accumulator) nor a ``w_*`` weight argument.
+    """
+    stmt = sch.get(block)
+    out = stmt.writes[0].source
+    for i, region in enumerate(stmt.reads):
+        src = region.source
+        if name is not None and src.name == name:
+            return i
+        if name is None and not src.same_as(out) and not src.name.startswith("w_"):
+            return i
+    raise ValueError(f"block {stmt.name_hint} reads no buffer {name or '<operand>'}")
+
+
+def unroll_loops(sch: s_tir.Schedule, loops, limit: int = 64) -> None:
+    """Unroll ``loops`` whose constant extent is at most ``limit``."""
+    for loop in loops:
+        extent = loop_extent(sch, loop)
+        if extent is not None and extent <= limit:
+            sch.unroll(loop)
+
+
+def bind_elementwise(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, threads: int = 256, skip: int = 0
+) -> None:
+    """A copy / elementwise block as its own kernel: all loops fused, blocks x threads.
+
+    ``skip`` outer loops are left alone (already bound by the caller).
+    """
+    loops = sch.get_loops(block)[skip:]
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    extent = loop_extent(sch, fused) or threads
+    bx, tx = sch.split(fused, [None, min(threads, extent)])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")

@@ -1,0 +1,219 @@
+"""CUDA schedule for the linear kernels: block-sparse (BSR / blocked-ELL) and packed dense.
+
+Kernel structure (see :mod:`tetris_tvm.schedules.kernels`): an outer block ``row`` per output
+block-row holding a reduction block ``update`` (``acc[m, i] += x[m, col(j, k)] * w[j, k, i]``
+over the kept blocks ``j`` and their ``bk`` inputs ``k``) and an epilogue block ``store``.
+
+Schedule (one kernel launch):
+
+- ``blockIdx.y`` = output block-row, ``blockIdx.x`` = tile of ``TM`` rows of ``x``;
+- the loop over the kept blocks of the row stays serial inside the thread block; its body is
+  *blockized*, so the shared-memory buffers are allocated per kept block and their indices
+  are local to it: the ``TM x bk`` slice of ``x`` that the block needs (the block-column is
+  read from ``indices``, data-dependent) and the ``bk x bn`` weight block are staged in shared
+  memory cooperatively by all threads, then every thread accumulates its ``tm x tn`` register
+  tile (CUDA cores) or every warp its 16x16 fragments (tensor cores, float16, see
+  :mod:`.tensor_core`);
+- the accumulator is zeroed before the loop over kept blocks, so an empty block-row yields the
+  bias (or 0); the epilogue (bias, activation, cast) runs on the register tile and writes ``y``.
+
+Because the shared buffers live inside the blockized per-block body, no shared-memory index
+depends on ``indices``: the data-dependent column only appears in the global load of the
+staging copy (no ``T.min``/``T.max`` clamping is needed).  ``TM`` divides ``M`` exactly (the
+largest divisor <= 64), so no predicate on rows enters the blockized body; a prime ``M`` falls
+back to 1-row tiles (correct, slow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+from tvm.target import Target
+
+from ._common import (
+    bind_elementwise,
+    child_blocks,
+    fresh_schedule,
+    is_cuda,
+    kernel_dtype,
+    kernel_kind,
+    largest_divisor,
+    loop_extent,
+    max_threads,
+    read_index,
+    unroll_loops,
+)
+
+__all__ = ["BlockSparseMatmul", "LinearTile", "linear_tile", "schedule_linear"]
+
+
+@dataclass(frozen=True)
+class LinearTile:
+    """Tile sizes of the CUDA linear schedule.
+
+    ``tile_m`` rows of ``x`` per thread block; each thread owns ``thread_m x thread_n``
+    outputs (CUDA cores); ``k_step`` inputs of a block per unrolled step; ``tensor_core``
+    selects the WMMA path (``warp_m x warp_n`` 16x16 fragments per warp).
+    """
+
+    tile_m: int
+    thread_m: int
+    thread_n: int
+    k_step: int
+    tensor_core: bool = False
+    warp_m: int = 1
+    warp_n: int = 1
+
+
+def linear_tile(rows: int, bn: int, bk: int, dtype: str, target: Target) -> LinearTile:
+    """Rule table for :class:`LinearTile`.
+
+    - tensor cores (float16, ``bn``, ``bk`` multiples of 16, ``M`` a multiple of 16): ``TM`` =
+      largest multiple-of-16 divisor of ``M`` up to 64 (128 when ``bn`` = 16); warps of 2x2
+      fragments (fewer when the tile is smaller); a 16-row tile uses CUDA cores;
+    - CUDA cores: ``TM`` = largest divisor of ``M`` <= 64; 4x4 outputs per thread, fewer rows for
+      small ``M`` (GEMV-like) and 1 column when the block would have < 32 threads.
+    """
+    k_step = largest_divisor(bk, 8)
+    cap = 128 if bn == 16 else 64
+    tile_m = 16 * largest_divisor(rows // 16, cap // 16) if rows % 16 == 0 else 0
+    # a single 16-row tile hit a TVM 0.27 storage-reuse bug (the float32 accumulator staging
+    # buffer aliased a float16 one: "tvm_access_ptr element type must match"): CUDA cores there
+    if dtype == "float16" and bn % 16 == 0 and bk % 16 == 0 and tile_m >= 32:
+        warp_m = 2 if (tile_m // 16) % 2 == 0 else 1
+        warp_n = 2 if (bn // 16) % 2 == 0 else 1
+        return LinearTile(tile_m, 1, 1, 16, True, warp_m, warp_n)
+    tile_m = largest_divisor(rows, 64)
+    thread_m = largest_divisor(tile_m, 4) if tile_m >= 16 else 1
+    thread_n = largest_divisor(bn, 4)
+    if (tile_m // thread_m) * (bn // thread_n) < 32:
+        thread_n = 1
+    while (tile_m // thread_m) * (bn // thread_n) > max_threads(target):
+        thread_m *= 2
+    return LinearTile(tile_m, thread_m, thread_n, k_step)
+
+
+def _stage(sch, block, index, outer_loop_count, threads, vec, transpose_rows=0):
+    """Cache read ``index`` of ``block`` into shared memory, fetched by all threads.
+
+    The cache block lands at the top of the blockized body (its scope); its loops are fused,
+    split over ``threads`` (``ty`` x ``tx``) and an inner vector of ``vec`` lanes.
+    ``transpose_rows`` > 0 stores a ``(rows, k)`` operand transposed as ``(k, rows)`` with the
+    row stride padded to ``rows + 1`` words (conflict-free transposed writes and reads).
+    """
+    cache = sch.cache_read(block, index, "shared")
+    if transpose_rows:
+        sch.transform_layout(cache, ("write", 0), lambda m, k: (k, m))
+        sch.storage_align(cache, 0, axis=0, factor=32, offset=1)
+    loops = sch.get_loops(cache)[outer_loop_count:]
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    ty_n, tx_n = threads
+    extent = loop_extent(sch, fused) or 0
+    if vec > 1 and extent % (ty_n * tx_n * vec) == 0:
+        _, ty, tx, vv = sch.split(fused, [None, ty_n, tx_n, vec])
+        sch.vectorize(vv)
+    else:
+        _, ty, tx = sch.split(fused, [None, ty_n, tx_n])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    return cache
+
+
+def schedule_linear(sch: s_tir.Schedule, target: Target, tile: LinearTile | None = None) -> None:
+    """Schedule a ``*_linear`` kernel of :mod:`..kernels` (or :mod:`.kernels`) in place."""
+    func = sch.mod["main"]
+    bn, bk = (int(v) for v in func.attrs["tetris.block"])
+    rows = int(func.attrs["tetris.rows"])
+    dtype = kernel_dtype(func)
+    root = child_blocks(sch, sch.get_sblock("root"))
+    for name in ("x_pad", "y_slice"):
+        if name in root:
+            bind_elementwise(sch, root[name])
+    row = root["row"]
+    (lnb,) = sch.get_loops(row)
+    inner = child_blocks(sch, row)
+    store = inner["store"]
+    if "update" not in inner:  # every block-row empty: only the epilogue remains
+        sch.bind(lnb, "blockIdx.y")
+        lm, li = sch.get_loops(store)
+        sch.bind(lm, "blockIdx.x")
+        sch.bind(li, "threadIdx.x")
+        return
+    update = inner["update"]
+    if tile is None:
+        tile = linear_tile(rows, bn, bk, dtype, target)
+    loops = sch.get_loops(update)
+    if len(loops) == 4:  # m, j (kept blocks), k (inside a block), i (block outputs)
+        lm, lj, lk, li = loops
+    else:  # dense: m, k, i -> k cut into pseudo-blocks of bk inputs
+        lm, lk, li = loops
+        bk = largest_divisor(loop_extent(sch, lk) or 1, 32)
+        lj, lk = sch.split(lk, [None, bk])
+        sch.reorder(lm, lj, lk, li)
+    if tile.tensor_core:
+        from .tensor_core import schedule_linear_wmma
+
+        schedule_linear_wmma(sch, row, lnb, update, store, (lm, lj, lk, li), bn, tile)
+        return
+    ty_n, tx_n = tile.tile_m // tile.thread_m, bn // tile.thread_n
+    mo, ty, mi = sch.split(lm, [None, ty_n, tile.thread_m])
+    tx, ni = sch.split(li, [tx_n, tile.thread_n])
+    ko, ki = sch.split(lk, [None, tile.k_step])
+    sch.reorder(mo, lj, ty, tx, ko, ki, mi, ni)
+    sch.bind(lnb, "blockIdx.y")
+    sch.bind(mo, "blockIdx.x")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.set_scope(update, 0, "local")
+    init = sch.decompose_reduction(update, lj)
+    sch.reverse_compute_at(store, mo, preserve_unit_loops=True)
+    sch.blockize(ty)  # the per-kept-block body: owns the shared buffers
+    vec = 4 if dtype == "float32" else 8
+    x_index = read_index(sch, update, None)
+    w_index = read_index(sch, update, "w_data")
+    _stage(sch, update, x_index, 0, (ty_n, tx_n), 1, transpose_rows=tile.tile_m)
+    w_cache = sch.cache_read(update, w_index, "shared")
+    wl = sch.get_loops(w_cache)
+    fused = sch.fuse(*wl)
+    extent = loop_extent(sch, fused) or 0
+    if extent % (ty_n * tx_n * vec) == 0:
+        _, fy, fx, fv = sch.split(fused, [None, ty_n, tx_n, vec])
+        sch.vectorize(fv)
+    else:
+        _, fy, fx = sch.split(fused, [None, ty_n, tx_n])
+    sch.bind(fy, "threadIdx.y")
+    sch.bind(fx, "threadIdx.x")
+    unroll_loops(sch, [ki, mi, ni])
+    # epilogue and init: the thread's register tile
+    for blk in (init, store):
+        blk_loops = sch.get_loops(blk)
+        if blk is init:
+            unroll_loops(sch, blk_loops[-2:])
+            continue
+        bm, bi = blk_loops[-2:]
+        by, bm = sch.split(bm, [ty_n, None])
+        bx, bi = sch.split(bi, [tx_n, None])
+        sch.reorder(by, bx, bm, bi)
+        sch.bind(by, "threadIdx.y")
+        sch.bind(bx, "threadIdx.x")
+        unroll_loops(sch, [bm, bi])
+
+
+class BlockSparseMatmul(GPUScheduleRule):
+    """dlight rule for the ``bsr_linear`` / ``ell_linear`` / ``dense_linear`` kernels on CUDA.
+
+    Accepts the float32 kernels of :mod:`tetris_tvm.schedules.kernels` and the float16 /
+    bfloat16 ones of :func:`tetris_tvm.schedules.cuda.block_sparse_linear_fp16`.
+    """
+
+    kinds: tuple[str, ...] = ("bsr_linear", "ell_linear", "dense_linear")
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule ``func`` if it is one of :attr:`kinds` on a CUDA target, else None."""
+        if not is_cuda(target) or kernel_kind(func) not in self.kinds:
+            return None
+        sch = fresh_schedule(func)
+        schedule_linear(sch, target)
+        return sch

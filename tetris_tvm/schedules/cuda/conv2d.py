@@ -1,0 +1,115 @@
+"""CUDA schedule for the block-sparse and dense conv2d kernels of :mod:`..kernels`.
+
+The conv is a GEMM with the weight on the left, ``y[n] (Cout, P) = W (Cout, K) @ col[n] (K, P)``
+(see the CPU rule).  On CUDA: one thread block per (image, output block-row, tile of ``PT``
+output pixels); the serial loop over the kept blocks is blockized so that, per kept block, the
+operand slice it needs (``bk x PT`` of the im2col / direct operand, or the ``bi`` channels x
+``PT + halo`` flat pixels of the zero-padded input for stride-1 implicit GEMM) and the weight
+block are staged in shared memory by all threads; each thread accumulates ``tc x tp``
+outputs in registers; the epilogue (bias, activation) writes ``y``.  The padding / im2col /
+slice copies run as their own elementwise kernels.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+from tvm.target import Target
+
+from ._common import (
+    bind_elementwise,
+    child_blocks,
+    fresh_schedule,
+    is_cuda,
+    kernel_kind,
+    largest_divisor,
+    loop_extent,
+    read_index,
+    unroll_loops,
+)
+
+__all__ = ["BlockSparseConv2d", "schedule_conv2d"]
+
+
+def _stage_shared(sch: s_tir.Schedule, block, index: int, threads: tuple[int, int]) -> None:
+    cache = sch.cache_read(block, index, "shared")
+    loops = sch.get_loops(cache)
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    _, ty, tx = sch.split(fused, [None, *threads])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+
+
+def schedule_conv2d(sch: s_tir.Schedule, target: Target) -> None:
+    """Schedule a ``*_conv2d`` kernel in place (see the module docstring)."""
+    func = sch.mod["main"]
+    bn = int(func.attrs["tetris.block"][0])
+    pixels = int(func.attrs["tetris.rows"])
+    implicit = str(func.attrs["tetris.conv_mode"]) == "implicit"
+    dense = kernel_kind(func) == "dense_conv2d"
+    root = child_blocks(sch, sch.get_sblock("root"))
+    for name in ("x_pad", "im2col", "y_slice"):
+        if name in root:
+            bind_elementwise(sch, root[name])
+    row = root["row"]
+    ln, lnb = sch.get_loops(row)
+    sch.bind(sch.fuse(ln, lnb), "blockIdx.y")
+    inner = child_blocks(sch, row)
+    store = inner["store"]
+    if "update" not in inner:
+        lc, lp = sch.get_loops(store)
+        sch.bind(lc, "blockIdx.x")
+        sch.bind(lp, "threadIdx.x")
+        return
+    update = inner["update"]
+    loops = sch.get_loops(update)
+    li, lp = loops[:2]
+    if dense:  # k (or cin) cut into pseudo-blocks
+        first = loops[2]
+        step = largest_divisor(loop_extent(sch, first) or 1, 8 if implicit else 32)
+        lj, first = sch.split(first, [None, step])
+        red = [first, *loops[3:]]
+    else:
+        lj, red = loops[2], list(loops[3:])
+    tile_p = largest_divisor(pixels, 64)
+    tp = largest_divisor(tile_p, 4) if tile_p >= 16 else 1
+    tc = largest_divisor(bn, 4)
+    ty_n, tx_n = bn // tc, tile_p // tp
+    if ty_n * tx_n < 32:
+        tc = 1
+        ty_n = bn
+    ty, ci = sch.split(li, [ty_n, tc])
+    po, tx, pi = sch.split(lp, [None, tx_n, tp])
+    sch.reorder(po, lj, ty, tx, *red, ci, pi)
+    sch.bind(po, "blockIdx.x")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.set_scope(update, 0, "local")
+    init = sch.decompose_reduction(update, lj)
+    sch.reverse_compute_at(store, po, preserve_unit_loops=True)
+    sch.blockize(ty)
+    _stage_shared(sch, update, read_index(sch, update, None), (ty_n, tx_n))
+    _stage_shared(sch, update, read_index(sch, update, "w_data"), (ty_n, tx_n))
+    unroll_loops(sch, [*red[-2:], ci, pi], limit=16)
+    unroll_loops(sch, sch.get_loops(init)[-2:])
+    bc, bp = sch.get_loops(store)[-2:]
+    by, bc = sch.split(bc, [ty_n, None])
+    bx, bp = sch.split(bp, [tx_n, None])
+    sch.reorder(by, bx, bc, bp)
+    sch.bind(by, "threadIdx.y")
+    sch.bind(bx, "threadIdx.x")
+    unroll_loops(sch, [bc, bp])
+
+
+class BlockSparseConv2d(GPUScheduleRule):
+    """dlight rule for the ``bsr_conv2d`` / ``ell_conv2d`` / ``dense_conv2d`` kernels on CUDA."""
+
+    kinds: tuple[str, ...] = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule ``func`` if it is one of :attr:`kinds` on a CUDA target, else None."""
+        if not is_cuda(target) or kernel_kind(func) not in self.kinds:
+            return None
+        sch = fresh_schedule(func)
+        schedule_conv2d(sch, target)
+        return sch
