@@ -204,9 +204,25 @@ class CompiledModel(_Runner):
         outs = [torch.from_numpy(o) for o in self.run_numpy(*inputs)]
         return tuple(outs) if self.meta["output_is_tuple"] or len(outs) > 1 else outs[0]
 
+    def run_numpy(self, *inputs: Any) -> list[np.ndarray]:
+        """Run on numpy (or torch) inputs, return the flat list of numpy outputs."""
+        self._ensure_vm()
+        return super().run_numpy(*inputs)
+
     def benchmark(self, *inputs: Any, number: int = 5, repeat: int = 5) -> float:
         self._ensure_vm()
         return super().benchmark(*inputs, number=number, repeat=repeat)
+
+    def device_source(self) -> str:
+        """Generated device code (CUDA C++ for a cuda target; empty for CPU builds)."""
+
+        def walk(module: Any) -> str:
+            kind = getattr(module, "kind", None) or getattr(module, "type_key", "")
+            if kind == "cuda":
+                return str(module.inspect_source())
+            return "".join(walk(m) for m in module.imports)
+
+        return walk(self.executable.mod)
 
     def export(self, path: str | os.PathLike[str], cross_compiler: str | None = None) -> Path:
         """Write a deployable shared library (and a small ``.tetris.json`` beside it).

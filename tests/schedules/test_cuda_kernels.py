@@ -283,3 +283,27 @@ def test_conv_matches_numpy_on_gpu():
     w = torch.from_numpy(bsr.to_dense().reshape(32, 16, 3, 3))
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), w, torch.from_numpy(bias), padding=1)
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_whole_models_build_for_cuda(tmp_path):
+    """tetris_tvm.compile(target="cuda"): an MLP and a CNN build, use our kernels, export."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    import tetris_tvm
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_compile import ResidualMLP, SmallCNN
+
+    for model, x in ((ResidualMLP(), torch.randn(4, 48)), (SmallCNN(), torch.randn(2, 3, 16, 16))):
+        for arch in ("sm_90", "sm_80"):
+            cm = tetris_tvm.compile(
+                model.eval(), (x,), target={"kind": "cuda", "arch": arch}, sparsity=0.5,
+                block_size=(16, 16),
+            )
+            src = cm.device_source()
+            assert "__global__" in src and "__shared__" in src
+            assert any(r["kernel"].startswith(("bsr_", "ell_")) for r in cm.report.layers)
+        assert cm.export(tmp_path / f"{type(model).__name__}.so").exists()
