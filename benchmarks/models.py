@@ -28,7 +28,13 @@ import torch  # noqa: E402
 
 import tetris_tvm  # noqa: E402
 from tetris_tvm import zoo  # noqa: E402
-from tetris_tvm.bench import accuracy, embedding_quality, mean_pool, time_interleaved  # noqa: E402
+from tetris_tvm.bench import (  # noqa: E402
+    accuracy,
+    embedding_quality,
+    mean_pool,
+    quality_text,
+    time_interleaved,
+)
 
 
 def minilm_case(batch: int, seq: int, sparsities: list[float], repeats: int) -> dict:
@@ -127,11 +133,7 @@ def print_case(case: dict) -> None:
     shape = f"b{case['batch']}" + (f" s{case['seq']}" if "seq" in case else "")
     print(f"\n{case['model']} {shape}: torch eager dense {case['torch_ms']:.1f} ms")
     for name, row in case["variants"].items():
-        if case["model"] == "minilm":
-            q = f"cosine {row['cosine']:.4f} pair-order {row['pair_order']:.3f}"
-        else:
-            q = (f"acc dense {row['acc_dense']:.3f} pruned {row['acc_pruned_no_finetune']:.3f}"
-                 f" fine-tuned+compiled {row['acc_compiled_after_finetune']:.3f}")
+        q = quality_text(case["model"], row)
         print(f"  {name:<8} {row['ms']:8.1f} ms  x{row['speedup_vs_torch']:.2f} vs torch  {q}")
 
 

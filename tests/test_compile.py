@@ -175,3 +175,21 @@ def test_mnist_cnn():
         cm = tetris_tvm.compile(model, (xb,), sparsity=sparsity, block_size=(8, 8))
         assert_close(cm(xb), masked_reference(model, cm.plan, xb))
         assert cm.report.totals["runtime_gathers"] == 0
+
+
+def test_cross_compile_export_for_aarch64(tmp_path):
+    """export(cross_compiler=...) links a library for another machine (ELF machine aarch64)."""
+    import shutil
+
+    cc = shutil.which("aarch64-linux-gnu-g++") or shutil.which("aarch64-linux-gnu-gcc")
+    if cc is None:
+        pytest.skip("no aarch64 cross compiler (apt-get install g++-aarch64-linux-gnu)")
+    torch.manual_seed(4)
+    model = ResidualMLP().eval()
+    target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 4}
+    cm = tetris_tvm.compile(model, (torch.randn(2, 48),), target=target, sparsity=0.5,
+                            block_size=(16, 16))
+    path = cm.export(tmp_path / "model_aarch64.so", cross_compiler=cc)
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    assert int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["time_interleaved", "mean_pool", "embedding_quality", "accuracy"]
+__all__ = ["time_interleaved", "mean_pool", "embedding_quality", "accuracy", "quality_text"]
 
 
 def time_interleaved(
@@ -61,3 +61,13 @@ def embedding_quality(dense: np.ndarray, pruned: np.ndarray) -> dict[str, float]
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(logits).argmax(axis=1) == labels).mean())
+
+
+def quality_text(model: str, row: Mapping[str, Any]) -> str:
+    """One line of quality for a benchmarks/models.py result row."""
+    if model == "minilm":
+        return f"cosine {row['cosine']:.4f}, pair order {row['pair_order']:.3f}"
+    return (
+        f"accuracy pruned {row['acc_pruned_no_finetune']:.3f} -> fine-tuned "
+        f"{row['acc_compiled_after_finetune']:.3f} (dense {row['acc_dense']:.3f})"
+    )

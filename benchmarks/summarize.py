@@ -1,0 +1,119 @@
+"""Print the README's result tables (markdown) from the committed results files.
+
+    python benchmarks/summarize.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tetris_tvm.bench import quality_text
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def reorder_table() -> None:
+    path = RESULTS / "reorder.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    rows = [r for r in data["rows"] if r["weight"].startswith("minilm/")]
+    print("\nMiniLM, 32x32 blocks, 75% of blocks pruned (retained L1; gap closed in brackets)\n")
+    print("| layer kind | layers | element | block | paper swap | assign (default) | balanced |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    kinds = {
+        "attention q/k/v/out 384x384": lambda n: "attention" in n,
+        "FFN up 1536x384": lambda n: "intermediate" in n,
+        "FFN down 384x1536": lambda n: ".output.dense" in n and "attention" not in n,
+        "pooler 384x384": lambda n: "pooler" in n,
+    }
+    for kind, pick in kinds.items():
+        sel = [r for r in rows if pick(r["weight"])]
+        if not sel:
+            continue
+
+        def cell(m: str, sel: list = sel) -> str:
+            v = np.mean([r[m] for r in sel])
+            gc = [r.get(f"{m}_gap_closed") for r in sel]
+            if m in ("element", "block") or gc[0] is None:
+                return f"{v:.4f}"
+            return f"{v:.4f} ({np.mean(gc):+.0%})"
+
+        cells = " | ".join(cell(m) for m in ("element", "block", "swap", "assign", "balanced"))
+        print(f"| {kind} | {len(sel)} | {cells} |")
+    s = data["summary"]
+    print(f"\nassign > swap on {sum(r['assign'] > r['swap'] for r in rows)}/{len(rows)} layers; "
+          f"FFN gap closed: assign {s['ffn_mean_gap_closed_assign']:.1%}, "
+          f"swap {s['ffn_mean_gap_closed_swap']:.1%}")
+    for r in data["rows"]:
+        if r["weight"].startswith("gaussian/4096"):
+            print(f"4096x4096 32x32 75%: assign {r['assign_s']:.1f} s "
+                  f"(retained {r['assign']:.4f} vs block {r['block']:.4f})")
+    if "fc6_4096x25088" in s:
+        f = s["fc6_4096x25088"]
+        print(f"4096x25088: {f['seconds']:.0f} s, peak RSS {f['peak_rss_gib']:.2f} GiB")
+
+
+def models_table() -> None:
+    path = RESULTS / "models.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    print("\n| model | batch | torch eager dense | s=0 (ours) | s=0.5 | s=0.75 | s=0.9 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for case in data["cases"]:
+        shape = case["batch"] if "seq" not in case else f"{case['batch']} x {case['seq']}"
+        cells = []
+        for key in ("s=0.0", "s=0.5", "s=0.75", "s=0.9"):
+            v = case["variants"].get(key)
+            cells.append("-" if v is None else f"{v['ms']:.1f} ms ({v['speedup_vs_torch']:.2f}x)")
+        head = f"| {case['model']} | {shape} | {case['torch_ms']:.1f} ms | "
+        print(head + " | ".join(cells) + " |")
+    print("\nquality:")
+    for case in data["cases"]:
+        for key, v in case["variants"].items():
+            print(f"  {case['model']} b{case['batch']} {key}: {quality_text(case['model'], v)}")
+
+
+def kernels_table() -> None:
+    path = RESULTS / "kernels.json"
+    if not path.exists():
+        return
+    rows = json.loads(path.read_text())["rows"]
+    print("\nspeedup over the faster dense (ours or torch); fraction of ideal 1/(1-s) in brackets")
+    for block in (16, 32):
+        print(f"\nblocks {block}x{block}\n")
+        print("| op | shape | M / batch | s=0.5 | s=0.75 | s=0.9 | vs torch BSR at 0.9 |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        cases: dict = {}
+        for r in rows:
+            if r["block"] == block:
+                cases.setdefault((r["op"], r["shape"], r["m_or_batch"]), {})[r["sparsity"]] = r
+        for (op, shape, m), by_s in cases.items():
+            cells = []
+            for sp in (0.5, 0.75, 0.9):
+                r = by_s.get(sp)
+                cells.append("-" if r is None else f"{r['vs_dense']:.2f}x ({r['frac_ideal']:.2f})")
+            r9 = by_s.get(0.9, {})
+            tb = r9.get("vs_torch_bsr")
+            print(f"| {op} | {shape} | {m} | " + " | ".join(cells)
+                  + f" | {'-' if tb is None else f'{tb:.1f}x'} |")
+
+    def target(r: dict) -> float:
+        if r["op"] == "conv":
+            return 0.6
+        if r["m_or_batch"] == 1:
+            return 0.6
+        return 0.7 if r["sparsity"] >= 0.9 else 0.8
+
+    met = sum(r["frac_ideal"] >= target(r) for r in rows)
+    print(f"\n{met}/{len(rows)} cases meet the issue's fraction-of-ideal targets")
+
+
+if __name__ == "__main__":
+    reorder_table()
+    models_table()
+    kernels_table()
