@@ -207,3 +207,22 @@ def test_property_structure(rows, cols, bo, bi, sparsity, balanced, seed):
         assert lp.n_blocks - lp.kept_blocks == _expected_pruned((rows, cols), (bo, bi), sparsity)
     else:
         assert len(set(lp.block_mask.sum(axis=1).tolist())) == 1
+
+
+def test_coupled_layers_share_one_order():
+    from tetris_tvm.reorder import prune_coupled
+
+    rng = np.random.default_rng(5)
+    wa = _rand((96, 40), 1) * rng.random((96, 1)) ** 2
+    wb = _rand((24, 96), 2) * rng.random((1, 96)) ** 2
+    pa, pb = prune_coupled(wa, wb, (16, 8), (8, 16), 0.75, 0.6, names=("up", "down"))
+    assert np.array_equal(pb.perms[1], pa.perms[0])  # one storage order for the shared axis
+    assert np.array_equal(pa.perms[1], np.arange(40)) and np.array_equal(pb.perms[0], np.arange(24))
+    assert _blocks_are_uniform(pa) and _blocks_are_uniform(pb)
+    assert pa.n_blocks - pa.kept_blocks == _expected_pruned(wa.shape, (16, 8), 0.75)
+    assert pb.n_blocks - pb.kept_blocks == _expected_pruned(wb.shape, (8, 16), 0.6)
+    ba = prune_weight(wa, (16, 8), 0.75, reorder=False).retained_l1
+    bb = prune_weight(wb, (8, 16), 0.6, reorder=False).retained_l1
+    assert pa.retained_l1 + pb.retained_l1 >= ba + bb - 1e-9
+    with pytest.raises(ValueError, match="one block size"):
+        prune_coupled(wa, wb, (16, 8), (8, 8), 0.5, 0.5)

@@ -34,6 +34,7 @@ __all__ = [
     "prune_weight",
     "prune_elementwise",
     "count_pruned_blocks",
+    "prune_coupled",
     "SOLVERS",
 ]
 
@@ -539,20 +540,125 @@ def prune_weight(
                 best = (run[0], run[1], run[2], history + run[3])
         blocked.groups, keep, kept, history = best[0], best[1], best[2], best[3]
 
+    method = f"tetris-{solver}" if reorder else "block"
+    return _layer_plan(w, blocked, keep, full_block, s, method, balanced, history)
+
+
+def _layer_plan(
+    w: np.ndarray,
+    blocked: _Blocked,
+    keep: np.ndarray,
+    full_block: tuple[int, ...],
+    sparsity: float,
+    method: str,
+    balanced: bool,
+    history: Sequence[float],
+) -> LayerPlan:
+    """The LayerPlan of ``w`` for the groups in ``blocked`` and the kept blocks ``keep``."""
     mask2d = keep[blocked.groups[0][:, None], blocked.groups[1][None, :]]
     mask = np.broadcast_to(mask2d.reshape(mask2d.shape + (1,) * (w.ndim - 2)), w.shape).copy()
-    method = f"tetris-{solver}" if reorder else "block"
     return LayerPlan(
         mask=mask,
         perms=_full_perms(blocked, w.ndim, w.shape),
         block_size=full_block,
         retained_l1=_retained(w, mask),
-        sparsity=s,
+        sparsity=sparsity,
         method=method,
         balanced=balanced,
         block_mask=keep,
         history=tuple(history),
     )
+
+
+def prune_coupled(
+    w_a: Any,
+    w_b: Any,
+    block_a: tuple[int, int],
+    block_b: tuple[int, int],
+    sparsity_a: float,
+    sparsity_b: float,
+    *,
+    permute_a_in: bool = False,
+    permute_b_out: bool = False,
+    balanced: bool = False,
+    max_iters: int = 20,
+    tol: float = 1e-4,
+    anneal: Sequence[float] = DEFAULT_ANNEAL,
+    names: tuple[str, str] = ("a", "b"),
+) -> tuple[LayerPlan, LayerPlan]:
+    """TETRIS for two layers that share an axis: the output axis of ``w_a`` feeds the input
+    axis of ``w_b`` (``b(act(a(x)))``), so both must store it in ONE order for no gather to be
+    needed between them. The shared axis is permuted to maximise the magnitude both layers
+    keep (its M-step adds the two layers' costs: still an exact assignment); ``w_a``'s input
+    and ``w_b``'s output axes are permuted only if allowed.
+
+    Requires ``block_a[0] == block_b[1]`` (the shared axis is blocked alike in both layers).
+    Returns the two LayerPlans; ``plan_b.perms[1]`` equals ``plan_a.perms[0]``.
+    """
+    wa, wb = _as_weight(w_a, names[0]), _as_weight(w_b, names[1])
+    sa, sb = _check_sparsity(sparsity_a, names[0]), _check_sparsity(sparsity_b, names[1])
+    if wa.shape[0] != wb.shape[1]:
+        raise ValueError(f"{names}: shared axis sizes differ ({wa.shape[0]} vs {wb.shape[1]})")
+    ba = resolve_block_size(block_a, wa.shape, names[0])
+    bb = resolve_block_size(block_b, wb.shape, names[1])
+    if ba[0] != bb[1]:
+        raise ValueError(f"{names}: the shared axis needs one block size ({ba[0]} vs {bb[1]})")
+    ea, eb = _energy(wa), _energy(wb)
+    A, B = _Blocked(ea, ba), _Blocked(eb, bb)
+    tot_a, tot_b = float(ea.sum()), float(eb.sum())
+
+    def e_steps() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        sums_a, sums_b = A.block_sums(), B.block_sums()
+        ka, kb = _e_step(sums_a, sa, balanced), _e_step(sums_b, sb, balanced)
+        kept = float(sums_a[ka].sum()) / max(tot_a, 1e-30) + float(sums_b[kb].sum()) / max(
+            tot_b, 1e-30
+        )
+        return sums_a, sums_b, ka, kb, kept
+
+    sums_a, sums_b, ka, kb, kept = e_steps()
+    history = [kept]
+    best = ([g.copy() for g in A.groups], [g.copy() for g in B.groups], ka, kb, kept)
+    warm: dict[str, AssignmentResult | None] = {"shared": None, "a_in": None, "b_out": None}
+    if sa > 0 or sb > 0:
+        for step, temperature in enumerate(list(anneal) + [0.0] * max_iters):
+            before = best[4]
+            for axis in ("shared", "a_in", "b_out"):
+                wa_soft = _soft_keep(sums_a, ka, temperature)
+                wb_soft = _soft_keep(sums_b, kb, temperature)
+                if axis == "shared":
+                    # normalised so that each layer's kept fraction counts alike
+                    gain = A.col_group_sums() @ wa_soft.T / max(tot_a, 1e-30)
+                    gain = gain + B.row_group_sums() @ wb_soft / max(tot_b, 1e-30)
+                    groups, cap, target = A.groups[0], A.caps[0], "shared"
+                elif axis == "a_in" and permute_a_in and A.n_groups[1] > 1:
+                    gain = A.row_group_sums() @ wa_soft
+                    groups, cap, target = A.groups[1], A.caps[1], "a_in"
+                elif axis == "b_out" and permute_b_out and B.n_groups[0] > 1:
+                    gain = B.col_group_sums() @ wb_soft.T
+                    groups, cap, target = B.groups[0], B.caps[0], "b_out"
+                else:
+                    continue
+                new, warm[target] = _m_step_assign(gain, groups, cap, warm[target])
+                if target == "shared":
+                    A.groups[0] = new
+                    B.groups[1] = new.copy()
+                elif target == "a_in":
+                    A.groups[1] = new
+                else:
+                    B.groups[0] = new
+                sums_a, sums_b, ka, kb, kept = e_steps()
+                history.append(kept)
+                if kept > best[4]:
+                    groups_now = [g.copy() for g in A.groups], [g.copy() for g in B.groups]
+                    best = (groups_now[0], groups_now[1], ka, kb, kept)
+            if step >= len(anneal) and best[4] - before <= tol:
+                break
+    A.groups, B.groups, ka, kb = best[0], best[1], best[2], best[3]
+    plan_a = _layer_plan(wa, A, ka, ba + tuple(wa.shape[2:]), sa, "tetris-coupled", balanced,
+                         history)
+    plan_b = _layer_plan(wb, B, kb, bb + tuple(wb.shape[2:]), sb, "tetris-coupled", balanced,
+                         history)
+    return plan_a, plan_b
 
 
 def _retained(w: np.ndarray, mask: np.ndarray) -> float:

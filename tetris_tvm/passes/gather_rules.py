@@ -161,6 +161,11 @@ def push_gather(
 
     if op == "relax.reshape" and pos == 0:
         src, dst = _shape(args[0]), _shape(call)
+        if src and dst and axis == len(src) - 1 and src[-1] == dst[-1]:
+            # regrouping the leading axes ((B*S, C) <-> (B, S, C)) leaves the channel axis alone
+            args[0] = gather.base
+            new_call = relax.Call(call.op, args, call.attrs, call.ty_args)
+            return new_call, Gather(None, gather.idx, len(dst) - 1)
         new_idx = None if src is None or dst is None else reshape_index(src, dst, axis, gather.idx)
         if new_idx is None:
             return None

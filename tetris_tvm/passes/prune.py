@@ -210,8 +210,18 @@ class TetrisPrune:
                 skip = skip or rule.skip
         return s, b, skip
 
-    def _absorbable(self, an: _Analysis, var: Any, axis: int, seen: set[Any]) -> bool:
-        """Can a gather on ``var`` (along ``axis``) be folded away by all its consumers?"""
+    def _absorbable(
+        self,
+        an: _Analysis,
+        var: Any,
+        axis: int,
+        seen: set[Any],
+        reached: list[LayerSite] | None = None,
+    ) -> bool:
+        """Can a gather on ``var`` (along ``axis``) be folded away by all its consumers?
+
+        ``reached`` collects the weight layers whose input the gather would reach.
+        """
         if var in seen:
             return True
         seen.add(var)
@@ -225,6 +235,8 @@ class TetrisPrune:
             if site is not None and pos == 0:
                 if site.channel_axis_in != axis:
                     return False
+                if reached is not None:
+                    reached.append(site)
                 continue
             binding = _binding_of(an, user)
             if binding is None or not isinstance(binding.value, relax.Call):
@@ -232,7 +244,7 @@ class TetrisPrune:
             moved = push_gather(binding.value, pos, dummy, const_of)
             if moved is None:
                 return False
-            if not self._absorbable(an, user, moved[1].axis, seen):
+            if not self._absorbable(an, user, moved[1].axis, seen, reached):
                 return False
         return True
 
@@ -241,6 +253,7 @@ class TetrisPrune:
 
         carried: dict[Any, Gather] = {}
         layers: dict[str, LayerPlan] = {}
+        coupled: dict[str, LayerPlan] = {}
         const_of = _value_lookup(self.weights)
         sites_in_order = [an.layers[b.var] for b in an.bindings if b.var in an.layers]
         todo = {s.out_var for s in sites_in_order}
@@ -260,11 +273,18 @@ class TetrisPrune:
             fixed_in = None
             if pending is not None and pending.axis == site.channel_axis_in:
                 fixed_in = inverse(pending.idx)
-            out_free = self.allow_gathers or self._absorbable(
-                an, site.out_var, site.channel_axis_out, set()
-            )
-            in_free = self.allow_gathers and fixed_in is None
-            lp = _plan_layer(w, name, s, block, fixed_in, (out_free, in_free), self.prune_options)
+            reached: list[LayerSite] = []
+            out_free = self._absorbable(an, site.out_var, site.channel_axis_out, set(), reached)
+            if name in coupled:  # planned together with its producer
+                lp = coupled.pop(name)
+            else:
+                partner = self._partner(name, reached, w, block, s, fixed_in) if out_free else None
+                if partner is not None and not self.allow_gathers:
+                    lp, coupled[partner[0]] = partner[1]
+                else:
+                    in_free = self.allow_gathers and fixed_in is None
+                    free = (out_free or self.allow_gathers, in_free)
+                    lp = _plan_layer(w, name, s, block, fixed_in, free, self.prune_options)
             layers[name] = lp
             if not is_identity(lp.perms[0]):
                 carried[site.out_var] = Gather(
@@ -273,6 +293,39 @@ class TetrisPrune:
         progress.close()
         settings = {"sparsity": self.sparsity, "block_size": self.block_size, **self.prune_options}
         return PruningPlan(layers=layers, settings=_jsonable(settings))
+
+    def _partner(
+        self,
+        name: str,
+        reached: list[LayerSite],
+        w: np.ndarray,
+        block: Any,
+        s: float,
+        fixed_in: np.ndarray | None,
+    ) -> tuple[str, tuple[LayerPlan, LayerPlan]] | None:
+        """Plan this layer jointly with the ONE layer its output feeds, when that is possible:
+        their shared axis then gets one order chosen for both (prune_coupled)."""
+        from ..plan import _clamp_block
+        from ..reorder import prune_coupled
+
+        if len(reached) != 1 or self.prune_options.get("reorder") is False:
+            return None
+        other = reached[0]
+        s_b, block_b, skip_b = self._settings_for(other.torch_name)
+        if skip_b or (self.eligible is not None and other.torch_name not in self.eligible):
+            return None
+        wb = self.weights[other.weight_param]
+        if wb.shape[1] != w.shape[0] or fixed_in is not None:
+            return None  # flattened in between (conv -> linear), or our input order is fixed
+        ba, bb = _clamp_block(block, w.shape), _clamp_block(block_b, wb.shape)
+        if ba[0] != bb[1]:
+            return None
+        options = {k: v for k, v in self.prune_options.items() if k in ("balanced", "anneal")}
+        plan_a, plan_b = prune_coupled(
+            w.astype(np.float32), wb.astype(np.float32), ba, bb, s, s_b,
+            names=(name, other.torch_name), **options,
+        )
+        return other.torch_name, (plan_a, plan_b)
 
     # rewriting -----------------------------------------------------------------------------
     def _rewrite(self, mod: tvm.IRModule, an: _Analysis, plan: PruningPlan) -> tvm.IRModule:
