@@ -306,7 +306,7 @@ def schedule_pipeline(target: Any) -> Any:
         from .schedules.cpu import default_rules
         from .schedules.cpu.fallback import Fallback
 
-        rules = [*default_rules(), dl.cpu.GEMV(), dl.cpu.Reduction(), Fallback()]
+        rules = [*default_rules(), dl.cpu.GEMV(), Fallback(), dl.cpu.Reduction()]
     return tvm.transform.Sequential(
         [
             relax.transform.DeadCodeElimination(),

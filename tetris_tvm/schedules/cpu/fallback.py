@@ -35,7 +35,11 @@ class Fallback(CPUScheduleRule):
         infos = normalize_prim_func(sch)
         if infos is None:
             return None
-        infos = try_inline(sch, infos)
+        if not any(info.is_reduction() for info in infos):
+            infos = try_inline(sch, infos)
+        # With a reduction (softmax, layer norm) keep the elementwise stages as their own loops:
+        # inlined into the reduction they run scalar (exp is the bulk of a softmax); apart
+        # they are vectorised and the reduction only adds.
         lanes = vector_lanes(target)
         for info in infos:
             block = info.block_rv
