@@ -321,16 +321,6 @@ def schedule_pipeline(target: Any) -> Any:
     )
 
 
-def _check_sparsity(sparsity: Any) -> float:
-    try:
-        s = float(sparsity)
-    except (TypeError, ValueError):
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
-    if not 0.0 <= s < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    return s
-
-
 def compile(  # noqa: A001 - the public name of the API contract
     model: Any,
     example_inputs: Sequence[Any] | Any,
@@ -368,8 +358,9 @@ def compile(  # noqa: A001 - the public name of the API contract
 
     from .frontend import bind_weights, import_model
     from .passes import FastActivations, FoldPermutations, LowerBlockSparse, TetrisPrune
+    from .reorder import _check_sparsity
 
-    sparsity = _check_sparsity(sparsity)
+    sparsity = _check_sparsity(sparsity, "compile")
     tgt = resolve_target(target)
     if dynamic_batch:
         raise NotImplementedError(
@@ -408,7 +399,7 @@ def compile(  # noqa: A001 - the public name of the API contract
     executable = tvm.compile(mod, target=tgt)
 
     used_plan = prune_pass.plan
-    report = _report(used_plan, lower.layers, fold.runtime_gathers, skipped, imported)
+    report = _report(used_plan, lower.layers, fold.runtime_gathers, skipped)
     meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple}
     return CompiledModel(executable, tgt, used_plan, report, meta, ir=mod)
 
@@ -426,9 +417,7 @@ def _apply_tuning(mod: Any, target: Any, work_dir: str | os.PathLike[str]) -> An
         return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
 
 
-def _report(
-    plan: Any, lowered: Sequence[Any], gathers: int, skipped: list, imported: Any
-) -> Report:
+def _report(plan: Any, lowered: Sequence[Any], gathers: int, skipped: list) -> Report:
     rows = []
     by_name = {layer.name: layer for layer in lowered}
     for name, lp in plan.items():

@@ -10,7 +10,7 @@ module; :func:`bind_weights` turns whatever weights are left into constants at t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,13 +35,6 @@ class ImportedModel:
     torch_names: dict[str, str]
     input_names: list[str]
     output_is_tuple: bool = False
-    buffers: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def relax_name(self, torch_name: str) -> str | None:
-        for relax_name, tname in self.torch_names.items():
-            if tname == torch_name:
-                return relax_name
-        return None
 
 
 def to_torch_inputs(example_inputs: Any) -> tuple[Any, ...]:

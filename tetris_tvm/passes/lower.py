@@ -148,7 +148,6 @@ class LowerBlockSparse:
                     last = nxt_var
             fused_into[last] = b.var
             epilogue[b.var] = (bias, act, last)
-        del value_of
 
         self.layers = []
 
@@ -157,7 +156,7 @@ class LowerBlockSparse:
                 return None  # fused into a kernel emitted later
             if var in fused_into:
                 call_var = fused_into[var]
-                call_value = _original_value(bindings, call_var)
+                call_value = value_of[call_var]
                 x = mapping.get(call_value.args[0], call_value.args[0])
                 comp = comps[_gv_name(call_value.op)]
                 bias, act, _ = epilogue[call_var]
@@ -257,13 +256,6 @@ def _keeps_channel(call: relax.Call, src: Any, channel: int) -> bool:
         return False
     after = [int(d) for d in after]
     return after[-1] == before[-1]
-
-
-def _original_value(bindings: list[Any], var: Any) -> relax.Call:
-    for b in bindings:
-        if b.var.same_as(var):
-            return b.value
-    raise KeyError(var)
 
 
 def _bias_of(

@@ -63,7 +63,7 @@ class _Analysis:
     bindings: list[Any]
     uses: dict[Any, list[tuple[Any, int]]] = field(default_factory=dict)
     layers: dict[Any, LayerSite] = field(default_factory=dict)  # by out_var
-    by_input_use: dict[tuple[Any, Any], LayerSite] = field(default_factory=dict)
+    by_var: dict[Any, Any] = field(default_factory=dict)  # var -> its binding
 
 
 def _ndim(expr: Any) -> int:
@@ -127,8 +127,7 @@ def find_layers(func: relax.Function, torch_names: Mapping[str, str]) -> _Analys
                     1,
                     conv_attrs=a,
                 )
-    for site in an.layers.values():
-        an.by_input_use[(site.out_var, site.x)] = site
+    an.by_var = {b.var: b for b in bindings}
     return an
 
 
@@ -238,7 +237,7 @@ class TetrisPrune:
                 if reached is not None:
                     reached.append(site)
                 continue
-            binding = _binding_of(an, user)
+            binding = an.by_var.get(user)
             if binding is None or not isinstance(binding.value, relax.Call):
                 return False
             moved = push_gather(binding.value, pos, dummy, const_of)
@@ -374,13 +373,6 @@ def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
 
 def _ndim_size(var: Any, axis: int) -> int:
     return int(var.ty.shape[axis])
-
-
-def _binding_of(an: _Analysis, var: Any) -> Any:
-    for b in an.bindings:
-        if b.var.same_as(var):
-            return b
-    return None
 
 
 def _propagate(binding: Any, carried: dict[Any, Gather], const_of: Any) -> None:
