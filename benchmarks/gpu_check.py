@@ -87,21 +87,13 @@ class Case:
         return self.dtype == "float16" and self.sparsity == 0.9 and self.m >= 256
 
 
-def random_mask(shape: tuple[int, int], sparsity: float, rng: np.random.Generator) -> np.ndarray:
-    """A block mask keeping exactly ``round((1 - s) * blocks)`` blocks, at random."""
-    total = shape[0] * shape[1]
-    keep = max(1, int(round((1.0 - sparsity) * total)))
-    mask = np.zeros(total, bool)
-    mask[rng.choice(total, keep, replace=False)] = True
-    return mask.reshape(shape)
-
-
 def make_weight(case: Case, rng: np.random.Generator):
     """``(BSRMatrix, dense masked weight float32)`` for ``case``."""
+    from tetris_tvm.bench import random_block_mask
     from tetris_tvm.schedules import BSRMatrix
 
     b = case.block
-    mask = random_mask((case.n // b, case.k // b), case.sparsity, rng)
+    mask = random_block_mask((case.n // b, case.k // b), case.sparsity, rng)
     w = (rng.standard_normal((case.n, case.k)) / np.sqrt(case.k)).astype(np.float32)
     if case.dtype == "float16":
         w = w.astype(np.float16).astype(np.float32)

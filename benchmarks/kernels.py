@@ -30,6 +30,7 @@ import scipy.sparse  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from tetris_tvm.bench import random_block_mask  # noqa: E402
 from tetris_tvm.schedules import BSRMatrix  # noqa: E402
 from tetris_tvm.schedules import build as B  # noqa: E402
 
@@ -41,15 +42,6 @@ CONV_SHAPES = [(64, 128, 56), (256, 256, 14)]  # (cin, cout, hw), 3x3, stride 1,
 CONV_BATCH = [1, 8]
 BLOCKS = [16, 32]
 SPARSITIES = [0.5, 0.75, 0.9]
-
-
-def random_mask(shape: tuple[int, int], sparsity: float, rng: np.random.Generator) -> np.ndarray:
-    """A block mask keeping exactly round((1 - sparsity) * blocks) blocks, at random."""
-    total = shape[0] * shape[1]
-    keep = max(1, int(round((1.0 - sparsity) * total)))
-    mask = np.zeros(total, bool)
-    mask[rng.choice(total, keep, replace=False)] = True
-    return mask.reshape(shape)
 
 
 def _timed(fn, number: int):
@@ -88,7 +80,7 @@ def _estimate(fn) -> float:
 def bench_linear(k_in, n_out, m, block, sparsity, rng, repeats, dense_cache) -> dict:
     """One linear case; returns a result row."""
     w = rng.standard_normal((n_out, k_in)).astype(np.float32)
-    mask = random_mask((-(-n_out // block), -(-k_in // block)), sparsity, rng)
+    mask = random_block_mask((-(-n_out // block), -(-k_in // block)), sparsity, rng)
     bsr = BSRMatrix.from_dense(w, (block, block), mask)
     wm = bsr.to_dense()
     x = rng.standard_normal((m, k_in)).astype(np.float32)
@@ -127,7 +119,7 @@ def bench_linear(k_in, n_out, m, block, sparsity, rng, repeats, dense_cache) -> 
 def bench_conv(cin, cout, hw, batch, block, sparsity, rng, repeats, dense_cache) -> dict:
     """One 3x3 conv case (stride 1, padding 1); returns a result row."""
     w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.1
-    mask = random_mask((-(-cout // block), -(-cin // block)), sparsity, rng)
+    mask = random_block_mask((-(-cout // block), -(-cin // block)), sparsity, rng)
     bsr = BSRMatrix.from_dense(w.reshape(cout, -1), (block, block * 9), mask)
     wm = bsr.to_dense().reshape(w.shape)
     x = rng.standard_normal((batch, cin, hw, hw)).astype(np.float32)

@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["time_interleaved", "mean_pool", "embedding_quality", "accuracy", "quality_text"]
+__all__ = [
+    "time_interleaved",
+    "mean_pool",
+    "embedding_quality",
+    "accuracy",
+    "quality_text",
+    "random_block_mask",
+]
 
 
 def time_interleaved(
@@ -71,3 +78,15 @@ def quality_text(model: str, row: Mapping[str, Any]) -> str:
         f"accuracy pruned {row['acc_pruned_no_finetune']:.3f} -> fine-tuned "
         f"{row['acc_compiled_after_finetune']:.3f} (dense {row['acc_dense']:.3f})"
     )
+
+
+def random_block_mask(
+    shape: tuple[int, int], sparsity: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A block mask keeping exactly ``round((1 - sparsity) * blocks)`` blocks (at least one),
+    chosen at random: what the kernel benchmarks prune (they measure kernels, not pruning)."""
+    total = shape[0] * shape[1]
+    keep = max(1, int(round((1.0 - sparsity) * total)))
+    mask = np.zeros(total, bool)
+    mask[rng.choice(total, keep, replace=False)] = True
+    return mask.reshape(shape)
