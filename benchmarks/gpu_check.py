@@ -184,17 +184,6 @@ def torch_timer(fn, number: int):
     return run
 
 
-def interleaved(candidates: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per candidate, one sample of each per round."""
-    for run in candidates.values():
-        run()
-    samples: dict[str, list[float]] = {k: [] for k in candidates}
-    for _ in range(repeats):
-        for name, run in candidates.items():
-            samples[name].append(run())
-    return {k: float(np.median(v)) for k, v in samples.items()}
-
-
 # ------------------------------------------------------------------------------ main
 def make_cases(quick: bool) -> list[Case]:
     """All cases of the sweep (or the quick subset)."""
@@ -227,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import tvm
 
+    from tetris_tvm.bench import median_interleaved
     from tetris_tvm.schedules.cuda import cuda_target
     from tetris_tvm.schedules.cuda.build import CudaKernel, compile_cuda, cuda_source
 
@@ -351,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             candidates["bsr"] = torch_timer(lambda a=w_bsr, b=xtt: (a @ b).t(), 20)
         except Exception as exc:  # noqa: BLE001 - not every dtype / shape is supported
             case.bsr_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        times = interleaved(candidates, args.repeats)
+        times = median_interleaved(candidates, args.repeats)
         case.t_ours, case.t_dense = times["ours"], times["dense"]
         case.t_bsr = times.get("bsr")
         torch.cuda.synchronize()

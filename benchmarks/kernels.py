@@ -30,7 +30,7 @@ import scipy.sparse  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tetris_tvm.bench import random_block_mask  # noqa: E402
+from tetris_tvm.bench import median_interleaved, random_block_mask  # noqa: E402
 from tetris_tvm.schedules import BSRMatrix  # noqa: E402
 from tetris_tvm.schedules import build as B  # noqa: E402
 
@@ -52,17 +52,6 @@ def _timed(fn, number: int):
         return (time.perf_counter() - t0) / number
 
     return run
-
-
-def interleaved(candidates: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per candidate, calling each once per round (round-robin)."""
-    for run in candidates.values():  # warm up
-        run()
-    samples: dict[str, list[float]] = {k: [] for k in candidates}
-    for _ in range(repeats):
-        for name, run in candidates.items():
-            samples[name].append(run())
-    return {k: float(np.median(v)) for k, v in samples.items()}
 
 
 def calls_for(seconds_estimate: float, budget: float = 0.02) -> int:
@@ -112,7 +101,7 @@ def bench_linear(k_in, n_out, m, block, sparsity, rng, repeats, dense_cache) -> 
             cands[name] = timer
         else:
             cands[name] = _timed(fn, number)
-    times = interleaved(cands, repeats)
+    times = median_interleaved(cands, repeats)
     return _row("linear", f"{k_in}->{n_out}", m, block, sparsity, bsr.density, times, err)
 
 
@@ -140,7 +129,7 @@ def bench_conv(cin, cout, hw, batch, block, sparsity, rng, repeats, dense_cache)
             cands[name] = kern.timer(x, number)
         else:
             cands[name] = _timed(fn, calls_for(_estimate(fn)))
-    times = interleaved(cands, repeats)
+    times = median_interleaved(cands, repeats)
     return _row("conv3x3", f"{cin}->{cout}@{hw}", batch, block, sparsity, bsr.density, times, err)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "time_interleaved",
+    "median_interleaved",
     "mean_pool",
     "embedding_quality",
     "accuracy",
@@ -22,20 +23,38 @@ __all__ = [
 ]
 
 
+def median_interleaved(
+    samplers: Mapping[str, Callable[[], float]], repeats: int = 7, warmup: int = 1
+) -> dict[str, float]:
+    """Median of the seconds each sampler reports, sampled round-robin (A B C A B C ...).
+
+    A sampler runs its candidate once and returns how long it took (so a GPU sampler can use
+    device events); :func:`time_interleaved` wraps plain callables in a wall clock.
+    """
+    for _ in range(warmup):
+        for sample in samplers.values():
+            sample()
+    samples: dict[str, list[float]] = {k: [] for k in samplers}
+    for _ in range(repeats):
+        for name, sample in samplers.items():
+            samples[name].append(sample())
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
 def time_interleaved(
     fns: Mapping[str, Callable[[], Any]], repeats: int = 7, warmup: int = 1
 ) -> dict[str, float]:
     """Median wall seconds of each zero-argument callable, measured round-robin."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+
+    def wall(fn: Callable[[], Any]) -> Callable[[], float]:
+        def sample() -> float:
             t0 = time.perf_counter()
             fn()
-            samples[name].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+            return time.perf_counter() - t0
+
+        return sample
+
+    return median_interleaved({k: wall(f) for k, f in fns.items()}, repeats, warmup)
 
 
 def mean_pool(hidden: np.ndarray, input_ids: np.ndarray, pad_id: int = 0) -> np.ndarray:
