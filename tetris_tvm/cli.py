@@ -133,6 +133,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     cm = tetris_compile(
         model, inputs, target=_target_arg(args.target), sparsity=args.sparsity,
         block_size=args.block, plan=plan, tuning=args.tuning,
+        tuning_fallback=args.tuning_fallback,
     )
     print(f"compiled in {time.perf_counter() - start:.1f} s\n")
     print(cm.report.format_table())
@@ -142,6 +143,33 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.save_plan:
         cm.plan.save(args.save_plan)
         print(f"plan written to {args.save_plan}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .plan import PruningPlan
+    from .tuning import tune
+
+    model = _load_any(args.model)
+    inputs = _example_inputs(args, model)
+    plan = PruningPlan.load(args.plan) if args.plan else None
+    print(f"tuning {args.model} for {args.target} (sparsity {args.sparsity}, {args.trials} "
+          f"trials per task) into {args.work_dir} ...", flush=True)
+    result = tune(
+        model, inputs, target=_target_arg(args.target), work_dir=args.work_dir,
+        trials=args.trials, sparsity=args.sparsity, block_size=args.block, plan=plan,
+        max_trials_global=args.max_trials, rpc=args.rpc, timeout=args.timeout,
+        progress=not args.quiet,
+    )
+    print()
+    print(result.format_table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    print(f"\nrecords in {result.path}; compile with --tuning {args.work_dir} and the same "
+          "--sparsity/--block/--plan")
     return 0
 
 
@@ -285,11 +313,35 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(c)
     c.add_argument("--sparsity", type=_sparsity, default=0.75, help="fraction of blocks pruned")
     c.add_argument("--plan", help="use this saved plan (.npz) instead of computing one")
-    c.add_argument("--tuning", help="MetaSchedule work dir from 'tetris-tvm tune'")
+    c.add_argument("--tuning", help="work dir written by 'tetris-tvm tune'")
+    c.add_argument("--tuning-fallback", action="store_true",
+                   help="if --tuning has nothing for this target/model, warn and use the "
+                   "default schedules instead of failing")
     c.add_argument("--out", help="export the compiled model to this .so")
     c.add_argument("--cross-compiler", help="e.g. aarch64-linux-gnu-gcc (with a matching --target)")
     c.add_argument("--save-plan", help="write the plan used to this .npz")
     c.set_defaults(func=_cmd_compile)
+
+    t = sub.add_parser(
+        "tune",
+        help="auto-tune every kernel of a model with MetaSchedule (XGBoost cost model)",
+        description="Prune and lower a model as 'compile' does, then tune all its kernels "
+        "(block-sparse and dense) in one MetaSchedule run with the XGBoost cost model. The "
+        "fastest records of each kernel are checked against the unscheduled kernel and kept "
+        "only if they beat the default schedule. Records persist in --work-dir (one folder "
+        "per target); rerunning resumes, Ctrl-C keeps what was measured.",
+    )
+    model_args(t)
+    t.add_argument("--sparsity", type=_sparsity, default=0.75, help="fraction of blocks pruned")
+    t.add_argument("--plan", help="use this saved plan (.npz) instead of computing one")
+    t.add_argument("--work-dir", required=True, help="where the tuning records live")
+    t.add_argument("--trials", type=int, default=64, help="measured candidates per kernel")
+    t.add_argument("--max-trials", type=int, help="cap on the trials of this run")
+    t.add_argument("--rpc", help="measure on an RPC tracker's device: host:port/key")
+    t.add_argument("--timeout", type=int, default=30, help="seconds per build or run")
+    t.add_argument("--json", help="also write the per-kernel results to this JSON file")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_tune)
 
     b = sub.add_parser(
         "bench",

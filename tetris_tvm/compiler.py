@@ -25,6 +25,10 @@ __all__ = [
     "CompiledModel",
     "LoadedModel",
     "load",
+    "lower_model",
+    "LoweredModel",
+    "lowering_pipeline",
+    "default_rules",
     "resolve_target",
     "Report",
     "use_all_cores",
@@ -106,6 +110,7 @@ class Report:
     layers: list[dict[str, Any]] = field(default_factory=list)
     runtime_gathers: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    tuned_kernels: int = 0  # kernels whose schedule came from a tuning database
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -121,6 +126,7 @@ class Report:
             "flops": flops,
             "flops_kept_fraction": flops_kept / flops if flops else 1.0,
             "runtime_gathers": self.runtime_gathers,
+            "tuned_kernels": self.tuned_kernels,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +150,8 @@ class Report:
         t = self.totals
         lines.append(
             f"weights kept {t['weights_kept_fraction']:.3f}, FLOPs kept "
-            f"{t['flops_kept_fraction']:.3f}, runtime gathers {t['runtime_gathers']}"
+            f"{t['flops_kept_fraction']:.3f}, runtime gathers {t['runtime_gathers']}, "
+            f"tuned kernels {t['tuned_kernels']}"
         )
         return "\n".join(lines)
 
@@ -315,22 +322,26 @@ def _eligible_names(model: Any) -> tuple[set[str] | None, list[dict[str, str]]]:
     return names, skipped
 
 
-def schedule_pipeline(target: Any) -> Any:
-    """The passes after LowerBlockSparse: legalize, fuse, default schedules for ``target``."""
-    import tvm
-    from tvm import relax
+def default_rules(target: Any) -> list[Any]:
+    """The dlight rules that schedule every kernel for ``target``: ours first, then TVM's."""
     from tvm.s_tir import dlight as dl
 
     if target.kind.name == "cuda":
         from .schedules import cuda as cuda_rules
 
-        rules = [*cuda_rules.default_rules(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    else:
-        from .schedules.cpu import default_rules
-        from .schedules.cpu.fallback import Fallback
+        return [*cuda_rules.default_rules(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    from .schedules.cpu import default_rules as cpu_rules
+    from .schedules.cpu.fallback import Fallback
 
-        rules = [*default_rules(), dl.cpu.GEMV(), Fallback(), dl.cpu.Reduction()]
+    return [*cpu_rules(), dl.cpu.GEMV(), Fallback(), dl.cpu.Reduction()]
+
+
+def lowering_pipeline() -> Any:
+    """The passes after LowerBlockSparse up to unscheduled TensorIR (what tuning sees)."""
+    import tvm
+    from tvm import relax
+
     return tvm.transform.Sequential(
         [
             relax.transform.DeadCodeElimination(),
@@ -340,45 +351,50 @@ def schedule_pipeline(target: Any) -> Any:
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
             relax.transform.DeadCodeElimination(),
-            dl.ApplyDefaultSchedule(*rules),
         ]
     )
 
 
-def compile(  # noqa: A001 - the public name of the API contract
+def schedule_pipeline(target: Any) -> Any:
+    """The passes after LowerBlockSparse: legalize, fuse, default schedules for ``target``."""
+    import tvm
+    from tvm.s_tir import dlight as dl
+
+    return tvm.transform.Sequential(
+        [lowering_pipeline(), dl.ApplyDefaultSchedule(*default_rules(target))]
+    )
+
+
+@dataclass
+class LoweredModel:
+    """A model after pruning and lowering: unscheduled TensorIR kernels in a Relax module."""
+
+    mod: Any
+    target: Any
+    plan: Any
+    report: Report
+    meta: dict[str, Any]
+
+
+def lower_model(
     model: Any,
     example_inputs: Sequence[Any] | Any,
     target: Any = "llvm",
     sparsity: float = 0.75,
     block_size: int | tuple[int, int] = (32, 32),
     plan: Any = None,
-    tuning: str | os.PathLike[str] | None = None,
     *,
     dynamic_batch: bool = False,
     allow_gathers: bool = False,
     overrides: Mapping[str, Any] | None = None,
     prune_options: Mapping[str, Any] | None = None,
-) -> CompiledModel:
-    """Prune ``model`` with TETRIS and compile it with block-sparse kernels.
+) -> LoweredModel:
+    """Everything :func:`compile` does before scheduling (arguments as there).
 
-    Args:
-        model: a ``torch.nn.Module`` or ``torch.export.ExportedProgram``.
-        example_inputs: the input tensors (shapes are compiled in, except a dynamic batch).
-        target: ``"llvm"`` (this CPU), ``"cuda"``, a JSON target dict or a tvm Target.
-        sparsity: fraction of blocks pruned per layer, in ``[0, 1)``; ``0`` compiles the dense
-            model through the same path (the baseline for speedups).
-        block_size: ``(out, in)`` channel block.
-        plan: a :class:`~tetris_tvm.PruningPlan` to use instead of computing one (its
-            permutations are honoured; gathers stay where they cannot be folded).
-        tuning: a MetaSchedule work directory from :func:`tetris_tvm.tune` to apply.
-        dynamic_batch: compile dimension 0 of the inputs as symbolic.
-        allow_gathers: let computed plans permute every axis even where a runtime gather
-            must stay (better retained L1, some gather cost).
-        overrides: per-layer ``{pattern: {"sparsity", "block_size", "skip"}}``.
-        prune_options: extra arguments for :func:`~tetris_tvm.prune_weight` (e.g. balanced).
+    The result's ``mod`` holds one unscheduled PrimFunc per kernel: what the default schedule
+    rules and :func:`tetris_tvm.tune` work on.
     """
     use_all_cores()
-    import tvm
     from tvm import relax
 
     from .frontend import bind_weights, import_model
@@ -418,28 +434,66 @@ def compile(  # noqa: A001 - the public name of the API contract
     mod = lower(mod)
     mod = FastActivations()(mod)
     with tgt:
-        mod = schedule_pipeline(tgt)(mod)
-        if tuning is not None:
-            mod = _apply_tuning(mod, tgt, tuning)
-    executable = tvm.compile(mod, target=tgt)
-
-    used_plan = prune_pass.plan
-    report = _report(used_plan, lower.layers, fold.runtime_gathers, skipped)
+        mod = lowering_pipeline()(mod)
+    report = _report(prune_pass.plan, lower.layers, fold.runtime_gathers, skipped)
     meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple}
-    return CompiledModel(executable, tgt, used_plan, report, meta, ir=mod)
+    return LoweredModel(mod, tgt, prune_pass.plan, report, meta)
 
 
-def _apply_tuning(mod: Any, target: Any, work_dir: str | os.PathLike[str]) -> Any:
-    from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
+def compile(  # noqa: A001 - the public name of the API contract
+    model: Any,
+    example_inputs: Sequence[Any] | Any,
+    target: Any = "llvm",
+    sparsity: float = 0.75,
+    block_size: int | tuple[int, int] = (32, 32),
+    plan: Any = None,
+    tuning: str | os.PathLike[str] | None = None,
+    *,
+    tuning_fallback: bool = False,
+    dynamic_batch: bool = False,
+    allow_gathers: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    prune_options: Mapping[str, Any] | None = None,
+) -> CompiledModel:
+    """Prune ``model`` with TETRIS and compile it with block-sparse kernels.
 
-    work = Path(work_dir)
-    wl, tr = work / "database_workload.json", work / "database_tuning_record.json"
-    if not wl.exists() or not tr.exists():
-        raise ValueError(f"{work}: no MetaSchedule database (expected {wl.name}, {tr.name})")
-    database = ms.database.JSONDatabase(path_workload=str(wl), path_tuning_record=str(tr))
-    with database:
-        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    Args:
+        model: a ``torch.nn.Module`` or ``torch.export.ExportedProgram``.
+        example_inputs: the input tensors (shapes are compiled in, except a dynamic batch).
+        target: ``"llvm"`` (this CPU), ``"cuda"``, a JSON target dict or a tvm Target.
+        sparsity: fraction of blocks pruned per layer, in ``[0, 1)``; ``0`` compiles the dense
+            model through the same path (the baseline for speedups).
+        block_size: ``(out, in)`` channel block.
+        plan: a :class:`~tetris_tvm.PruningPlan` to use instead of computing one (its
+            permutations are honoured; gathers stay where they cannot be folded).
+        tuning: a work directory written by :func:`tetris_tvm.tune`; its checked records for
+            this target replace the default schedules of the kernels they cover.
+        tuning_fallback: when ``tuning`` has nothing for this target or model, warn and use
+            the default schedules instead of raising ``ValueError``.
+        dynamic_batch: compile dimension 0 of the inputs as symbolic.
+        allow_gathers: let computed plans permute every axis even where a runtime gather
+            must stay (better retained L1, some gather cost).
+        overrides: per-layer ``{pattern: {"sparsity", "block_size", "skip"}}``.
+        prune_options: extra arguments for :func:`~tetris_tvm.prune_weight` (e.g. balanced).
+    """
+    import tvm
+    from tvm.s_tir import dlight as dl
+
+    lowered = lower_model(
+        model, example_inputs, target, sparsity, block_size, plan,
+        dynamic_batch=dynamic_batch, allow_gathers=allow_gathers, overrides=overrides,
+        prune_options=prune_options,
+    )
+    tgt, mod = lowered.target, lowered.mod
+    with tgt:
+        if tuning is not None:
+            from .tuning import apply_tuning
+
+            mod, tuned = apply_tuning(mod, tgt, tuning, fallback=tuning_fallback)
+            lowered.report.tuned_kernels = tuned
+        mod = dl.ApplyDefaultSchedule(*default_rules(tgt))(mod)
+    executable = tvm.compile(mod, target=tgt)
+    return CompiledModel(executable, tgt, lowered.plan, lowered.report, lowered.meta, ir=mod)
 
 
 def _report(plan: Any, lowered: Sequence[Any], gathers: int, skipped: list) -> Report:

@@ -95,8 +95,8 @@ def schedule_pad(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, skip: int 
         outer = sch.fuse(*loops[:-1])
     else:
         outer = loops[0]
-    sch.parallel(outer)
     inner = loops[-1]
     extent = loop_extent(sch, inner) or 0
     if extent % 8 == 0:
         sch.vectorize(sch.split(inner, [None, 8])[1])
+    sch.parallel(outer)  # after the split: see schedule_linear

@@ -17,7 +17,12 @@ from ._common import (
 )
 
 
-def schedule_linear(sch: s_tir.Schedule, target: Target, tile_rows: int | None = None) -> None:
+def schedule_linear(
+    sch: s_tir.Schedule,
+    target: Target,
+    tile_rows: int | None = None,
+    unroll_k: bool | None = None,
+) -> s_tir.schedule.LoopRV | None:
     """Schedule a ``*_linear`` kernel of :mod:`..kernels` in place.
 
     Parallel over output block-rows; inside a block-row, M is cut into register tiles of
@@ -27,6 +32,8 @@ def schedule_linear(sch: s_tir.Schedule, target: Target, tile_rows: int | None =
     stack-resident accumulator.  The reduction is decomposed above the block loop so that empty
     block-rows are zeroed too, and the epilogue (bias, activation, slicing to N) runs per tile.
     A ragged last M tile is split off by loop partitioning instead of predicating the hot loop.
+    ``tile_rows`` and ``unroll_k`` (unroll the in-block reduction) override the rule table
+    (tuning); returns the M-tile loop (None when every block-row is empty).
     """
     func = sch.mod["main"]
     bn = int(func.attrs["tetris.block"][0])
@@ -37,12 +44,12 @@ def schedule_linear(sch: s_tir.Schedule, target: Target, tile_rows: int | None =
             schedule_pad(sch, root[name])
     row = root["row"]
     (lnb,) = sch.get_loops(row)
-    sch.parallel(lnb)
     inner = child_blocks(sch, row)
     store = inner["store"]
     if "update" not in inner:  # every block-row empty: only the epilogue remains
         sch.vectorize(sch.get_loops(store)[-1])
-        return
+        sch.parallel(lnb)
+        return None
     update = inner["update"]
     if tile_rows is None:
         tile_rows = register_tile(rows, bn, target)
@@ -58,7 +65,9 @@ def schedule_linear(sch: s_tir.Schedule, target: Target, tile_rows: int | None =
     sch.reorder(mo, red_outer, lk, mi, li)
     sch.vectorize(li)
     sch.unroll(mi)
-    if (loop_extent(sch, lk) or 64) <= 32:
+    if unroll_k is None:
+        unroll_k = (loop_extent(sch, lk) or 64) <= 32
+    if unroll_k:
         sch.unroll(lk)
     init = sch.decompose_reduction(update, red_outer)
     sch.reverse_compute_at(store, mo)
@@ -67,6 +76,10 @@ def schedule_linear(sch: s_tir.Schedule, target: Target, tile_rows: int | None =
         sch.unroll(bm)
         sch.vectorize(bi)
     sch.annotate(mo, "pragma_loop_partition_hint", 1)
+    # last: in TVM 0.27 a split after parallel() was seen to modify the Schedule's source
+    # IRModule in place (fatal for sch.copy(), which tuning design spaces rely on)
+    sch.parallel(lnb)
+    return mo
 
 
 class BlockSparseMatmul(CPUScheduleRule):
@@ -74,10 +87,19 @@ class BlockSparseMatmul(CPUScheduleRule):
 
     kinds: tuple[str, ...] = ("bsr_linear", "ell_linear")
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        """Schedule ``func`` if it is one of :attr:`kinds` on a CPU target, else None."""
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, tunable: bool
+    ) -> s_tir.Schedule | list[s_tir.Schedule] | None:
+        """Schedule ``func`` if it is one of :attr:`kinds` on a CPU target, else None.
+
+        ``tunable=True`` returns the tuning design spaces (:mod:`.space`) instead.
+        """
         if not is_cpu(target) or kernel_kind(func) not in self.kinds:
             return None
+        if tunable:
+            from .space import design_spaces
+
+            return design_spaces(s_tir.Schedule(func), target)
         sch = fresh_schedule(func)
         schedule_linear(sch, target)
         return sch

@@ -36,13 +36,17 @@ def conv_tile(bn: int, pixels: int, target: Target) -> tuple[int, int]:
     return ct, vecs * lanes
 
 
-def schedule_conv2d(sch: s_tir.Schedule, target: Target) -> None:
+def schedule_conv2d(
+    sch: s_tir.Schedule, target: Target, tile: tuple[int, int] | None = None
+) -> s_tir.schedule.LoopRV | None:
     """Schedule a ``*_conv2d`` kernel in place (see the module docstring).
 
     Parallel over (image, output block-row); strided convs first build the im2col operand of
     each image in parallel, stride-1 convs read a zero-padded copy of the input in place
     (implicit GEMM).  Inside a block-row, pixel tiles are outer and channel tiles inner so an
     operand tile stays in L1 across channel tiles; kh x kw taps are unrolled.
+    ``tile`` overrides the rule table's ``(CT, PV)`` (tuning); returns the pixel-tile loop
+    (None when every block-row is empty).
     """
     func = sch.mod["main"]
     bn = int(func.attrs["tetris.block"][0])
@@ -53,23 +57,24 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target) -> None:
     if "im2col" in root:  # per image: build the operand (in parallel), then use it
         sch.compute_at(root["im2col"], ln)
         schedule_pad(sch, root["im2col"], skip=1)
-        sch.parallel(lnb)
+        par = lnb
     else:
         # the padded input (implicit GEMM) is small: one parallel pass over all images.  Not
         # compute_at per image: its region is a flat (h * Wp + w) range, which compute_at
         # mapped back onto (h, w) incorrectly in TVM 0.27 (part of the copy was skipped).
         if "x_pad" in root:
             schedule_pad(sch, root["x_pad"])
-        sch.parallel(sch.fuse(ln, lnb))
+        par = sch.fuse(ln, lnb)
     if "y_slice" in root:
         schedule_pad(sch, root["y_slice"])
     inner = child_blocks(sch, row)
     store = inner["store"]
     if "update" not in inner:
         sch.vectorize(sch.get_loops(store)[-1])
-        return
+        sch.parallel(par)
+        return None
     update = inner["update"]
-    ct, pv = conv_tile(bn, pixels, target)
+    ct, pv = tile or conv_tile(bn, pixels, target)
     # co, p, then the reduction: [j (kept blocks)], k  or  [j], ci, kh, kw (implicit GEMM)
     li, lp, *red = sch.get_loops(update)
     red_outer = red[0]
@@ -92,6 +97,8 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target) -> None:
         # (kept-block) loop in between it doubled the time of a 7x7 sparse conv; measured in
         # TVM 0.27 on 2 cores, see the issue notes
         sch.annotate(lpo, "pragma_loop_partition_hint", 1)
+    sch.parallel(par)  # last, as in schedule_linear
+    return lpo
 
 
 class BlockSparseConv2d(CPUScheduleRule):
@@ -99,10 +106,19 @@ class BlockSparseConv2d(CPUScheduleRule):
 
     kinds: tuple[str, ...] = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        """Schedule ``func`` if it is one of :attr:`kinds` on a CPU target, else None."""
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, tunable: bool
+    ) -> s_tir.Schedule | list[s_tir.Schedule] | None:
+        """Schedule ``func`` if it is one of :attr:`kinds` on a CPU target, else None.
+
+        ``tunable=True`` returns the tuning design spaces (:mod:`.space`) instead.
+        """
         if not is_cpu(target) or kernel_kind(func) not in self.kinds:
             return None
+        if tunable:
+            from .space import design_spaces
+
+            return design_spaces(s_tir.Schedule(func), target)
         sch = fresh_schedule(func)
         schedule_conv2d(sch, target)
         return sch

@@ -1,0 +1,88 @@
+"""Tuning search spaces for the tetris CPU kernels (what ``tunable=True`` hands MetaSchedule).
+
+MetaSchedule's generic rules cannot schedule a loop whose extent comes from ``indptr``, and its
+mutators replay a trace with new decisions, which breaks when a decision changes the loop
+structure (a 1-row register tile leaves no unit loop behind ``reverse_compute_at``).  So the
+space is a list of design spaces, one per structural choice of the default schedule (register
+tile rows, unrolled in-block reduction for linear; channel x pixel tile for conv), each with one
+structure-neutral sampled decision (``pragma_auto_unroll_max_step`` on the tile loop).  The
+XGBoost cost model ranks the candidates; the rule table's choice is always the first space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ._common import _STACK_BYTES, kernel_kind, loop_extent, register_tile, vector_lanes
+from .block_sparse_matmul import schedule_linear
+from .conv2d import conv_tile, schedule_conv2d
+
+__all__ = ["UNROLL_STEPS", "conv_configs", "design_spaces", "linear_configs"]
+
+UNROLL_STEPS = (0, 16, 64)
+"""Values sampled for ``pragma_auto_unroll_max_step`` on the tile loop."""
+
+_LINEAR = ("bsr_linear", "ell_linear", "dense_linear")
+_CONV = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
+
+
+def linear_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
+    """Register-tile rows x unrolled in-block reduction; the rule-table default first."""
+    rows = int(func.attrs["tetris.rows"])
+    bn = int(func.attrs["tetris.block"][0])
+    default = register_tile(rows, bn, target)
+    tiles = [default] + [
+        t for t in (1, 2, 3, 4, 6, 8) if t != default and t <= rows and t * bn * 4 < _STACK_BYTES
+    ]
+    return [{"tile_rows": t, "unroll_k": u} for t in tiles for u in (None, not _unrolls_k(func))]
+
+
+def _unrolls_k(func: tirx.PrimFunc) -> bool:
+    """What the default schedule decides for the in-block reduction (unrolled when <= 32)."""
+    return int(func.attrs["tetris.block"][1]) <= 32
+
+
+def conv_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
+    """Channel x pixel register tiles; the rule-table default first."""
+    bn = int(func.attrs["tetris.block"][0])
+    pixels = int(func.attrs["tetris.rows"])
+    lanes = vector_lanes(target)
+    default = conv_tile(bn, pixels, target)
+    tiles = [default]
+    for pv in (lanes, 2 * lanes):
+        for ct in (1, 2, 4, 6, 8, 12):
+            if bn % ct == 0 and (ct, pv) != default and ct * pv * 4 < 4 * _STACK_BYTES:
+                tiles.append((ct, pv))
+    return [{"tile": t} for t in tiles]
+
+
+def design_spaces(sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule] | None:
+    """One traced copy of ``sch`` per configuration, or None if ``sch`` is no tetris kernel.
+
+    Usable as a MetaSchedule ``ScheduleFn`` (with no extra rules, postprocs or mutators).
+    """
+    func = sch.mod["main"]
+    kind = kernel_kind(func)
+    if kind in _LINEAR:
+        configs, schedule = linear_configs(func, target), schedule_linear
+    elif kind in _CONV:
+        configs, schedule = conv_configs(func, target), schedule_conv2d
+    else:
+        return None
+    spaces = []
+    for config in configs:
+        space = sch.copy()
+        try:
+            tile_loop = schedule(space, target, **config)
+        except s_tir.ScheduleError:  # a configuration the shape cannot take
+            continue
+        if tile_loop is not None and (loop_extent(space, tile_loop) or 2) > 1:
+            step = space.sample_categorical(
+                list(UNROLL_STEPS), [1.0 / len(UNROLL_STEPS)] * len(UNROLL_STEPS)
+            )
+            space.annotate(tile_loop, "pragma_auto_unroll_max_step", step)
+        spaces.append(space)
+    return spaces
