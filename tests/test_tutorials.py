@@ -136,3 +136,32 @@ def test_prune_tutorial_plan_and_weights(prune_run: tuple[Path, str]) -> None:
         assert w.shape == lp.shape
         assert np.count_nonzero(w[~lp.mask]) == 0, f"{name}: pruned weights revived"
         assert np.count_nonzero(w[lp.mask]) > 0
+
+
+AUTOTUNE_TUTORIAL = TUTORIALS / "03_autotune.py"
+
+
+def test_autotune_tutorial_help() -> None:
+    proc = _run(AUTOTUNE_TUTORIAL, "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--trials", "--work-dir", "--out", "--small"):
+        assert flag in proc.stdout
+
+
+def test_autotune_tutorial(tmp_path: Path) -> None:
+    _require_mnist()
+    proc = _run(AUTOTUNE_TUTORIAL, "--small", "--out", str(tmp_path))
+    assert proc.returncode == 0, (
+        f"tutorial failed (exit {proc.returncode})\n--- stdout\n{proc.stdout}\n"
+        f"--- stderr\n{proc.stderr}"
+    )
+    s = _summary(proc.stdout)
+    tasks, tuned, trials = int(s["tasks"]), int(s["tuned"]), int(s["trials"])
+    assert tasks >= 3 and 0 < trials <= 4 * tasks  # --small: 4 trials per kernel
+    assert 0 <= tuned <= tasks
+    assert float(s["max_rel_diff"]) < 1e-4
+    assert f"{tuned} kernels took a tuned schedule" in proc.stdout
+    assert Path(s["so"]).exists() and Path(s["so"]).stat().st_size > 0
+    # the per-task table and the records on disk
+    assert "verdict" in proc.stdout and "kernel time (weighted)" in proc.stdout
+    assert list((tmp_path / "tuning").glob("*/summary.json"))

@@ -730,7 +730,7 @@ def tune_tasks(
                     tasks=contexts, task_weights=[float(tasks[i].weight) for i in active],
                     work_dir=str(tdir.path), max_trials_global=budget,
                     max_trials_per_task=max(left[i] for i in active),
-                    num_trials_per_iter=min(32, max(left)),
+                    num_trials_per_iter=min(16, max(left)),
                     # the initializer spares each build worker a slow import (see its doc)
                     builder=ms.builder.LocalBuilder(timeout_sec=timeout,
                                                     initializer=_import_tensor_intrinsics),

@@ -100,3 +100,28 @@ def schedule_pad(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, skip: int 
     if extent % 8 == 0:
         sch.vectorize(sch.split(inner, [None, 8])[1])
     sch.parallel(outer)  # after the split: see schedule_linear
+
+
+def loops_below(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, loop: s_tir.schedule.LoopRV
+) -> list[s_tir.schedule.LoopRV]:
+    """The loops of ``block`` nested inside ``loop`` (after a compute-at under ``loop``).
+
+    Unit loops are dropped by ``reverse_compute_at``, so "the last two loops" of a block can
+    be ``loop`` itself: unrolling that (a 1-row tile of 1024 rows) took LLVM 40 s.
+    """
+    loops = sch.get_loops(block)
+    target = sch.get(loop)
+    for i, lp in enumerate(loops):
+        if sch.get(lp).same_as(target):
+            return loops[i + 1 :]
+    raise ValueError("block is not nested in the loop")
+
+
+def unroll_vectorize_tile(sch: s_tir.Schedule, loops: list[s_tir.schedule.LoopRV]) -> None:
+    """Register tile epilogue/prologue loops: unroll the rows, vectorise the last loop."""
+    if not loops:
+        return
+    sch.vectorize(loops[-1])
+    for lp in loops[:-1]:
+        sch.unroll(lp)

@@ -12,8 +12,10 @@ from ._common import (
     is_cpu,
     kernel_kind,
     loop_extent,
+    loops_below,
     register_tile,
     schedule_pad,
+    unroll_vectorize_tile,
 )
 
 
@@ -72,9 +74,7 @@ def schedule_linear(
     init = sch.decompose_reduction(update, red_outer)
     sch.reverse_compute_at(store, mo)
     for blk in (init, store):
-        bm, bi = sch.get_loops(blk)[-2:]
-        sch.unroll(bm)
-        sch.vectorize(bi)
+        unroll_vectorize_tile(sch, loops_below(sch, blk, mo))
     sch.annotate(mo, "pragma_loop_partition_hint", 1)
     # last: in TVM 0.27 a split after parallel() was seen to modify the Schedule's source
     # IRModule in place (fatal for sch.copy(), which tuning design spaces rely on)

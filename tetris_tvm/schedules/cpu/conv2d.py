@@ -16,7 +16,9 @@ from ._common import (
     fresh_schedule,
     is_cpu,
     kernel_kind,
+    loops_below,
     schedule_pad,
+    unroll_vectorize_tile,
     vector_lanes,
     vector_registers,
 )
@@ -89,9 +91,7 @@ def schedule_conv2d(
     init = sch.decompose_reduction(update, red_outer)
     sch.reverse_compute_at(store, lio)
     for blk in (init, store):
-        bc, bp = sch.get_loops(blk)[-2:]
-        sch.unroll(bc)
-        sch.vectorize(bp)
+        unroll_vectorize_tile(sch, loops_below(sch, blk, lio))
     if pixels % pv and kernel_kind(func) == "dense_conv2d":
         # peels the ragged pixel tile: a clear win for the dense kernel, but with the indirect
         # (kept-block) loop in between it doubled the time of a 7x7 sparse conv; measured in
