@@ -21,7 +21,7 @@ def run(*args, cwd=None, env=None):
     )
 
 
-@pytest.mark.parametrize("command", ["prune", "compile", "bench", "report"])
+@pytest.mark.parametrize("command", ["prune", "compile", "tune", "bench", "report"])
 def test_help(command):
     res = run(command, "--help")
     assert res.returncode == 0 and "usage: tetris-tvm" in res.stdout
@@ -48,3 +48,25 @@ def test_compile_export_report_user_model(tmp_path):
     assert rep.returncode == 0 and "0.weight" in rep.stdout and "bsr_linear" in rep.stdout
     rep = run("report", str(tmp_path / "p.npz"))
     assert rep.returncode == 0 and "2.weight" in rep.stdout
+
+
+def test_tune_then_compile_with_the_records(tmp_path):
+    import json
+
+    (tmp_path / "usermodel.py").write_text(FACTORY)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    common = ["--model", "usermodel:make", "--input-shape", "4,32", "--block", "16",
+              "--sparsity", "0.5"]
+    work, out = tmp_path / "tuning", tmp_path / "tune.json"
+    res = run("tune", *common, "--work-dir", str(work), "--trials", "3", "--quiet",
+              "--json", str(out), env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "verdict" in res.stdout and "compile with --tuning" in res.stdout
+    tasks = json.loads(out.read_text())["tasks"]
+    assert tasks and all(0 < t["trials"] <= 3 for t in tasks)
+    tuned = sum(t["verdict"] == "tuned" for t in tasks)
+    res = run("compile", *common, "--tuning", str(work), env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"tuned kernels {tuned}" in res.stdout
+    res = run("compile", *common, "--tuning", str(tmp_path / "nothing"), env=env)
+    assert res.returncode != 0 and "does not exist" in res.stderr

@@ -256,3 +256,26 @@ def _count(tdir, task):
     raw = tdir.raw_database()
     wl = raw.commit_workload(task.mod)
     return len(raw.get_top_k(wl, 10**6))
+
+
+def test_cross_export_links_candidates_for_another_architecture(tmp_path):
+    """Candidates for an aarch64 board (tuned over RPC) are linked here, pickled workers too."""
+    import pickle
+    import shutil
+
+    import tvm
+
+    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.schedules.bsr import BSRMatrix
+    from tetris_tvm.tuning import CrossExport
+
+    cc = shutil.which("aarch64-linux-gnu-g++") or shutil.which("aarch64-linux-gnu-gcc")
+    if cc is None:
+        pytest.skip("no aarch64 cross compiler (apt-get install g++-aarch64-linux-gnu)")
+    bsr = BSRMatrix.from_dense(np.ones((32, 32), "f4"), (16, 16), np.ones((2, 2), bool))
+    func = K.block_sparse_linear((4, 32), bsr)
+    target = resolve_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "num-cores": 4})
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    export = pickle.loads(pickle.dumps(CrossExport(cc, str(tmp_path))))
+    header = open(export(lib.mod, "k"), "rb").read(20)
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183

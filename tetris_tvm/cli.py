@@ -162,7 +162,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         model, inputs, target=_target_arg(args.target), work_dir=args.work_dir,
         trials=args.trials, sparsity=args.sparsity, block_size=args.block, plan=plan,
         max_trials_global=args.max_trials, rpc=args.rpc, timeout=args.timeout,
-        progress=not args.quiet,
+        progress=not args.quiet, cross_compiler=args.cross_compiler,
     )
     print()
     print(result.format_table())
@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trials", type=int, default=64, help="measured candidates per kernel")
     t.add_argument("--max-trials", type=int, help="cap on the trials of this run")
     t.add_argument("--rpc", help="measure on an RPC tracker's device: host:port/key")
+    t.add_argument("--cross-compiler",
+                   help="link candidates for an --rpc device of another architecture, e.g. "
+                   "aarch64-linux-gnu-g++ (with a matching --target)")
     t.add_argument("--timeout", type=int, default=30, help="seconds per build or run")
     t.add_argument("--json", help="also write the per-kernel results to this JSON file")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

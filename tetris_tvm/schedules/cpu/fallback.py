@@ -23,6 +23,17 @@ __all__ = ["Fallback"]
 _MIN_PARALLEL = 4096
 
 
+def _touches_bool(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Whether a block reads or writes a bool buffer.
+
+    TVM 0.27's LLVM codegen turned a vectorised bool -> int8 cast into -1 for True (a
+    sign-extended vector mask; MiniLM's attention-mask check came out as -1 instead of 1,
+    found by the tuner's numerical check), so such blocks stay scalar.
+    """
+    stmt = sch.get(block)
+    return any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
+
+
 class Fallback(CPUScheduleRule):
     """Inline, then parallelise and vectorise the spatial loops of each remaining block."""
 
@@ -63,7 +74,7 @@ class Fallback(CPUScheduleRule):
                 if total >= 2:
                     sch.parallel(fused)
                 continue
-            if total >= _MIN_PARALLEL and total % lanes == 0:
+            if total >= _MIN_PARALLEL and total % lanes == 0 and not _touches_bool(sch, block):
                 outer, inner = sch.split(fused, [None, lanes])
                 sch.parallel(outer)
                 try:
