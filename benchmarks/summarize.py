@@ -113,7 +113,55 @@ def kernels_table() -> None:
     print(f"\n{met}/{len(rows)} cases meet the issue's fraction-of-ideal targets")
 
 
+def tuning_tables() -> None:
+    path = RESULTS / "tuning_minilm.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        print(f"\nMiniLM batch {data['batch']}, seq {data['seq']}, sparsity {data['sparsity']} "
+              "(end to end, ms, interleaved medians)\n")
+        print("| build | trials | tuning time | ms | vs default | vs torch eager |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        print(f"| torch eager (dense) | - | - | {data['torch_ms']:.1f} | - | 1.00x |")
+        print(f"| ours, default schedules | - | - | {data['default_ms']:.1f} | 1.00x | "
+              f"{data['torch_ms'] / data['default_ms']:.2f}x |")
+        for run in data["runs"]:
+            kept = sum(t["verdict"] == "tuned" for t in run["tasks"])
+            print(f"| ours, tuned ({kept}/{len(run['tasks'])} kernels kept a tuned schedule) | "
+                  f"{run['trials_this_run']} ({run['trials']}/kernel, cap "
+                  f"{run['max_trials_global']}) | {run['tune_s'] / 60:.0f} min | {run['ms']:.1f} | "
+                  f"{run['speedup_vs_default']:.2f}x | {run['speedup_vs_torch']:.2f}x |")
+        run = data["runs"][-1]
+        print("\nHeaviest kernels (latency x calls per run):\n")
+        print("| kernel | calls | default us | best tuned us | kept |")
+        print("| --- | --- | --- | --- | --- |")
+        heavy = sorted(run["tasks"], key=lambda t: -(t["default_us"] or 0) * t["calls"])[:6]
+        for t in heavy:
+            tuned = f"{t['tuned_us']:.0f}" if t["tuned_us"] is not None else "-"
+            print(f"| {t['task'][:48]} | {t['calls']} | {t['default_us']:.0f} | {tuned} | "
+                  f"{'tuned' if t['verdict'] == 'tuned' else 'default'} |")
+    path = RESULTS / "tuning_kernels.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        print(f"\nLinear kernels ({data['block']}x{data['block']} blocks, sparsity "
+              f"{data['sparsity']}), microseconds: default -> kept, judged after each run\n")
+        runs = data["runs"]
+        head = " | ".join(f"{r['trials']} trials/kernel" for r in runs)
+        print(f"| kernel | space measured | {head} |")
+        print("| --- | --- |" + " --- |" * len(runs))
+        for i, t in enumerate(runs[0]["tasks"]):
+            cells = []
+            for r in runs:
+                u = r["tasks"][i]
+                best = u["tuned_us"] if u["verdict"] == "tuned" else u["default_us"]
+                cells.append(f"{u['default_us']:.1f} -> {best:.1f} ({u['default_us'] / best:.2f}x)")
+            print(f"| {t['task']} | {runs[-1]['tasks'][i]['trials']} | " + " | ".join(cells) + " |")
+        for r in runs:
+            print(f"\n{r['trials']} trials: {r['trials_this_run']} measured in this run, "
+                  f"{r['tune_s']:.0f} s")
+
+
 if __name__ == "__main__":
     reorder_table()
     models_table()
     kernels_table()
+    tuning_tables()

@@ -741,6 +741,18 @@ def _space(task: KernelTask, target: Any) -> Any:
     )
 
 
+def _space_size(task: KernelTask, target: Any) -> int:
+    """Distinct candidates in our design space for ``task`` (a large number for the rest)."""
+    if task.kind == "dense-op" or target.kind.name != "llvm":
+        return 1 << 30
+    from tvm import s_tir
+
+    from .schedules.cpu.space import UNROLL_STEPS, design_spaces
+
+    spaces = design_spaces(s_tir.Schedule(task.mod), target) or []
+    return sum(len(UNROLL_STEPS) if s.trace.decisions else 1 for s in spaces)
+
+
 def _records_per_task(raw: Any, tasks: Sequence[KernelTask]) -> list[int]:
     import tvm_ffi
 
@@ -779,11 +791,13 @@ def tune_tasks(
     tdir = TuningDirectory(work_dir, target).create()
     raw = tdir.raw_database()
     done = _records_per_task(raw, tasks)
-    left = [max(0, int(trials) - d) for d in done]
+    spaces = [_space(t, target) for t in tasks]
+    # a search space smaller than the budget is covered once, not sampled again and again
+    wanted = [min(int(trials), _space_size(t, target)) for t in tasks]
+    left = [max(0, w - d) for w, d in zip(wanted, done, strict=True)]
     budget = sum(left) if max_trials_global is None else min(int(max_trials_global), sum(left))
     index = {t.signature: t.index_args for t in tasks}
     started = time.perf_counter()
-    spaces = [_space(t, target) for t in tasks]
     active = [i for i, n in enumerate(left) if n > 0 and spaces[i] is not None]
     if budget > 0 and active:
         _import_tensor_intrinsics()

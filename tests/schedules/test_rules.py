@@ -107,3 +107,43 @@ def test_generic_rule_declines_non_matmul():
     mod = relax.transform.LegalizeOps()(bb.get())
     prim = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)][0]
     assert DenseMatmul().apply(prim, cpu_target(), False) is None
+
+
+def test_fallback_keeps_bool_to_int8_casts_correct():
+    """A mask check as MiniLM's attention lowers it: max(int8(not(x == -inf))) over a row.
+
+    Vectorised, TVM 0.27 produced -1 for True; the Fallback rule must keep the value 1.
+    """
+    from tvm.script import tirx as T
+
+    from tetris_tvm.schedules.cpu.fallback import Fallback
+
+    @T.prim_func(s_tir=True)
+    def mask_check(x: T.Buffer((4, 64, 128), "float32"), out: T.Buffer((4, 64, 1), "int8")):
+        eq = T.sblock_alloc_buffer((4, 64, 128), "bool")
+        flag = T.sblock_alloc_buffer((4, 64, 128), "int8")
+        for a, b, c in T.grid(4, 64, 128):
+            with T.sblock("eq"):
+                va, vb, vc = T.axis.remap("SSS", [a, b, c])
+                eq[va, vb, vc] = not (x[va, vb, vc] == T.float32("-inf"))
+        for a, b, c in T.grid(4, 64, 128):
+            with T.sblock("cast"):
+                va, vb, vc = T.axis.remap("SSS", [a, b, c])
+                flag[va, vb, vc] = T.Cast("int8", eq[va, vb, vc])
+        for a, b, z, c in T.grid(4, 64, 1, 128):
+            with T.sblock("red"):
+                va, vb, vz, vc = T.axis.remap("SSSR", [a, b, z, c])
+                with T.init():
+                    out[va, vb, vz] = T.int8(-128)
+                out[va, vb, vz] = T.max(out[va, vb, vz], flag[va, vb, vc])
+
+    x = np.random.default_rng(0).standard_normal((4, 64, 128)).astype("f4")
+    x[0, 0, :] = -np.inf  # one fully masked row -> 0
+    with cpu_target():
+        mod = dl.ApplyDefaultSchedule(Fallback())(tvm.IRModule({"main": mask_check}))
+    lib = tvm.compile(mod, target=cpu_target())
+    out = tvm.runtime.tensor(np.zeros((4, 64, 1), "int8"))
+    lib["main"](tvm.runtime.tensor(x), out)
+    expected = np.ones((4, 64, 1), "int8")
+    expected[0, 0, 0] = 0
+    np.testing.assert_array_equal(out.numpy(), expected)
