@@ -5,6 +5,7 @@ Public API (see design.md):
 - :func:`prune_weight` -- reorder + block-prune one numpy weight, returns a :class:`LayerPlan`.
 - :func:`prune` -- a :class:`PruningPlan` for every eligible layer of a torch model.
 - :func:`compile` / :func:`load` -- build a block-sparse TVM module (and load an exported one).
+- :func:`tune` -- MetaSchedule-tune every kernel of a model; ``compile(..., tuning=work_dir)``.
 
 Nothing heavy (TVM, torch) is imported until a name that needs it is used.
 """
