@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(block-sparse and dense) in one MetaSchedule run with the XGBoost cost model. The "
         "fastest records of each kernel are checked against the unscheduled kernel and kept "
         "only if they beat the default schedule. Records persist in --work-dir (one folder "
-        "per target); rerunning resumes, Ctrl-C keeps what was measured.",
+        "per target); rerunning resumes, Ctrl-C keeps the records committed so far.",
     )
     model_args(t)
     t.add_argument("--sparsity", type=_sparsity, default=0.75, help="fraction of blocks pruned")

@@ -575,7 +575,7 @@ class _TuningStopped(Exception):
 
 
 class _StopOnCtrlC:
-    """While active, Ctrl-C asks the tuning loop to stop after the batch being measured.
+    """While active, Ctrl-C asks the tuning loop to stop between two batches.
 
     A KeyboardInterrupt raised inside MetaSchedule's C++ loop aborted the whole process
     (std::terminate); stopping between batches keeps the process and every record.  A second
@@ -590,7 +590,7 @@ class _StopOnCtrlC:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after the batch being measured (again to abort)", flush=True)
+        print("\nCtrl-C: stopping before the next batch (again to abort)", flush=True)
 
     def __enter__(self) -> _StopOnCtrlC:
         import signal

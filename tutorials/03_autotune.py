@@ -14,7 +14,7 @@ The steps, on the pretrained MNIST CNN at batch 64:
 2. compile with the default schedules, and keep the pruning plan compile made (it permutes
    only where the permutation folds away), so tuning and compiling see the same kernels;
 3. tune into a work directory (a progress bar shows the task, trials and best latency so far;
-   Ctrl-C stops after the current batch and keeps every record; rerunning resumes);
+   Ctrl-C ends the run between batches and keeps the committed records; rerunning resumes);
 4. compile with ``tuning=work_dir``, check it computes what the default build computes, and
    time both, interleaved (median of repeats);
 5. export the tuned model to a shared library and run it back from the file.
