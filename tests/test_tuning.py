@@ -39,6 +39,20 @@ def mlp(d=64, hidden=128):
     ).eval()
 
 
+def local_checker(task, target):
+    """A _Checker measuring on this machine with the task's own index arrays."""
+    return _Checker(task, target, _Device(target, None),
+                    ArgumentFactory({task.signature: task.index_args}))
+
+
+@pytest.fixture
+def work_copy(tuned, tmp_path):
+    """A scratch copy of the tuned work dir and its folder for this machine's target."""
+    copy = tmp_path / "work"
+    shutil.copytree(tuned[2], copy)
+    return copy, TuningDirectory(copy, resolve_target("llvm"))
+
+
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     model, x = mlp(), torch.randn(8, 64)
@@ -96,8 +110,7 @@ def test_checker_rejects_a_wrong_kernel():
     task = KernelTask("k", func, index_args={i + 1: a for i, a in enumerate(args)
                                              if a.dtype.kind == "i"})
     target = resolve_target("llvm")
-    checker = _Checker(task, target, _Device(target, None),
-                       ArgumentFactory({task.signature: task.index_args}))
+    checker = local_checker(task, target)
     assert checker.check(checker.build(None))  # the default schedule
     wrong = K.block_sparse_linear((5, 64), bsr, bias=True, activation="relu", fmt="bsr")
     lib = tvm.compile(tvm.IRModule({"main": wrong}), target=target)
@@ -115,8 +128,7 @@ def test_a_wrong_fastest_record_is_skipped(tuned, monkeypatch, tmp_path):
     raw = tdir.raw_database()
     records = raw.get_top_k(raw.commit_workload(task.mod), 8)
     assert len(records) >= 2
-    checker = _Checker(task, target, _Device(target, None),
-                       ArgumentFactory({task.signature: task.index_args}))
+    checker = local_checker(task, target)
     real_check, calls = checker.check, []
 
     def fastest_is_wrong(lib):
@@ -125,28 +137,23 @@ def test_a_wrong_fastest_record_is_skipped(tuned, monkeypatch, tmp_path):
 
     monkeypatch.setattr(checker, "check", fastest_is_wrong)
     scratch = TuningDirectory(tmp_path, target).create().selected_database()
-    result = _select(task, target, raw, scratch, checker, top_k=8, trials=len(records))
+    result = _select(checker, raw, scratch, top_k=8, trials=len(records))
     assert result.rejected == 1
     assert len(calls) == 3  # default, the wrong fastest, the second fastest (kept)
     assert result.tuned_us is not None
 
 
-def test_corrupt_database_is_an_error_naming_the_file(tuned, tmp_path):
-    model, x, work, _ = tuned
-    copy = tmp_path / "work"
-    shutil.copytree(work, copy)
-    tdir = TuningDirectory(copy, resolve_target("llvm"))
+def test_corrupt_database_is_an_error_naming_the_file(tuned, work_copy):
+    model, x, _, _ = tuned
+    copy, tdir = work_copy
     records = tdir.path / "selected_tuning_record.json"
     records.write_text("this is not json\n" + records.read_text())
     with pytest.raises(ValueError, match="selected_tuning_record.json"):
         tetris_tvm.compile(model, (x,), sparsity=SPARSITY, block_size=BLOCK, tuning=copy)
 
 
-def test_half_written_last_record_is_dropped(tuned, tmp_path):
-    _, _, work, _ = tuned
-    copy = tmp_path / "work"
-    shutil.copytree(work, copy)
-    tdir = TuningDirectory(copy, resolve_target("llvm"))
+def test_half_written_last_record_is_dropped(work_copy):
+    _, tdir = work_copy
     raw_file = tdir.path / "database_tuning_record.json"
     lines = raw_file.read_text().splitlines()
     raw_file.write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])

@@ -304,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'llvm' (this CPU), 'cuda', or a JSON target dict")
         p.add_argument("--block", type=_block, default=(32, 32), help="block, e.g. 32 or 16x32")
 
+    def pruning_args(p: argparse.ArgumentParser) -> None:
+        """How compile and tune prune: a sparsity, or a saved plan (same plan -> same kernels)."""
+        p.add_argument("--sparsity", type=_sparsity, default=0.75,
+                       help="fraction of blocks pruned")
+        p.add_argument("--plan", help="use this saved plan (.npz) instead of computing one")
+
     c = sub.add_parser(
         "compile",
         help="prune and compile a model, print the report, export a .so",
@@ -311,8 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the per-layer report and optionally export a deployable shared library.",
     )
     model_args(c)
-    c.add_argument("--sparsity", type=_sparsity, default=0.75, help="fraction of blocks pruned")
-    c.add_argument("--plan", help="use this saved plan (.npz) instead of computing one")
+    pruning_args(c)
     c.add_argument("--tuning", help="work dir written by 'tetris-tvm tune'")
     c.add_argument("--tuning-fallback", action="store_true",
                    help="if --tuning has nothing for this target/model, warn and use the "
@@ -332,8 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         "per target); rerunning resumes, Ctrl-C keeps the records committed so far.",
     )
     model_args(t)
-    t.add_argument("--sparsity", type=_sparsity, default=0.75, help="fraction of blocks pruned")
-    t.add_argument("--plan", help="use this saved plan (.npz) instead of computing one")
+    pruning_args(t)
     t.add_argument("--work-dir", required=True, help="where the tuning records live")
     t.add_argument("--trials", type=int, default=64, help="measured candidates per kernel")
     t.add_argument("--max-trials", type=int, help="cap on the trials of this run")

@@ -514,13 +514,11 @@ class _Checker:
         return lambda: float(evaluator(*args).mean)
 
 
-def _select(
-    task: KernelTask, target: Any, raw: Any, selected: Any, checker: _Checker, top_k: int,
-    trials: int,
-) -> TaskResult:
+def _select(checker: _Checker, raw: Any, selected: Any, top_k: int, trials: int) -> TaskResult:
     """Check the task's fastest records; keep the first correct one if it beats the default."""
     from .bench import median_interleaved
 
+    task = checker.task
     result = TaskResult(task.name, task.kind, task.weight, trials)
     default = checker.build(None)
     result.default_correct = checker.check(default)
@@ -837,10 +835,11 @@ def tune_tasks(
     measured = _records_per_task(raw, tasks)
     device = _Device(target, rpc, timeout=max(60, timeout), cross_compiler=cross_compiler)
     selected = tdir.selected_database(fresh=True)
-    results = []
-    for task, n in zip(tasks, measured, strict=True):
-        checker = _Checker(task, target, device, ArgumentFactory(index))
-        results.append(_select(task, target, raw, selected, checker, top_k, n))
+    factory = ArgumentFactory(index)
+    results = [
+        _select(_Checker(task, target, device, factory), raw, selected, top_k, n)
+        for task, n in zip(tasks, measured, strict=True)
+    ]
     seconds = time.perf_counter() - started
     result = TuningResult(tdir.path, results, seconds, sum(measured) - sum(done))
     tdir.summary_path.write_text(json.dumps(result.to_dict(), indent=1, default=str))
