@@ -38,6 +38,7 @@ CASES = [
     ((1, 16, 12, 12), 16, 3, 1, 2, 2, (8, 8), 0.5, (), True, None),  # dilation 2
     ((1, 8, 7, 9), 8, 3, 2, 0, 1, (8, 8), 0.9, (), False, None),  # stride 2, no padding
     ((1, 16, 6, 6), 16, 3, 1, 1, 1, (16, 16), 0.0, (), True, "relu"),  # dense-as-sparse
+    ((1, 8, 23, 24), 16, 3, 1, 1, 1, (8, 8), 0.5, (1,), True, "relu"),  # 2 pixel chunks
 ]
 
 
@@ -55,6 +56,17 @@ def test_block_sparse_conv2d(x_shape, cout, k, stride, padding, dilation, blk, s
     out = run_poisoned(kernel, x)
     assert out.shape == expected.shape
     assert_close(out, expected)
+
+
+def test_few_block_rows_cut_the_pixels_into_parallel_chunks():
+    from tetris_tvm.schedules import kernels as K
+
+    rng = np.random.default_rng(0)
+    bsr, _ = conv_bsr(rng, 16, 8, 3, 8, 8, 0.5)
+    func = K.block_sparse_conv2d((1, 8, 23, 24), bsr, 3, padding=1)
+    assert int(func.attrs["tetris.pixel_chunks"]) == 2
+    assert int(func.attrs["tetris.rows"]) * 2 >= 23 * 26  # every computed column is covered
+    assert K.pixel_chunks(224, 64) == 1  # enough block-rows: no chunks
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,dilation", [

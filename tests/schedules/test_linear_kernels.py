@@ -36,6 +36,7 @@ CASES = [
     ((64, 48), 40, (8, 8), 0.0, (), True, "relu", "auto"),  # sparsity 0 -> balanced, ELL
     ((7, 48), 64, (8, 8), 0.9, (0, 3), False, None, "bsr"),
     ((1, 96), 64, (32, 32), 0.0, (), True, None, "ell"),
+    ((9, 96), 64, (32, 32), 0.0, (), True, "gelu", "ell"),  # 32-wide block cut in 2 columns
 ]
 
 

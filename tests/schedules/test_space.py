@@ -9,6 +9,7 @@ from tvm import s_tir
 
 from tetris_tvm.schedules import kernels as K
 from tetris_tvm.schedules.cpu import BlockSparseConv2d, BlockSparseMatmul
+from tetris_tvm.schedules.cpu._common import linear_tile
 from tetris_tvm.schedules.cpu.block_sparse_matmul import schedule_linear
 from tetris_tvm.schedules.cpu.conv2d import schedule_conv2d
 from tetris_tvm.schedules.cpu.space import conv_configs, design_spaces, linear_configs
@@ -50,6 +51,7 @@ CASES = {
     "bsr_linear": lambda: _linear("bsr"),
     "ell_linear": lambda: _linear("ell"),
     "bsr_linear_gemv": lambda: _linear("bsr", rows=1),
+    "bsr_linear_32": lambda: _linear("bsr", rows=9, block=(32, 32)),
     "bsr_conv_implicit": lambda: _conv(1),
     "bsr_conv_im2col": lambda: _conv(2),
 }
@@ -69,7 +71,8 @@ def test_every_design_space_is_correct(case):
 def test_default_configuration_comes_first():
     func, _, _ = _linear("bsr")
     first = linear_configs(func, cpu_target())[0]
-    assert first == {"tile_rows": first["tile_rows"], "unroll_k": None}
+    rows, cols = linear_tile(7, 16, cpu_target())
+    assert first == {"tile_rows": rows, "tile_cols": cols, "unroll_k": None}
     conv, _, _ = _conv(1)
     from tetris_tvm.schedules.cpu.conv2d import conv_tile
 

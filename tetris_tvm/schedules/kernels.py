@@ -413,6 +413,16 @@ def conv_mode(geo: Conv2dGeometry, bi: int | None) -> str:
     return "im2col"
 
 
+def pixel_chunks(columns: int, work_items: int) -> int:
+    """Chunks to cut each image's GEMM columns into, so a conv has parallel work to share.
+
+    A conv with few output block-rows (batch 1, 128 channels in 32-row blocks: 4 items) left
+    threads idle, worse at high sparsity where one block-row may hold all kept blocks.  Aim for
+    16 work items of at least 256 columns each; batch x block-rows >= 16 needs no chunks.
+    """
+    return max(1, min(columns // 256, _ceil_div(16, max(1, work_items))))
+
+
 def _conv_common(
     kind: str,
     fmt: str,
@@ -444,6 +454,10 @@ def _conv_common(
     # vectorised pixel loop has no ragged (predicated, hence scalarised) tail: a 7x7 map has
     # 63 columns, and its sparse conv ran 5x slower than dense before this.
     q = _ceil_div(geo.oh * wp, 16) * 16 if mode == "implicit" else p
+    # implicit mode may also cut the columns into chunks, each a parallel work item
+    pc = pixel_chunks(q, geo.batch * nb) if mode == "implicit" else 1
+    q = _ceil_div(q, 16 * pc) * 16 * pc if pc > 1 else q
+    qc = q // pc
     # rows of the padded input: every tap of every computed column must stay in bounds
     pad_rows = max(hp + 1, _ceil_div(q + (geo.kh - 1) * dh * wp + (geo.kw - 1) * dw, wp))
     _activate(_f32(0.0), activation)
@@ -454,10 +468,11 @@ def _conv_common(
                 {
                     KERNEL_ATTR: kind,
                     "tetris.block": [bn, bk],
-                    "tetris.rows": q,
+                    "tetris.rows": qc,  # GEMM columns of one work item
                     "tetris.out_features": geo.cout,
                     "tetris.activation": activation or "none",
                     "tetris.conv_mode": mode,
+                    "tetris.pixel_chunks": pc,
                 }
             )
             x = TB.arg("x", T.Buffer((nbatch, geo.cin, geo.h, geo.w), F32))
@@ -500,17 +515,19 @@ def _conv_common(
                 dst = TB.sblock_alloc_buffer((nbatch, nb * bn, q), F32)
             else:
                 dst = yf
-            with T.grid(nbatch, nb) as (ln, lnb):
+            # chunks outermost: a block-row's chunks land on different threads
+            with T.grid(pc, nbatch, nb) as (lpc, ln, lnb):
                 with T.sblock("row"):
-                    vn, vnb = T.axis.remap("SS", [ln, lnb])
-                    acc = TB.sblock_alloc_buffer((bn, q), F32)
+                    vpc, vn, vnb = T.axis.remap("SSS", [lpc, ln, lnb])
+                    q0 = vpc * qc  # first column of this chunk
+                    acc = TB.sblock_alloc_buffer((bn, qc), F32)
                     has_update = fmt != "ell" or width > 0
                     if has_update and mode == "implicit":
                         if sparse:
                             red_ext = [w.row_extent(vnb), bi, geo.kh, geo.kw]
                         else:
                             red_ext = [geo.cin, geo.kh, geo.kw]
-                        with T.grid(bn, q, *red_ext) as loops:
+                        with T.grid(bn, qc, *red_ext) as loops:
                             with T.sblock("update"):
                                 vi, vq, *vred = T.axis.remap("SS" + "R" * len(red_ext), loops)
                                 if sparse:
@@ -523,30 +540,31 @@ def _conv_common(
                                     wv = w.value(vnb, None, vc * kk + vr * geo.kw + vs, vi)
                                 with T.init():
                                     T.buffer_store(acc, _f32(0.0), [vi, vq])
-                                xv = xp[vn, c, vq + vr * dh * wp + vs * dw]
+                                xv = xp[vn, c, q0 + vq + vr * dh * wp + vs * dw]
                                 T.buffer_store(acc, acc[vi, vq] + wv * xv, [vi, vq])
                     elif has_update and sparse:
-                        with T.grid(bn, q, w.row_extent(vnb), bk) as (li, lp, lj, lk):
+                        with T.grid(bn, qc, w.row_extent(vnb), bk) as (li, lp, lj, lk):
                             with T.sblock("update"):
                                 vi, vp, vj, vk = T.axis.remap("SSRR", [li, lp, lj, lk])
                                 with T.init():
                                     T.buffer_store(acc, _f32(0.0), [vi, vp])
-                                cv = col[vn, w.col_base(vnb, vj) + vk, vp]
+                                cv = col[vn, w.col_base(vnb, vj) + vk, q0 + vp]
                                 T.buffer_store(
                                     acc, acc[vi, vp] + w.value(vnb, vj, vk, vi) * cv, [vi, vp]
                                 )
                     elif has_update:
-                        with T.grid(bn, q, k) as (li, lp, lk):
+                        with T.grid(bn, qc, k) as (li, lp, lk):
                             with T.sblock("update"):
                                 vi, vp, vk = T.axis.remap("SSR", [li, lp, lk])
                                 with T.init():
                                     T.buffer_store(acc, _f32(0.0), [vi, vp])
                                 T.buffer_store(
                                     acc,
-                                    acc[vi, vp] + w.value(vnb, None, vk, vi) * col[vn, vk, vp],
+                                    acc[vi, vp]
+                                    + w.value(vnb, None, vk, vi) * col[vn, vk, q0 + vp],
                                     [vi, vp],
                                 )
-                    with T.grid(bn, q) as (li, lp):
+                    with T.grid(bn, qc) as (li, lp):
                         with T.sblock("store"):
                             vi, vp = T.axis.remap("SS", [li, lp])
                             acc_val = acc[vi, vp] if has_update else _f32(0.0)
@@ -554,7 +572,7 @@ def _conv_common(
                             T.buffer_store(
                                 dst,
                                 _store_value(acc_val, w, vnb, bias_val, activation),
-                                [vn, vnb * bn + vi, vp],
+                                [vn, vnb * bn + vi, q0 + vp],
                             )
             if dst is not yf:
                 with T.grid(nbatch, geo.cout, geo.oh, geo.ow) as (ln, lc, lh, lw):

@@ -43,10 +43,10 @@ def schedule_conv2d(
 ) -> s_tir.schedule.LoopRV | None:
     """Schedule a ``*_conv2d`` kernel in place (see the module docstring).
 
-    Parallel over (image, output block-row); strided convs first build the im2col operand of
-    each image in parallel, stride-1 convs read a zero-padded copy of the input in place
-    (implicit GEMM).  Inside a block-row, pixel tiles are outer and channel tiles inner so an
-    operand tile stays in L1 across channel tiles; kh x kw taps are unrolled.
+    Parallel over (pixel chunk, image, output block-row); strided convs first build the
+    im2col operand of each image in parallel, stride-1 convs read a zero-padded copy of the
+    input in place (implicit GEMM).  Inside a block-row, pixel tiles are outer and channel
+    tiles inner so an operand tile stays in L1 across channel tiles; kh x kw taps are unrolled.
     ``tile`` overrides the rule table's ``(CT, PV)`` (tuning); returns the pixel-tile loop
     (None when every block-row is empty).
     """
@@ -55,10 +55,10 @@ def schedule_conv2d(
     pixels = int(func.attrs["tetris.rows"])
     root = child_blocks(sch, sch.get_sblock("root"))
     row = root["row"]
-    ln, lnb = sch.get_loops(row)
+    lpc, ln, lnb = sch.get_loops(row)  # pixel chunk (1 unless implicit), image, block-row
     if "im2col" in root:  # per image: build the operand (in parallel), then use it
         sch.compute_at(root["im2col"], ln)
-        schedule_pad(sch, root["im2col"], skip=1)
+        schedule_pad(sch, root["im2col"], skip=2)
         par = lnb
     else:
         # the padded input (implicit GEMM) is small: one parallel pass over all images.  Not
@@ -66,7 +66,7 @@ def schedule_conv2d(
         # mapped back onto (h, w) incorrectly in TVM 0.27 (part of the copy was skipped).
         if "x_pad" in root:
             schedule_pad(sch, root["x_pad"])
-        par = sch.fuse(ln, lnb)
+        par = sch.fuse(lpc, ln, lnb)
     if "y_slice" in root:
         schedule_pad(sch, root["y_slice"])
     inner = child_blocks(sch, row)

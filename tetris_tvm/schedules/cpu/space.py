@@ -16,8 +16,8 @@ from typing import Any
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ._common import _STACK_BYTES, kernel_kind, loop_extent, register_tile, vector_lanes
-from .block_sparse_matmul import schedule_linear
+from ._common import _STACK_BYTES, kernel_kind, linear_tile, loop_extent, vector_lanes
+from .block_sparse_matmul import dense_k_step, schedule_linear, unrolls_k
 from .conv2d import conv_tile, schedule_conv2d
 
 __all__ = ["UNROLL_STEPS", "conv_configs", "design_spaces", "linear_configs"]
@@ -30,19 +30,30 @@ _CONV = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
 
 
 def linear_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
-    """Register-tile rows x unrolled in-block reduction; the rule-table default first."""
+    """Register tiles (rows x columns) x unrolled in-block reduction; the rule table's first.
+
+    Columns: the whole block width, or two vectors of it when that divides the block; a
+    one-row tile always spans the whole width.
+    """
     rows = int(func.attrs["tetris.rows"])
     bn = int(func.attrs["tetris.block"][0])
-    default = register_tile(rows, bn, target)
+    default = linear_tile(rows, bn, target)
+    half = 2 * vector_lanes(target)
+    widths = [bn] + ([half] if half < bn and bn % half == 0 else [])
     tiles = [default] + [
-        t for t in (1, 2, 3, 4, 6, 8) if t != default and t <= rows and t * bn * 4 < _STACK_BYTES
+        (t, c)
+        for c in widths
+        for t in (1, 2, 3, 4, 6, 8)
+        if (t, c) != default and t <= rows and t * c * 4 < _STACK_BYTES and (t > 1 or c == bn)
     ]
-    return [{"tile_rows": t, "unroll_k": u} for t in tiles for u in (None, not _unrolls_k(func))]
-
-
-def _unrolls_k(func: tirx.PrimFunc) -> bool:
-    """What the default schedule decides for the in-block reduction (unrolled when <= 32)."""
-    return int(func.attrs["tetris.block"][1]) <= 32
+    bk = int(func.attrs["tetris.block"][1])
+    if kernel_kind(func) == "dense_linear":  # block = (bn, K); the reduction steps through K
+        bk = dense_k_step(bk)
+    return [
+        {"tile_rows": t, "tile_cols": c, "unroll_k": u}
+        for t, c in tiles
+        for u in (None, not unrolls_k(bk, t, c, target))
+    ]
 
 
 def conv_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:

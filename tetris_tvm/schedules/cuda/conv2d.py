@@ -52,8 +52,7 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target) -> None:
         if name in root:
             bind_elementwise(sch, root[name])
     row = root["row"]
-    ln, lnb = sch.get_loops(row)
-    sch.bind(sch.fuse(ln, lnb), "blockIdx.y")
+    sch.bind(sch.fuse(*sch.get_loops(row)), "blockIdx.y")  # pixel chunk, image, block-row
     inner = child_blocks(sch, row)
     store = inner["store"]
     if "update" not in inner:
