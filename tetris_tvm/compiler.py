@@ -333,8 +333,9 @@ def default_rules(target: Any) -> list[Any]:
                 dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
     from .schedules.cpu import default_rules as cpu_rules
     from .schedules.cpu.fallback import Fallback
+    from .schedules.cpu.row_reduction import RowReduction
 
-    return [*cpu_rules(), dl.cpu.GEMV(), Fallback(), dl.cpu.Reduction()]
+    return [*cpu_rules(), dl.cpu.GEMV(), RowReduction(), Fallback(), dl.cpu.Reduction()]
 
 
 def lowering_pipeline() -> Any:

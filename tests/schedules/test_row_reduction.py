@@ -1,0 +1,110 @@
+"""The RowReduction CPU rule: layer norm, softmax and masked softmax, scheduled row by row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from kernel_helpers import assert_close, cpu_target
+from tvm import relax
+from tvm.s_tir import dlight as dl
+from tvm.s_tir import meta_schedule as ms
+
+from tetris_tvm.schedules.cpu.row_reduction import RowReduction
+
+
+def _prim_funcs(mod):
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _legalized(build, *shapes):
+    bb = relax.BlockBuilder()
+    xs = [relax.Var(f"x{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
+    with bb.function("main", xs):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(build(*xs)))
+        bb.emit_func_output(out)
+    (func,) = _prim_funcs(relax.transform.LegalizeOps()(bb.get())).values()
+    return func
+
+
+def _args(func, rng):
+    arrays = []
+    for info in ms.arg_info.ArgInfo.from_prim_func(func):
+        _, dtype, shape = info.as_json()
+        shape = [int(d) for d in shape]
+        if str(dtype) == "int8":
+            arrays.append((rng.random(shape) < 0.5).astype("int8"))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(str(dtype)))
+    arrays[-1] = np.full_like(arrays[-1], np.nan)  # the output: poisoned
+    return arrays
+
+
+def _run(func, args, rule=None):
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    if rule is not None:
+        sch = rule.apply(func, cpu_target(), False)
+        assert sch is not None, "the rule declined"
+        mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")})
+    lib = tvm.compile(mod, target=cpu_target())
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    lib["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+CASES = {
+    "layer_norm": lambda: _legalized(
+        lambda x, g, b: relax.op.nn.layer_norm(x, g, b, axes=[-1]), (3, 5, 64), (64,), (64,)
+    ),
+    "softmax": lambda: _legalized(lambda x: relax.op.nn.softmax(x, axis=-1), (2, 3, 7, 32)),
+    "rms_norm": lambda: _legalized(
+        lambda x, g: relax.op.nn.rms_norm(x, g, axes=[-1]), (9, 48), (48,)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_row_reduction_matches_the_unscheduled_function(case):
+    func = CASES[case]()
+    args = _args(func, np.random.default_rng(0))
+    expected = _run(func, args)
+    assert_close(_run(func, args, RowReduction()), expected)
+
+
+class _MaskedSoftmax(torch.nn.Module):
+    """Softmax whose fully masked rows give 0, as torch's attention lowers a padding mask."""
+
+    def forward(self, scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        masked = scores.masked_fill(keep.unsqueeze(-2) == 0, float("-inf"))
+        any_kept = (masked != float("-inf")).to(torch.int8).max(-1, keepdim=True).values > 0
+        return torch.where(any_kept, torch.softmax(masked, -1), 0.0)
+
+
+def test_masked_softmax_with_bool_stages_and_fully_masked_rows():
+    from tetris_tvm.compiler import lower_model
+
+    scores = torch.randn(2, 3, 16, 32)
+    keep = (torch.rand(2, 1, 32) < 0.7).to(torch.int8)
+    keep[0] = 0  # every row of image 0 fully masked -> 0, not NaN
+    low = lower_model(_MaskedSoftmax(), (scores, keep), sparsity=0.0)
+    funcs = _prim_funcs(low.mod)
+    taken = {n: f for n, f in funcs.items() if RowReduction().apply(f, cpu_target(), False)}
+    assert taken, f"RowReduction took none of {sorted(funcs)}"
+    with cpu_target():
+        mod = dl.ApplyDefaultSchedule(RowReduction())(low.mod)
+    ex = relax.build(mod, target=cpu_target())
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(scores.numpy()), tvm.runtime.tensor(keep.numpy()))
+    got = got[0] if isinstance(got, tvm.ir.Array | list | tuple) else got
+    expected = _MaskedSoftmax()(scores, keep).numpy()
+    assert np.isfinite(got.numpy()).all()
+    assert_close(got.numpy(), expected)
+
+
+def test_declines_functions_without_a_row_reduction():
+    add = _legalized(lambda x, y: relax.op.add(x, y), (4, 64), (4, 64))
+    narrow = _legalized(lambda x: relax.op.nn.softmax(x, axis=-1), (4, 6))  # < 2 vectors wide
+    assert RowReduction().apply(add, cpu_target(), False) is None
+    assert RowReduction().apply(narrow, cpu_target(), False) is None

@@ -1,0 +1,116 @@
+"""CPU rule for row-wise normalisations: softmax, layer norm, RMS norm and their epilogues.
+
+Such a function is a chain of blocks over the same rows, each either reducing along the last
+axis (max, sum, sum of squares) or mapping it elementwise.  The rule runs the rows in
+parallel and computes every stage of one row before the next row starts (the row stays in
+L1), with each reduction split into SIMD-wide partial sums (``rfactor``) so that it
+vectorises like the elementwise stages.  Measured on MiniLM's shapes (2 cores, znver3): layer
+norm 8x128x384 and softmax 8x12x128x128 ran 3-7x faster than with the generic Fallback.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+from ._common import vector_lanes
+
+__all__ = ["RowReduction"]
+
+
+def _const_extents(sch: s_tir.Schedule, loops) -> list[int] | None:
+    extents = [sch.get(lp).extent for lp in loops]
+    if not all(isinstance(e, tirx.IntImm) for e in extents):
+        return None
+    return [int(e.value) for e in extents]
+
+
+class RowReduction(CPUScheduleRule):
+    """Parallel rows; per row: every stage in turn, reductions as vectorised partial sums."""
+
+    def apply(  # noqa: D102 - ScheduleRule API
+        self, func: tirx.PrimFunc, target: Target, _: bool
+    ) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos or len(infos) < 2 or not any(i.is_reduction() for i in infos):
+            return None
+        lanes = vector_lanes(target)
+        # elementwise stages inlined into their consumers: softmax's exp is then computed in
+        # both the sum and the normalisation, which still ran 1.6x faster than storing it
+        infos = try_inline_contiguous_spatial(sch, infos)
+        shapes = []
+        for info in infos:
+            extents = _const_extents(sch, sch.get_loops(info.block_rv))
+            kinds = info.dom_kind()
+            if extents is None or len(kinds) != len(extents):
+                return None
+            # unit loops dropped: the rows, then optionally the width, reduced or mapped
+            kept = [(e, k) for e, k in zip(extents, kinds, strict=True) if e != 1]
+            if any(k != "S" for _, k in kept[:-1]) or (kept and kept[-1][1] not in "SR"):
+                return None
+            shapes.append([e for e, _ in kept])
+            for buf in [*sch.get(info.block_rv).reads, *sch.get(info.block_rv).writes]:
+                if str(buf.source.dtype) not in ("float32", "int8", "bool"):
+                    return None
+        rows, width = shapes[-1][:-1], shapes[-1][-1] if shapes[-1] else 0
+        if not rows or width % lanes or width < 2 * lanes:
+            return None
+        if any(shape not in (rows, [*rows, width]) for shape in shapes):
+            return None
+        blocks = [info.block_rv for info in infos]
+        reductions = [info.block_rv for info, shape in zip(infos, shapes, strict=True)
+                      if info.is_reduction() and shape != rows]
+        if any(info.is_reduction() and info.block_rv not in reductions for info in infos):
+            return None  # a reduction over something other than the width
+        try:
+            self._schedule(sch, blocks, reductions, lanes)
+        except s_tir.ScheduleError:  # e.g. a reduction rfactor cannot split (argmax)
+            return None
+        return sch
+
+    @staticmethod
+    def _schedule(sch, blocks, reductions, lanes: int) -> None:
+        partials = []
+
+        def split_reduction(block):
+            *_, k = sch.get_loops(block)
+            _, ki = sch.split(k, [None, lanes])
+            rf = sch.rfactor(ki, factor_axis=0)
+            partials.append(rf)
+            return rf
+
+        # the last block's rows are the parallel loop (its width: mapped, or reduced)
+        last = blocks[-1]
+        last_rf = split_reduction(last) if last in reductions else None
+        row = sch.fuse(*sch.get_loops(last)[:-1])
+        if last_rf is not None:
+            sch.compute_at(last_rf, row)
+        # every earlier stage computed per row, last to first
+        for block in reversed(blocks[:-1]):
+            rf = split_reduction(block) if block in reductions else None
+            sch.compute_at(block, row)
+            if rf is not None:
+                sch.compute_at(rf, row)
+        for block in blocks:
+            loops = sch.get_loops(block)
+            if block not in reductions and len(loops) > 1 and _vectorizable(sch, block):
+                sch.vectorize(sch.split(loops[-1], [None, lanes])[1])
+        for rf in partials:  # after compute_at: (lane, step) -> (step, lane)
+            ki, ko = sch.get_loops(rf)[-2:]
+            sch.reorder(ko, ki)
+            if _vectorizable(sch, rf):
+                sch.vectorize(ki)
+        sch.parallel(row)
+
+
+def _vectorizable(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """No bool in the block: TVM 0.27 vectorised a bool -> int8 cast into -1 for True."""
+    stmt = sch.get(block)
+    buffers = [*stmt.reads, *stmt.writes]
+    return "bool" not in str(stmt.body) and all(str(b.source.dtype) != "bool" for b in buffers)
