@@ -9,6 +9,8 @@ One process, interleaved, median of repeats, 2 threads, OMP_WAIT_POLICY=PASSIVE.
 
     python benchmarks/models.py --quick
     python benchmarks/models.py --json benchmarks/results/models.json
+    python benchmarks/models.py --minilm-batch 8 --sparsity 0.75 --repeats 9 \
+        --json benchmarks/results/minilm_b8/run1.json          # one case, run again
 """
 
 from __future__ import annotations
@@ -142,13 +144,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small cases, few repeats")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--minilm-batch", type=int, metavar="B",
+                    help="only MiniLM at this batch (seq 128), e.g. to repeat one case")
+    ap.add_argument("--sparsity", type=float, action="append",
+                    help="only this sparsity (repeatable); default 0, 0.5, 0.75, 0.9")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    sparsities = [0.0, 0.5, 0.75, 0.9]
+    sparsities = args.sparsity or [0.0, 0.5, 0.75, 0.9]
     cases = []
     if args.quick:
         cases.append(minilm_case(1, 32, [0.0, 0.75], 3))
         cases.append(mnist_case(8, [0.0, 0.75], 3, steps=20))
+    elif args.minilm_batch:
+        cases.append(minilm_case(args.minilm_batch, 128, sparsities, args.repeats))
     else:
         cases.append(minilm_case(1, 128, sparsities, args.repeats))
         cases.append(minilm_case(8, 128, sparsities, args.repeats))
