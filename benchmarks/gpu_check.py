@@ -18,6 +18,11 @@ Meant for ONE run on a GPU machine (an H200 here), through ``benchmarks/gpu_chec
    (torch BSR time / ours).  Targets (recorded, not asserted): float16, blocks 32/64, s = 0.9,
    M >= 256: ``frac_ideal >= 0.6`` and ``vs_bsr >= 2``.
 
+5. a whole model: ``tetris_tvm.compile(target="cuda")`` of a MiniLM-shaped encoder
+   (``tetris_tvm.zoo.bert_shaped_encoder``, random weights: the GPU machine has no model files)
+   at s = 0.9, 32x32 blocks, in float32 and with ``dtype="float16"``; its output against the
+   masked torch model on the GPU, and its time against torch eager in float32 and float16.
+
 ``--dry-run`` (no GPU needed) builds everything and skips execution; ``--quick`` runs a subset.
 """
 
@@ -209,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="stop timing new cases after this many seconds in total")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--model-layers", type=int, default=2,
+                        help="encoder layers of the whole-model check (0 skips it)")
     args = parser.parse_args(argv)
     t_start = time.time()
     out_dir = Path(args.out)
@@ -265,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         func, consts, bias = build_func(case, bsr, bias=True, activation="gelu")
         epi.append((case, bsr, consts, bias, compile_cuda(func, target)))
 
+    model_check = WholeModelCheck(args.arch, args.model_layers, args.quick)
+    model_check.build()
+
     if args.dry_run:
-        payload = {"meta": meta, "cases": [asdict(c) for c in cases]}
+        payload = {"meta": meta, "cases": [asdict(c) for c in cases],
+                   "whole_model": model_check.rows}
         (out_dir / "gpu_check.json").write_text(json.dumps(payload, indent=1))
         print(f"dry run: {len(built)} kernels + {len(epi)} epilogue kernels built; "
               f"nothing executed; JSON in {out_dir}")
@@ -346,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         case.t_bsr = times.get("bsr")
         torch.cuda.synchronize()
 
+    # ---- whole model (section 5 of the docstring)
+    model_check.run(args.repeats)
+
     # ---- 4. report
     lines = [f"{'case':46s} {'TC':>3s} {'ok':>3s} {'ours_us':>9s} {'cublas_us':>9s} "
              f"{'bsr_us':>9s} {'vs_dense':>8s} {'frac_ideal':>10s} {'vs_bsr':>7s}"]
@@ -378,11 +392,118 @@ def main(argv: list[str] | None = None) -> int:
         "cases": [{**asdict(c), **c.ratios()} for c in cases],
         "epilogue": epilogue,
         "targets": target_rows,
+        "whole_model": model_check.rows,
     }
     (out_dir / "gpu_check.json").write_text(json.dumps(payload, indent=1))
     (out_dir / "gpu_check.txt").write_text(table + "\n")
     print(f"total {time.time() - t_start:.0f}s; results in {out_dir}")
-    return 0 if n_ok == len(cases) and all(e["ok"] for e in epilogue) else 1
+    models_ok = all(r.get("ok", True) for r in model_check.rows)
+    return 0 if n_ok == len(cases) and all(e["ok"] for e in epilogue) and models_ok else 1
+
+
+class WholeModelCheck:
+    """Section 5: a MiniLM-shaped encoder compiled for CUDA, checked and timed against torch."""
+
+    SPARSITY = 0.9
+    TOL = {"float32": 1e-3, "float16": 5e-2}
+
+    def __init__(self, arch: str, layers: int, quick: bool) -> None:
+        self.arch, self.layers = arch, layers
+        self.shape = (2, 32, 384) if quick else (8, 128, 384)
+        self.rows: list[dict] = []
+        self.compiled: list = []
+
+    def build(self) -> None:
+        if self.layers <= 0:
+            return
+        import torch
+
+        import tetris_tvm
+        from tetris_tvm.zoo import bert_shaped_encoder
+
+        self.model = bert_shaped_encoder(self.layers)
+        self.x = torch.randn(*self.shape, generator=torch.Generator().manual_seed(0))
+        for dtype in self.TOL:
+            t0 = time.time()
+            row = {"model": f"bert-shaped x{self.layers}", "shape": list(self.shape),
+                   "sparsity": self.SPARSITY, "dtype": dtype}
+            try:
+                cm = tetris_tvm.compile(
+                    self.model, (self.x,), target={"kind": "cuda", "arch": self.arch},
+                    sparsity=self.SPARSITY, block_size=(32, 32), dtype=dtype,
+                )
+                row["compile_s"] = time.time() - t0
+                row["kernels"] = sorted({r["kernel"] for r in cm.report.layers})
+                self.compiled.append((row, cm))
+            except Exception as exc:  # noqa: BLE001 - recorded
+                row["ok"] = False
+                row["error"] = f"build: {type(exc).__name__}: {str(exc).splitlines()[-1][:300]}"
+            self.rows.append(row)
+            print(f"whole model {dtype}: {row.get('error') or row['kernels']}", flush=True)
+
+    def run(self, repeats: int) -> None:
+        if not self.compiled:
+            return
+        import copy
+
+        import torch
+        import tvm
+
+        from tetris_tvm.bench import median_interleaved
+
+        dev = torch.device("cuda")
+        plan = self.compiled[0][1].plan
+        masked = copy.deepcopy(self.model)
+        masked.load_state_dict(plan.masked_state_dict(self.model))
+        masked = masked.to(dev)
+        x = self.x.to(dev)
+        with torch.no_grad():
+            ref = masked(x).float().cpu().numpy()
+        half, xh = copy.deepcopy(masked).half(), x.half()
+        samplers = {
+            "torch_float32": torch_timer(lambda: masked(x), 5),
+            "torch_float16": torch_timer(lambda: half(xh), 5),
+        }
+        for row, cm in self.compiled:
+            try:
+                out = cm(self.x)
+                out = (out[0] if isinstance(out, tuple | list) else out).float().numpy()
+                row["max_err"] = float(np.abs(out - ref).max() / (np.abs(ref).max() or 1.0))
+                tol = self.TOL[row["dtype"]]
+                row["ok"] = bool(np.isfinite(out).all() and row["max_err"] <= tol)
+                cm._ensure_vm()
+                args = [tvm.runtime.tensor(self.x.numpy(), cm.device)]
+                samplers[f"ours_{row['dtype']}"] = _vm_timer(cm, args, 5)
+            except Exception as exc:  # noqa: BLE001 - recorded
+                row["ok"] = False
+                row["error"] = f"run: {type(exc).__name__}: {str(exc).splitlines()[-1][:300]}"
+        with torch.no_grad():
+            times = median_interleaved(samplers, repeats)
+        for row, _ in self.compiled:
+            ours = times.get(f"ours_{row['dtype']}")
+            if ours is None:
+                continue
+            row["ms"] = ours * 1e3
+            for ref_name in ("torch_float32", "torch_float16"):
+                row[f"{ref_name}_ms"] = times[ref_name] * 1e3
+                row[f"vs_{ref_name}"] = times[ref_name] / ours
+            print(f"whole model {row['dtype']}: ok={row['ok']} err={row['max_err']:.2e} "
+                  f"{row['ms']:.2f} ms; torch fp32 {row['torch_float32_ms']:.2f} ms, "
+                  f"fp16 {row['torch_float16_ms']:.2f} ms", flush=True)
+
+
+def _vm_timer(cm, args: list, number: int):
+    """Seconds per run of a compiled model's VM on device tensors (device synchronised)."""
+
+    def run() -> float:
+        cm.device.sync()
+        t0 = time.perf_counter()
+        for _ in range(number):
+            cm.vm["main"](*args)
+        cm.device.sync()
+        return (time.perf_counter() - t0) / number
+
+    return run
 
 
 if __name__ == "__main__":

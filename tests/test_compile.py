@@ -97,6 +97,20 @@ def test_odd_shapes_and_user_plan_with_gathers():
     assert_close(cm(x.numpy()), masked_reference(model, plan, x))
 
 
+@pytest.mark.parametrize("dtype,rtol", [("float16", 1e-2), ("bfloat16", 4e-2)])
+def test_half_precision_linears_match_the_float32_reference(dtype, rtol):
+    torch.manual_seed(0)
+    model = ResidualMLP(d=64, hidden=128, out=32).eval()
+    x = torch.randn(5, 64)
+    cm = tetris_tvm.compile(model, (x,), sparsity=0.5, block_size=(32, 32), dtype=dtype)
+    assert all(r["kernel"].endswith(f"_{dtype}") for r in cm.report.layers)
+    out = cm(x)
+    assert out.dtype == torch.float32  # inputs and outputs stay float32
+    assert_close(out, masked_reference(model, cm.plan, x), rtol=rtol)
+    with pytest.raises(AssertionError):  # the tolerance is tight enough to notice half math
+        assert_close(out, masked_reference(model, cm.plan, x), rtol=1e-6)
+
+
 def test_bad_arguments():
     model = ResidualMLP().eval()
     x = torch.randn(1, 48)
@@ -104,6 +118,8 @@ def test_bad_arguments():
         tetris_tvm.compile(model, (x,), sparsity=1.0)
     with pytest.raises(ValueError, match="unknown target"):
         tetris_tvm.compile(model, (x,), target="tpu")
+    with pytest.raises(ValueError, match="dtype must be"):
+        tetris_tvm.compile(model, (x,), dtype="float64")
     with pytest.raises(ValueError, match="example input"):
         tetris_tvm.compile(model, ("nope",))
     other = tetris_tvm.prune(ResidualMLP(d=40).eval(), sparsity=0.5, block_size=8)

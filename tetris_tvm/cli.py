@@ -133,7 +133,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     cm = tetris_compile(
         model, inputs, target=_target_arg(args.target), sparsity=args.sparsity,
         block_size=args.block, plan=plan, tuning=args.tuning,
-        tuning_fallback=args.tuning_fallback,
+        tuning_fallback=args.tuning_fallback, dtype=args.dtype,
     )
     print(f"compiled in {time.perf_counter() - start:.1f} s\n")
     print(cm.report.format_table())
@@ -322,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tuning-fallback", action="store_true",
                    help="if --tuning has nothing for this target/model, warn and use the "
                    "default schedules instead of failing")
+    c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="weights and operands of the block-sparse linear layers (float32 "
+                   "accumulation; everything else stays float32); half types suit CUDA")
     c.add_argument("--out", help="export the compiled model to this .so")
     c.add_argument("--cross-compiler", help="e.g. aarch64-linux-gnu-gcc (with a matching --target)")
     c.add_argument("--save-plan", help="write the plan used to this .npz")

