@@ -108,3 +108,21 @@ def test_declines_functions_without_a_row_reduction():
     narrow = _legalized(lambda x: relax.op.nn.softmax(x, axis=-1), (4, 6))  # < 2 vectors wide
     assert RowReduction().apply(add, cpu_target(), False) is None
     assert RowReduction().apply(narrow, cpu_target(), False) is None
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        lambda x: relax.op.nn.max_pool2d(x, pool_size=2, strides=2),
+        lambda x: relax.op.nn.max_pool2d(x, pool_size=3, strides=2, padding=1),
+        lambda x: relax.op.nn.avg_pool2d(x, pool_size=3, strides=1, padding=1),
+    ],
+    ids=["max2x2", "max3x3_pad", "avg3x3"],
+)
+def test_fallback_pooling_windows_match_the_unscheduled_function(pool):
+    """Fallback's pooling path: outer outputs in parallel, window unrolled, last axis vectorised."""
+    from tetris_tvm.schedules.cpu.fallback import Fallback
+
+    func = _legalized(pool, (2, 5, 13, 14))
+    args = _args(func, np.random.default_rng(1))
+    assert_close(_run(func, args, Fallback()), _run(func, args))
