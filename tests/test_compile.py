@@ -111,6 +111,33 @@ def test_half_precision_linears_match_the_float32_reference(dtype, rtol):
         assert_close(out, masked_reference(model, cm.plan, x), rtol=1e-6)
 
 
+@pytest.mark.parametrize("model_cls,shape", [(ResidualMLP, (48,)), (SmallCNN, (3, 16, 16))])
+def test_dynamic_batch_runs_every_batch_size(model_cls, shape, tmp_path):
+    torch.manual_seed(0)
+    model = model_cls().eval()
+    cm = tetris_tvm.compile(model, (torch.randn(4, *shape),), sparsity=0.5,
+                            block_size=(16, 16), dynamic_batch=True)
+    for batch in (1, 3, 7, 30):  # 30: more rows than the 24 a kernel pads to
+        x = torch.randn(batch, *shape)
+        assert_close(cm(x), masked_reference(model, cm.plan, x))
+    loaded = tetris_tvm.load(cm.export(tmp_path / "dyn.so"))
+    x = torch.randn(5, *shape)
+    assert_close(loaded(x.numpy()), masked_reference(model, cm.plan, x))
+
+
+def test_bounded_dynamic_batch_and_its_errors():
+    torch.manual_seed(0)
+    model = ResidualMLP().eval()
+    cm = tetris_tvm.compile(model, (torch.randn(2, 48),), sparsity=0.5, block_size=(16, 16),
+                            dynamic_batch=16)
+    x = torch.randn(16, 48)
+    assert_close(cm(x), masked_reference(model, cm.plan, x))
+    with pytest.raises(ValueError, match="dynamic_batch must be"):
+        tetris_tvm.compile(model, (x,), dynamic_batch=0)
+    with pytest.raises(ValueError, match="fixed shapes"):
+        tetris_tvm.tune(model, (x,), work_dir="unused", dynamic_batch=True)
+
+
 def test_bad_arguments():
     model = ResidualMLP().eval()
     x = torch.randn(1, 48)

@@ -134,6 +134,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         model, inputs, target=_target_arg(args.target), sparsity=args.sparsity,
         block_size=args.block, plan=plan, tuning=args.tuning,
         tuning_fallback=args.tuning_fallback, dtype=args.dtype,
+        dynamic_batch=args.dynamic_batch,
     )
     print(f"compiled in {time.perf_counter() - start:.1f} s\n")
     print(cm.report.format_table())
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tuning-fallback", action="store_true",
                    help="if --tuning has nothing for this target/model, warn and use the "
                    "default schedules instead of failing")
+    c.add_argument("--dynamic-batch", nargs="?", type=int, const=True, default=False,
+                   metavar="MAX", help="compile the batch dimension as symbolic: one build "
+                   "runs any batch size (MAX bounds it, so memory is planned once)")
     c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="weights and operands of the block-sparse linear layers (float32 "
                    "accumulation; everything else stays float32); half types suit CUDA")

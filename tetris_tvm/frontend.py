@@ -55,18 +55,29 @@ def to_torch_inputs(example_inputs: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _max_batch(dynamic_batch: bool | int) -> int | None:
+    """The largest batch of a ``dynamic_batch`` option (None: unbounded or not dynamic)."""
+    if isinstance(dynamic_batch, bool):
+        return None
+    if int(dynamic_batch) < 1:
+        raise ValueError(f"dynamic_batch must be True, False or a batch size >= 1, got "
+                         f"{dynamic_batch!r}")
+    return int(dynamic_batch)
+
+
 def import_model(
     model: Any,
     example_inputs: Sequence[Any],
     *,
-    dynamic_batch: bool = False,
+    dynamic_batch: bool | int = False,
 ) -> ImportedModel:
     """Export ``model`` with torch.export and import it into Relax.
 
     Args:
         model: a ``torch.nn.Module`` (put in eval mode) or a ``torch.export.ExportedProgram``.
         example_inputs: tensors with the shapes to compile for.
-        dynamic_batch: make dimension 0 of every input symbolic (``batch``).
+        dynamic_batch: make dimension 0 of every input symbolic (``batch``); an int is the
+            largest batch, which lets Relax plan all memory once for that size.
     """
     import torch
     from tvm.relax.frontend.torch import from_exported_program
@@ -82,7 +93,8 @@ def import_model(
         model = model.eval()
         dynamic_shapes = None
         if dynamic_batch:
-            batch = torch.export.Dim("batch", min=1, max=1 << 16)
+            largest = _max_batch(dynamic_batch)
+            batch = torch.export.Dim("batch", min=1, max=largest or 1 << 16)
             dynamic_shapes = tuple({0: batch} for _ in inputs)
         try:
             with torch.no_grad():
@@ -100,6 +112,12 @@ def import_model(
 
     mod, params = relax.frontend.detach_params(mod)
     func = mod["main"]
+    if dynamic_batch and not _max_batch(dynamic_batch) and func.attrs is not None:
+        # no bound: memory is allocated per call (a planner bound of 65536 rows would
+        # reserve tens of GB for a transformer's activations)
+        if "tir_var_upper_bound" in func.attrs:
+            func = func.without_attr("tir_var_upper_bound")
+            mod["main"] = func
     num_input = int(func.attrs["num_input"])
     weight_vars = func.params[num_input:]
     values = params.get("main", [])

@@ -931,6 +931,11 @@ def tune(
     """
     from .compiler import lower_model
 
+    if compile_options.get("dynamic_batch"):
+        raise ValueError(
+            "tune() measures kernels at fixed shapes: tune without dynamic_batch, at the "
+            "batch size you deploy (a dynamic-batch build uses the default schedules)"
+        )
     lowered = lower_model(model, example_inputs, target, sparsity, block_size, plan,
                           **compile_options)
     tasks = tasks_from_module(lowered.mod, lowered.target)

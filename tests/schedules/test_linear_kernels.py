@@ -114,3 +114,25 @@ def test_linear_property(m, n, k, bn, bk, sparsity, seed):
     x = rng.standard_normal((m, k)).astype(np.float32)
     kernel = build_block_sparse_linear(bsr, x.shape, target=cpu_target())
     assert_close(run_poisoned(kernel, x), x @ bsr.to_dense().T)
+
+
+def test_symbolic_rows_one_kernel_for_every_batch():
+    """A kernel built for (batch, 7, K) with a symbolic batch runs any batch size."""
+    import tvm
+    from tvm import tirx
+
+    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.schedules.build import compile_prim_func
+
+    rng = np.random.default_rng(5)
+    bsr = random_bsr(rng, (64, 40), (32, 16), 0.5, (1,))
+    bias = rng.standard_normal(64).astype(np.float32)
+    batch = tirx.Var("batch", "int64")
+    lib = compile_prim_func(K.block_sparse_linear((batch, 7, 40), bsr, bias=True),
+                            cpu_target())
+    consts = [tvm.runtime.tensor(c) for c in K.linear_weight_args(bsr, bias)]
+    for b in (1, 4, 9):  # 7, 28 and 63 rows: below, above and not a multiple of 24
+        x = rng.standard_normal((b, 7, 40)).astype(np.float32)
+        out = tvm.runtime.tensor(np.full((b, 7, 64), np.nan, np.float32))
+        lib["main"](tvm.runtime.tensor(x), *consts, out)
+        assert_close(out.numpy(), x @ bsr.to_dense().T + bias)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 
 __all__ = [
@@ -57,6 +58,26 @@ def substitute(expr: Any, mapping: dict[Any, Any]) -> Any:
         args = [substitute(a, mapping) for a in expr.args]
         return relax.Call(expr.op, args, expr.attrs, expr.ty_args)
     return expr
+
+
+def shape_dims(shape: Any) -> list:
+    """A Relax shape as a list of ints, symbolic dims (dynamic batch) kept as expressions."""
+    out = []
+    for d in shape:
+        if isinstance(d, tvm.tirx.IntImm):
+            out.append(int(d.value))
+        else:
+            out.append(d if isinstance(d, tvm.tirx.Expr) else int(d))
+    return out
+
+
+def same_dims(a: Any, b: Any) -> bool:
+    """Whether two shapes are equal (symbolic dims compared structurally)."""
+    a, b = shape_dims(a), shape_dims(b)
+    return len(a) == len(b) and all(
+        x == y if isinstance(x, int) and isinstance(y, int) else tvm_ffi.structural_equal(x, y)
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 def channel_axis(ndim: int, op: str) -> int:

@@ -22,7 +22,7 @@ from tvm import relax
 
 from ..schedules import kernels as K
 from ..schedules.bsr import BSRMatrix
-from ._dataflow import const_value, is_const, op_name, rebuild_main
+from ._dataflow import const_value, is_const, op_name, rebuild_main, same_dims, shape_dims
 from .prune import COMPOSITE_CONV2D, COMPOSITE_LINEAR
 
 __all__ = ["LowerBlockSparse", "LoweredLayer"]
@@ -56,6 +56,20 @@ def _composites(mod: tvm.IRModule) -> dict[str, relax.Function]:
             if kind is not None and str(kind) in (COMPOSITE_LINEAR, COMPOSITE_CONV2D):
                 out[_gv_name(gv)] = func
     return out
+
+
+def _known_shape(ty: Any, comp: relax.Function, x: Any) -> Any:
+    """The type of a composite call, its shape rebuilt when Relax left it unknown.
+
+    With a dynamic batch a linear's input can be ``(batch * 32, K)``: a parameter shape that
+    binds no variable, so the call's shape is not deduced.  It is ``x``'s leading dims + N.
+    """
+    if getattr(ty, "shape", None) is not None:
+        return ty
+    if str(comp.attrs["Composite"]) != COMPOSITE_LINEAR:
+        raise ValueError(f"cannot infer the output shape of {comp.attrs['tetris.layer']}")
+    n = const_value(_composite_call(comp).args[1]).shape[1]  # weight (K, N)
+    return relax.TensorType([*shape_dims(x.ty.shape)[:-1], n], str(x.ty.dtype))
 
 
 def _composite_call(func: relax.Function) -> relax.Call:
@@ -132,7 +146,7 @@ class LowerBlockSparse:
             if _gv_name(v.op) not in comps:
                 continue
             last, bias, act = b.var, None, None
-            out_ty = b.var.ty
+            out_ty = _known_shape(b.var.ty, comps[_gv_name(v.op)], v.args[0])
             is_conv = int(out_ty.ndim) == 4 and "conv2d" in _gv_name(v.op)
             channel = 1 if is_conv else int(out_ty.ndim) - 1
             if self.fuse_epilogue and last in consumer:
@@ -149,7 +163,7 @@ class LowerBlockSparse:
                 nxt_var, nxt = consumer[last]
                 through: list[Any] = []
                 # torch.export wraps a GELU in reshapes (2-D matmul, 3-D gelu): look through one
-                if _keeps_channel(nxt, last, channel) and nxt_var in consumer:
+                if _keeps_channel(nxt, last, channel, out_ty) and nxt_var in consumer:
                     through = [nxt_var]
                     nxt_var, nxt = consumer[nxt_var]
                 name = op_name(nxt)
@@ -171,10 +185,11 @@ class LowerBlockSparse:
                 x = mapping.get(call_value.args[0], call_value.args[0])
                 comp = comps[_gv_name(call_value.op)]
                 bias, act, _ = epilogue[call_var]
-                out = self._lower(bb, comp, x, call_var.ty, bias, act)
-                shape = [int(d) for d in var.ty.shape]
-                if shape != [int(d) for d in call_var.ty.shape]:
-                    out = relax.op.reshape(bb.emit(out), shape)
+                out_ty = _known_shape(call_var.ty, comp, call_value.args[0])
+                out = self._lower(bb, comp, x, out_ty, bias, act)
+                # a reshape was looked through (its shape is known); else same shape
+                if var.ty.shape is not None and not same_dims(var.ty.shape, out_ty.shape):
+                    out = relax.op.reshape(bb.emit(out), shape_dims(var.ty.shape))
                 return out
             return value
 
@@ -196,8 +211,8 @@ class LowerBlockSparse:
         layer = str(comp.attrs["tetris.layer"])
         block = tuple(int(b) for b in comp.attrs["tetris.block"])
         call = _composite_call(comp)
-        x_shape = [int(s) for s in x.ty.shape]
-        out_shape = [int(s) for s in out_ty.shape]
+        x_shape = shape_dims(x.ty.shape)  # dim 0 symbolic with a dynamic batch
+        out_shape = shape_dims(out_ty.shape)
         if str(comp.attrs["Composite"]) == COMPOSITE_LINEAR:
             w = const_value(call.args[1]).T  # (N, K), permuted storage order
             bsr = BSRMatrix.from_dense(w, (min(block[0], w.shape[0]), min(block[1], w.shape[1])))
@@ -206,7 +221,7 @@ class LowerBlockSparse:
                 func = K.dense_linear(x_shape, w.shape[0], bias=bias is not None, activation=act)
                 consts = [K.pack_dense_weight(w, 16)]
                 kernel = "dense_linear"
-            elif self._half(bsr):
+            elif self._half(bsr) and all(isinstance(d, int) for d in x_shape):
                 return self._lower_half(bb, layer, x, x_shape, out_shape, bsr, bias, act, block)
             else:
                 func = K.block_sparse_linear(x_shape, bsr, bias=bias is not None, activation=act)
@@ -294,18 +309,17 @@ def _const(array: np.ndarray) -> relax.Constant:
     return relax.const(array)
 
 
-def _keeps_channel(call: relax.Call, src: Any, channel: int) -> bool:
-    """A reshape of ``src`` that only regroups the leading axes (channel-last tensors)."""
+def _keeps_channel(call: relax.Call, src: Any, channel: int, src_ty: Any) -> bool:
+    """A reshape of ``src`` (of type ``src_ty``) that only regroups the leading axes."""
     if op_name(call) != "relax.reshape" or not call.args[0].same_as(src):
         return False
-    before = [int(d) for d in src.ty.shape]
+    before = shape_dims(src_ty.shape)
     if channel != len(before) - 1:
         return False
     after = call.ty.shape if hasattr(call, "ty") and call.ty is not None else None
     if after is None:
         return False
-    after = [int(d) for d in after]
-    return after[-1] == before[-1]
+    return same_dims(shape_dims(after)[-1:], before[-1:])
 
 
 def _bias_of(

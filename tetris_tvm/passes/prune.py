@@ -34,7 +34,7 @@ from tvm import relax
 
 from ..plan import PruningPlan
 from ..reorder import LayerPlan, prune_weight
-from ._dataflow import const_value, is_const, op_name, rebuild_main
+from ._dataflow import const_value, is_const, op_name, rebuild_main, same_dims, shape_dims
 from .gather_rules import Gather, inverse, is_identity, push_gather
 
 __all__ = ["TetrisPrune", "LayerSite", "COMPOSITE_LINEAR", "COMPOSITE_CONV2D", "find_layers"]
@@ -91,9 +91,9 @@ def find_layers(func: relax.Function, torch_names: Mapping[str, str]) -> _Analys
                 transposed[b.var] = v.args[0]
         elif op == "relax.broadcast_to" and v.args[0] in transposed:
             # torch.export's bmm form of a linear: the transposed weight broadcast over batch
-            src = [int(d) for d in v.args[0].ty.shape]
-            dst = [int(d) for d in b.var.ty.shape]
-            if dst[-2:] == src:
+            src = shape_dims(v.args[0].ty.shape)
+            dst = shape_dims(b.var.ty.shape)
+            if same_dims(dst[-2:], src):
                 transposed[b.var] = transposed[v.args[0]]
         elif op == "relax.matmul" and v.args[1] in transposed:
             w = transposed[v.args[1]]

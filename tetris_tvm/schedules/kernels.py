@@ -61,6 +61,32 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+ROWS_HINT = 128
+"""Rows the schedule rules assume for a kernel whose row count is symbolic (dynamic batch)."""
+
+ROW_ALIGN = 24
+"""A symbolic row count is computed rounded up to this (every register tile height divides
+it); the extra rows read zeros and are not stored."""
+
+
+def _dims(shape: Sequence) -> tuple:
+    """Shape dims as ints; symbolic ones (``tirx.Var`` or expressions) kept."""
+    out = []
+    for d in shape:
+        if isinstance(d, tirx.IntImm):
+            d = int(d.value)
+        out.append(d if isinstance(d, tirx.Expr) else int(d))
+    return tuple(out)
+
+
+def _product(dims: Sequence) -> int | tirx.Expr:
+    """Product of dims: an int when every dim is static."""
+    total: int | tirx.Expr = 1
+    for d in dims:
+        total = total * d
+    return total
+
+
 def _f32(v: float) -> tirx.Expr:
     return tirx.const(v, F32)
 
@@ -218,11 +244,21 @@ def _linear_common(
     activation: str | None,
     name: str,
 ) -> tirx.PrimFunc:
-    x_shape = tuple(int(d) for d in x_shape)
+    # a symbolic dim given as an expression (batch * 32) binds nothing at the kernel's API:
+    # the kernel gets its own variable for it, bound from the tensor passed in
+    x_shape = tuple(
+        tirx.Var(f"n{i}", str(d.ty)) if isinstance(d, tirx.Expr) and not isinstance(d, tirx.Var)
+        else d
+        for i, d in enumerate(_dims(x_shape))
+    )
     if len(x_shape) < 1:
         raise ValueError("x must have at least one dimension")
-    m = int(np.prod(x_shape[:-1], dtype=np.int64))
-    k = x_shape[-1]
+    m = _product(x_shape[:-1])
+    k = int(x_shape[-1])
+    dynamic = not isinstance(m, int)
+    # symbolic rows (dynamic batch): computed rounded up to ROW_ALIGN, so that every register
+    # tile height divides them and the hot loop needs no bounds predicate
+    mp = tirx.floordiv(m + ROW_ALIGN - 1, ROW_ALIGN) * ROW_ALIGN if dynamic else m
     bn, bk = block
     nbk = _ceil_div(k, bk) if fmt != "dense" else 1
     kp = nbk * bk if fmt != "dense" else k
@@ -235,7 +271,7 @@ def _linear_common(
                 {
                     KERNEL_ATTR: kind,
                     "tetris.block": [bn, bk],
-                    "tetris.rows": m,
+                    "tetris.rows": ROWS_HINT if dynamic else m,
                     "tetris.out_features": n,
                     "tetris.activation": activation or "none",
                 }
@@ -247,25 +283,27 @@ def _linear_common(
             xf = TB.decl_buffer((m, k), F32, data=x.data)
             yf = TB.decl_buffer((m, n), F32, data=y.data)
             src = xf
-            if kp != k:
-                xp = TB.sblock_alloc_buffer((m, kp), F32)
-                with T.grid(m, kp) as (lm, lk):
+            if kp != k or dynamic:
+                xp = TB.sblock_alloc_buffer((mp, kp), F32)
+                with T.grid(mp, kp) as (lm, lk):
                     with T.sblock("x_pad"):
                         vm, vk = T.axis.remap("SS", [lm, lk])
+                        inside = tirx.all(vm < m, vk < k) if dynamic else vk < k
+                        row = T.min(vm, m - 1) if dynamic else vm  # in bounds however lowered
                         T.buffer_store(
-                            xp, T.if_then_else(vk < k, xf[vm, vk], _f32(0.0)), [vm, vk]
+                            xp, T.if_then_else(inside, xf[row, vk], _f32(0.0)), [vm, vk]
                         )
                 src = xp
             # N % bn != 0: the last block-row is computed whole into a padded buffer and sliced
             # afterwards (a predicate on "store" is lost by reverse_compute_at in TVM 0.27)
-            dst = yf if n % bn == 0 else TB.sblock_alloc_buffer((m, nb * bn), F32)
+            dst = yf if n % bn == 0 and not dynamic else TB.sblock_alloc_buffer((mp, nb * bn), F32)
             with T.grid(nb) as lnb:
                 with T.sblock("row"):
                     vnb = T.axis.spatial(nb, lnb)
-                    acc = TB.sblock_alloc_buffer((m, bn), F32)
+                    acc = TB.sblock_alloc_buffer((mp, bn), F32)
                     has_update = fmt != "ell" or width > 0
                     if fmt == "dense":
-                        with T.grid(m, k, bn) as (lm, lk, li):
+                        with T.grid(mp, k, bn) as (lm, lk, li):
                             with T.sblock("update"):
                                 vm, vk, vi = T.axis.remap("SRS", [lm, lk, li])
                                 with T.init():
@@ -276,7 +314,7 @@ def _linear_common(
                                     [vm, vi],
                                 )
                     elif has_update:
-                        with T.grid(m, w.row_extent(vnb), bk, bn) as (lm, lj, lk, li):
+                        with T.grid(mp, w.row_extent(vnb), bk, bn) as (lm, lj, lk, li):
                             with T.sblock("update"):
                                 vm, vj, vk, vi = T.axis.remap("SRRS", [lm, lj, lk, li])
                                 with T.init():
@@ -285,7 +323,7 @@ def _linear_common(
                                 T.buffer_store(
                                     acc, acc[vm, vi] + xv * w.value(vnb, vj, vk, vi), [vm, vi]
                                 )
-                    with T.grid(m, bn) as (lm, li):
+                    with T.grid(mp, bn) as (lm, li):
                         with T.sblock("store"):
                             vm, vi = T.axis.remap("SS", [lm, li])
                             acc_val = acc[vm, vi] if has_update else _f32(0.0)
@@ -368,7 +406,8 @@ class Conv2dGeometry:
         def pair(v):
             return (int(v), int(v)) if isinstance(v, int | np.integer) else tuple(int(a) for a in v)
 
-        self.batch, self.cin, self.h, self.w = (int(d) for d in x_shape)
+        batch, self.cin, self.h, self.w = _dims(x_shape)
+        self.batch = batch  # an int, or symbolic (dynamic batch)
         self.cout, cin_w, self.kh, self.kw = (int(d) for d in w_shape)
         if cin_w != self.cin:
             raise ValueError(f"weight has Cin={cin_w}, input has {self.cin} (groups=1 only)")
@@ -455,7 +494,8 @@ def _conv_common(
     # 63 columns, and its sparse conv ran 5x slower than dense before this.
     q = _ceil_div(geo.oh * wp, 16) * 16 if mode == "implicit" else p
     # implicit mode may also cut the columns into chunks, each a parallel work item
-    pc = pixel_chunks(q, geo.batch * nb) if mode == "implicit" else 1
+    images = geo.batch if isinstance(geo.batch, int) else 1  # a dynamic batch may be 1
+    pc = pixel_chunks(q, images * nb) if mode == "implicit" else 1
     q = _ceil_div(q, 16 * pc) * 16 * pc if pc > 1 else q
     qc = q // pc
     # rows of the padded input: every tap of every computed column must stay in bounds

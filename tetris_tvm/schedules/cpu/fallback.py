@@ -95,21 +95,24 @@ class Fallback(CPUScheduleRule):
             if not spatial:
                 continue
             extents = [sch.get(lp).extent for lp in spatial]
-            if not all(isinstance(e, tirx.IntImm) for e in extents):
-                continue
+            if not isinstance(extents[-1], tirx.IntImm):
+                continue  # (outer extents may be symbolic: a dynamic batch)
             if rest and len(spatial) >= 2 and _small_window(sch, rest):
                 _schedule_window(sch, block, spatial, rest)
                 continue
             sch.reorder(*spatial, *rest)
             fused = sch.fuse(*spatial)
             total = 1
-            for e in extents:
-                total *= int(e.value)
+            for e in extents:  # a symbolic extent counts as large
+                total *= int(e.value) if isinstance(e, tirx.IntImm) else _MIN_PARALLEL
             if rest:  # a reduction stays serial inside each parallel iteration
                 if total >= 2:
                     sch.parallel(fused)
                 continue
-            if total >= _MIN_PARALLEL and total % lanes == 0 and not _touches_bool(sch, block):
+            divisible = int(extents[-1].value) % lanes == 0 or (
+                all(isinstance(e, tirx.IntImm) for e in extents) and total % lanes == 0
+            )
+            if total >= _MIN_PARALLEL and divisible and not _touches_bool(sch, block):
                 outer, inner = sch.split(fused, [None, lanes])
                 sch.parallel(outer)
                 try:

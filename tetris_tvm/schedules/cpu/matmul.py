@@ -83,6 +83,9 @@ def schedule_generic_matmul(sch: s_tir.Schedule, target: Target) -> bool:
     lanes = vector_lanes(target)
     nb = 2 * lanes if j_ext % (2 * lanes) == 0 else (lanes if j_ext % lanes == 0 else 8)
     mt = register_tile(i_ext, nb, target)
+    static = all(loop_extent(sch, lp) is not None for lp in s_loops)
+    if not static:  # a symbolic batch: a tile height dividing the rows, nothing to partition
+        mt = max(t for t in range(1, mt + 1) if i_ext % t == 0)
     sch.reorder(*s_loops, *i_loops, lj, lk)
     jo, ji = sch.split(lj, [None, nb])
     io, ii = sch.split(i_loops[-1], [None, mt])
@@ -99,7 +102,8 @@ def schedule_generic_matmul(sch: s_tir.Schedule, target: Target) -> bool:
         blk_loops = sch.get_loops(blk)
         sch.vectorize(blk_loops[-1])
         sch.unroll(blk_loops[-2])
-    sch.annotate(io, "pragma_loop_partition_hint", 1)
+    if static:  # (under a symbolic batch loop, partitioning hit an int32/int64 mismatch)
+        sch.annotate(io, "pragma_loop_partition_hint", 1)
     return True
 
 

@@ -21,11 +21,10 @@ from ._common import vector_lanes
 __all__ = ["RowReduction"]
 
 
-def _const_extents(sch: s_tir.Schedule, loops) -> list[int] | None:
+def _extents(sch: s_tir.Schedule, loops) -> list[int | str]:
+    """Loop extents: ints, or the text of a symbolic one (a dynamic batch) to compare by."""
     extents = [sch.get(lp).extent for lp in loops]
-    if not all(isinstance(e, tirx.IntImm) for e in extents):
-        return None
-    return [int(e.value) for e in extents]
+    return [int(e.value) if isinstance(e, tirx.IntImm) else str(e) for e in extents]
 
 
 class RowReduction(CPUScheduleRule):
@@ -46,9 +45,9 @@ class RowReduction(CPUScheduleRule):
         infos = try_inline_contiguous_spatial(sch, infos)
         shapes = []
         for info in infos:
-            extents = _const_extents(sch, sch.get_loops(info.block_rv))
+            extents = _extents(sch, sch.get_loops(info.block_rv))
             kinds = info.dom_kind()
-            if extents is None or len(kinds) != len(extents):
+            if len(kinds) != len(extents):
                 return None
             # unit loops dropped: the rows, then optionally the width, reduced or mapped
             kept = [(e, k) for e, k in zip(extents, kinds, strict=True) if e != 1]
@@ -59,7 +58,7 @@ class RowReduction(CPUScheduleRule):
                 if str(buf.source.dtype) not in ("float32", "int8", "bool"):
                     return None
         rows, width = shapes[-1][:-1], shapes[-1][-1] if shapes[-1] else 0
-        if not rows or width % lanes or width < 2 * lanes:
+        if not rows or not isinstance(width, int) or width % lanes or width < 2 * lanes:
             return None
         if any(shape not in (rows, [*rows, width]) for shape in shapes):
             return None
