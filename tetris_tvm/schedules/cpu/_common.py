@@ -139,3 +139,14 @@ def unroll_vectorize_tile(sch: s_tir.Schedule, loops: list[s_tir.schedule.LoopRV
     sch.vectorize(loops[-1])
     for lp in loops[:-1]:
         sch.unroll(lp)
+
+
+def touches_bool(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Whether a block reads or writes a bool buffer.
+
+    TVM 0.27's LLVM codegen turned a vectorised bool -> int8 cast into -1 for True (a
+    sign-extended vector mask; MiniLM's attention-mask check came out as -1 instead of 1,
+    found by the tuner's numerical check), so such blocks stay scalar.
+    """
+    stmt = sch.get(block)
+    return any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])

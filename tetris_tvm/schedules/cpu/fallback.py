@@ -15,23 +15,12 @@ from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from ._common import vector_lanes
+from ._common import touches_bool, vector_lanes
 
 __all__ = ["Fallback"]
 
 # below this many iterations a parallel region costs more than it saves
 _MIN_PARALLEL = 4096
-
-
-def _touches_bool(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
-    """Whether a block reads or writes a bool buffer.
-
-    TVM 0.27's LLVM codegen turned a vectorised bool -> int8 cast into -1 for True (a
-    sign-extended vector mask; MiniLM's attention-mask check came out as -1 instead of 1,
-    found by the tuner's numerical check), so such blocks stay scalar.
-    """
-    stmt = sch.get(block)
-    return any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
 
 
 _MAX_WINDOW = 64
@@ -58,7 +47,7 @@ def _schedule_window(sch: s_tir.Schedule, block, spatial: list, window: list) ->
     outer = sch.fuse(*spatial[:-1])
     for lp in window:
         sch.unroll(lp)
-    if not _touches_bool(sch, block):
+    if not touches_bool(sch, block):
         try:
             sch.vectorize(spatial[-1])
         except s_tir.ScheduleError:  # stays a scalar loop
@@ -112,7 +101,7 @@ class Fallback(CPUScheduleRule):
             divisible = int(extents[-1].value) % lanes == 0 or (
                 all(isinstance(e, tirx.IntImm) for e in extents) and total % lanes == 0
             )
-            if total >= _MIN_PARALLEL and divisible and not _touches_bool(sch, block):
+            if total >= _MIN_PARALLEL and divisible and not touches_bool(sch, block):
                 outer, inner = sch.split(fused, [None, lanes])
                 sch.parallel(outer)
                 try:

@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from ._common import vector_lanes
+from ._common import touches_bool, vector_lanes
 
 __all__ = ["RowReduction"]
 
@@ -109,7 +109,6 @@ class RowReduction(CPUScheduleRule):
 
 
 def _vectorizable(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
-    """No bool in the block: TVM 0.27 vectorised a bool -> int8 cast into -1 for True."""
-    stmt = sch.get(block)
-    buffers = [*stmt.reads, *stmt.writes]
-    return "bool" not in str(stmt.body) and all(str(b.source.dtype) != "bool" for b in buffers)
+    """No bool in the block's buffers (see :func:`touches_bool`) nor, once stages are
+    inlined, in its expression."""
+    return not touches_bool(sch, block) and "bool" not in str(sch.get(block).body)
