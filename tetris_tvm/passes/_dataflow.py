@@ -15,6 +15,8 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from ..schedules.kernels import shape_dims
+
 __all__ = [
     "op_name",
     "const_value",
@@ -58,17 +60,6 @@ def substitute(expr: Any, mapping: dict[Any, Any]) -> Any:
         args = [substitute(a, mapping) for a in expr.args]
         return relax.Call(expr.op, args, expr.attrs, expr.ty_args)
     return expr
-
-
-def shape_dims(shape: Any) -> list:
-    """A Relax shape as a list of ints, symbolic dims (dynamic batch) kept as expressions."""
-    out = []
-    for d in shape:
-        if isinstance(d, tvm.tirx.IntImm):
-            out.append(int(d.value))
-        else:
-            out.append(d if isinstance(d, tvm.tirx.Expr) else int(d))
-    return out
 
 
 def same_dims(a: Any, b: Any) -> bool:

@@ -22,7 +22,8 @@ from tvm import relax
 
 from ..schedules import kernels as K
 from ..schedules.bsr import BSRMatrix
-from ._dataflow import const_value, is_const, op_name, rebuild_main, same_dims, shape_dims
+from ..schedules.kernels import shape_dims
+from ._dataflow import const_value, is_const, op_name, rebuild_main, same_dims
 from .prune import COMPOSITE_CONV2D, COMPOSITE_LINEAR
 
 __all__ = ["LowerBlockSparse", "LoweredLayer"]
@@ -221,7 +222,7 @@ class LowerBlockSparse:
                 func = K.dense_linear(x_shape, w.shape[0], bias=bias is not None, activation=act)
                 consts = [K.pack_dense_weight(w, 16)]
                 kernel = "dense_linear"
-            elif self._half(bsr) and all(isinstance(d, int) for d in x_shape):
+            elif self._half(bsr, x_shape):
                 return self._lower_half(bb, layer, x, x_shape, out_shape, bsr, bias, act, block)
             else:
                 func = K.block_sparse_linear(x_shape, bsr, bias=bias is not None, activation=act)
@@ -263,11 +264,12 @@ class LowerBlockSparse:
         args = [x, *(relax.const(c) for c in consts)]
         return relax.call_tir(gv, args, relax.TensorType(out_shape, str(out_ty.dtype)))
 
-    def _half(self, bsr: BSRMatrix) -> bool:
-        """Whether this linear layer runs the half kernel (which has no padding blocks)."""
+    def _half(self, bsr: BSRMatrix, x_shape: list) -> bool:
+        """Whether this linear layer runs the half kernel (no padding blocks, static rows)."""
         n, k = bsr.shape
         bn, bk = bsr.block
-        return self.dtype != "float32" and n % bn == 0 and k % bk == 0
+        static = all(isinstance(d, int) for d in x_shape)
+        return self.dtype != "float32" and static and n % bn == 0 and k % bk == 0
 
     def _lower_half(self, bb, layer, x, x_shape, out_shape, bsr, bias, act, block) -> Any:
         from ..schedules.cuda.kernels import block_sparse_linear_fp16, half_weight_args

@@ -34,7 +34,8 @@ from tvm import relax
 
 from ..plan import PruningPlan
 from ..reorder import LayerPlan, prune_weight
-from ._dataflow import const_value, is_const, op_name, rebuild_main, same_dims, shape_dims
+from ..schedules.kernels import shape_dims
+from ._dataflow import const_value, is_const, op_name, rebuild_main, same_dims
 from .gather_rules import Gather, inverse, is_identity, push_gather
 
 __all__ = ["TetrisPrune", "LayerSite", "COMPOSITE_LINEAR", "COMPOSITE_CONV2D", "find_layers"]

@@ -43,6 +43,7 @@ __all__ = [
     "dense_linear",
     "linear_weight_args",
     "pack_dense_weight",
+    "shape_dims",
     "weight_format",
 ]
 
@@ -69,7 +70,7 @@ ROW_ALIGN = 24
 it); the extra rows read zeros and are not stored."""
 
 
-def _dims(shape: Sequence) -> tuple:
+def shape_dims(shape: Sequence) -> tuple:
     """Shape dims as ints; symbolic ones (``tirx.Var`` or expressions) kept."""
     out = []
     for d in shape:
@@ -249,7 +250,7 @@ def _linear_common(
     x_shape = tuple(
         tirx.Var(f"n{i}", str(d.ty)) if isinstance(d, tirx.Expr) and not isinstance(d, tirx.Var)
         else d
-        for i, d in enumerate(_dims(x_shape))
+        for i, d in enumerate(shape_dims(x_shape))
     )
     if len(x_shape) < 1:
         raise ValueError("x must have at least one dimension")
@@ -406,7 +407,7 @@ class Conv2dGeometry:
         def pair(v):
             return (int(v), int(v)) if isinstance(v, int | np.integer) else tuple(int(a) for a in v)
 
-        batch, self.cin, self.h, self.w = _dims(x_shape)
+        batch, self.cin, self.h, self.w = shape_dims(x_shape)
         self.batch = batch  # an int, or symbolic (dynamic batch)
         self.cout, cin_w, self.kh, self.kw = (int(d) for d in w_shape)
         if cin_w != self.cin:
