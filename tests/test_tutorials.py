@@ -165,3 +165,34 @@ def test_autotune_tutorial(tmp_path: Path) -> None:
     # the per-task table and the records on disk
     assert "verdict" in proc.stdout and "kernel time (weighted)" in proc.stdout
     assert list((tmp_path / "tuning").glob("*/summary.json"))
+
+
+DEPLOY_TUTORIAL = TUTORIALS / "02_compile_and_deploy.py"
+
+
+def test_deploy_tutorial(tmp_path: Path) -> None:
+    """One dynamic-batch build, exported, run where torch cannot be imported; ARM if possible."""
+    import shutil
+
+    _require_mnist()
+    cross = shutil.which("aarch64-linux-gnu-g++") or shutil.which("aarch64-linux-gnu-gcc")
+    proc = _run(DEPLOY_TUTORIAL, "--small", "--out", str(tmp_path), *(["--cross"] if cross else []))
+    assert proc.returncode == 0, (
+        f"tutorial failed (exit {proc.returncode})\n--- stdout\n{proc.stdout}\n"
+        f"--- stderr\n{proc.stderr}"
+    )
+    s = _summary(proc.stdout)
+    assert float(s["max_rel_diff"]) < 1e-4
+    assert s["device_agrees"] == "True"
+    assert float(s["accuracy"]) > 0.3  # one-shot 75% block pruning of a 0.99 CNN: about 0.6
+    assert Path(s["so"]).exists() and (tmp_path / "mnist_cnn.so.tetris.json").exists()
+    assert s["arm"] == ("aarch64" if cross else "skipped")
+    for batch in (1, 7, 64):
+        assert f"batch {batch:3d}: output ({batch}, 10)" in proc.stdout
+
+
+def test_deploy_tutorial_help() -> None:
+    proc = _run(DEPLOY_TUTORIAL, "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--from", "--cross", "--out", "--small"):
+        assert flag in proc.stdout
