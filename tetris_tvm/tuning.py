@@ -646,6 +646,40 @@ def _builder(timeout: int, cross_compiler: str | None, stop: _StopOnCtrlC) -> An
     return PersistentBuilder()
 
 
+def _cost_model(stop: _StopOnCtrlC) -> Any:
+    """MetaSchedule's XGBoost cost model, which also ends the run on Ctrl-C.
+
+    The evolutionary search between two batches calls ``predict`` many times and can take
+    minutes on a loaded machine (seen: over 6 min after a Ctrl-C in a full test run); the
+    builder and the progress callback alone noticed the Ctrl-C only after it.
+    """
+    import os
+
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    inner = ms.cost_model.XGBModel(num_tuning_cores=len(os.sched_getaffinity(0)),
+                                   tree_method="auto")
+
+    @derived_object
+    class StoppableXGB(ms.cost_model.PyCostModel):
+        def load(self, path: str) -> None:
+            inner.load(path)
+
+        def save(self, path: str) -> None:
+            inner.save(path)
+
+        def update(self, context, candidates, results) -> None:
+            inner.update(context, candidates, results)
+
+        def predict(self, context, candidates) -> np.ndarray:
+            if stop.requested:
+                raise _TuningStopped
+            return inner.predict(context, candidates)
+
+    return StoppableXGB()
+
+
 def _progress_callback(
     contexts: Sequence[Any], total: int, enabled: bool, stop: _StopOnCtrlC
 ) -> Any:
@@ -820,7 +854,7 @@ def tune_tasks(
                     num_trials_per_iter=min(16, max(left)),
                     builder=_builder(timeout, cross_compiler, stop),
                     runner=runner,
-                    database=raw, cost_model="xgb", measure_callbacks=callbacks,
+                    database=raw, cost_model=_cost_model(stop), measure_callbacks=callbacks,
                     task_scheduler="gradient",
                 )
             except Exception:
