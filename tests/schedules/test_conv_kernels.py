@@ -39,6 +39,7 @@ CASES = [
     ((1, 8, 7, 9), 8, 3, 2, 0, 1, (8, 8), 0.9, (), False, None),  # stride 2, no padding
     ((1, 16, 6, 6), 16, 3, 1, 1, 1, (16, 16), 0.0, (), True, "relu"),  # dense-as-sparse
     ((1, 8, 23, 24), 16, 3, 1, 1, 1, (8, 8), 0.5, (1,), True, "relu"),  # 2 pixel chunks
+    ((1, 1, 3, 3), 1, 3, 2, 0, 1, (8, 8), 0.0, (), False, None),  # 1x1 output (hypothesis)
 ]
 
 

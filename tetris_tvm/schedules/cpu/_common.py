@@ -105,12 +105,19 @@ def schedule_pad(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, skip: int 
     ``skip`` outer loops (e.g. the image loop the copy was computed at) are left alone.
     """
     loops = sch.get_loops(block)[skip:]
-    if len(loops) > 2:
-        outer = sch.fuse(*loops[:-1])
-    else:
-        outer = loops[0]
+    if not loops:
+        return
     inner = loops[-1]
     extent = loop_extent(sch, inner) or 0
+    if len(loops) == 1:  # (unit loops dropped, e.g. a 1x1 output): split the one loop
+        if extent % 8 == 0 and extent > 8:
+            outer, vec = sch.split(inner, [None, 8])
+            sch.vectorize(vec)
+            sch.parallel(outer)
+        else:
+            sch.parallel(inner)
+        return
+    outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
     if extent % 8 == 0:
         sch.vectorize(sch.split(inner, [None, 8])[1])
     sch.parallel(outer)  # after the split: see schedule_linear
