@@ -226,3 +226,54 @@ def test_coupled_layers_share_one_order():
     assert pa.retained_l1 + pb.retained_l1 >= ba + bb - 1e-9
     with pytest.raises(ValueError, match="one block size"):
         prune_coupled(wa, wb, (16, 8), (8, 8), 0.5, 0.5)
+
+
+def test_joint_stream_one_order_for_every_member():
+    """A residual stream: two writers (output axis) and two readers (input axis), plus a
+    private pair axis between a reader and a writer."""
+    from tetris_tvm.reorder import JointMember, groups_from_perm, prune_joint
+
+    rng = np.random.default_rng(7)
+    d, h = 48, 64
+    scale = rng.random(d) ** 3  # channels with small weights everywhere: worth grouping
+    inp = _rand((d, 20), 1) * scale[:, None]
+    up = _rand((h, d), 2) * scale[None, :]
+    down = _rand((d, h), 3) * scale[:, None]
+    head = _rand((10, d), 4) * scale[None, :]
+    members = [
+        JointMember("inp", inp, (16, 10), 0.5, ("stream", None)),
+        JointMember("up", up, (16, 16), 0.5, ("pair", "stream")),
+        JointMember("down", down, (16, 16), 0.5, ("stream", "pair")),
+        JointMember("head", head, (5, 16), 0.5, (None, "stream")),
+    ]
+    plans = prune_joint(members)
+    order = plans["inp"].perms[0]
+    assert not np.array_equal(order, np.arange(d))
+    for name, axis in (("up", 1), ("down", 0), ("head", 1)):
+        assert np.array_equal(plans[name].perms[axis], order)
+    assert np.array_equal(plans["up"].perms[0], plans["down"].perms[1])
+    assert np.array_equal(plans["inp"].perms[1], np.arange(20))
+    assert np.array_equal(plans["head"].perms[0], np.arange(10))
+    for lp in plans.values():
+        assert _blocks_are_uniform(lp)
+    # never worse than the start: plain block pruning in the original order
+    start = np.mean([prune_weight(m.weight, m.block_size, 0.5, reorder=False).retained_l1
+                     for m in members])
+    assert np.mean([lp.retained_l1 for lp in plans.values()]) > start
+    # a given start order is kept unless something better is found
+    init = {"stream": order, "pair": plans["up"].perms[0]}
+    again = prune_joint(members, init=init, anneal=())
+    kept = np.mean([lp.retained_l1 for lp in again.values()])
+    assert kept >= np.mean([lp.retained_l1 for lp in plans.values()]) - 1e-9
+    assert groups_from_perm(np.array([2, 0, 1, 3]), 2).tolist() == [0, 1, 0, 1]
+
+
+def test_joint_rejects_a_stream_blocked_two_ways():
+    from tetris_tvm.reorder import JointMember, prune_joint
+
+    a = JointMember("a", _rand((32, 16), 1), (16, 16), 0.5, ("s", None))
+    b = JointMember("b", _rand((16, 32), 2), (16, 8), 0.5, (None, "s"))
+    with pytest.raises(ValueError, match="'s' is shared by a\\[0\\], b\\[1\\]"):
+        prune_joint([a, b])
+    with pytest.raises(ValueError, match="unique"):
+        prune_joint([a, a])

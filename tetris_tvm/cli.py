@@ -134,7 +134,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         model, inputs, target=_target_arg(args.target), sparsity=args.sparsity,
         block_size=args.block, plan=plan, tuning=args.tuning,
         tuning_fallback=args.tuning_fallback, dtype=args.dtype,
-        dynamic_batch=args.dynamic_batch,
+        dynamic_batch=args.dynamic_batch, streams=args.streams,
     )
     print(f"compiled in {time.perf_counter() - start:.1f} s\n")
     print(cm.report.format_table())
@@ -163,14 +163,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         model, inputs, target=_target_arg(args.target), work_dir=args.work_dir,
         trials=args.trials, sparsity=args.sparsity, block_size=args.block, plan=plan,
         max_trials_global=args.max_trials, rpc=args.rpc, timeout=args.timeout,
-        progress=not args.quiet, cross_compiler=args.cross_compiler,
+        progress=not args.quiet, cross_compiler=args.cross_compiler, streams=args.streams,
     )
     print()
     print(result.format_table())
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1, default=str))
     print(f"\nrecords in {result.path}; compile with --tuning {args.work_dir} and the same "
-          "--sparsity/--block/--plan")
+          "--sparsity/--block/--plan/--streams")
     return 0
 
 
@@ -310,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sparsity", type=_sparsity, default=0.75,
                        help="fraction of blocks pruned")
         p.add_argument("--plan", help="use this saved plan (.npz) instead of computing one")
+        p.add_argument("--streams", choices=("auto", "shared", "separate"), default="auto",
+                       help="residual streams: one permutation for all their layers when it "
+                       "keeps more and needs no runtime gather (auto), also when it needs "
+                       "gathers (shared), or never (separate)")
 
     c = sub.add_parser(
         "compile",

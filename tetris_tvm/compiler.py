@@ -111,6 +111,8 @@ class Report:
     runtime_gathers: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
     tuned_kernels: int = 0  # kernels whose schedule came from a tuning database
+    # one row per channel stream shared by several layers: separate vs shared permutation
+    streams: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -130,7 +132,12 @@ class Report:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "totals": self.totals, "skipped": self.skipped}
+        return {
+            "layers": self.layers,
+            "totals": self.totals,
+            "skipped": self.skipped,
+            "streams": self.streams,
+        }
 
     def format_table(self) -> str:
         head = (
@@ -147,6 +154,15 @@ class Report:
             )
         for s in self.skipped:
             lines.append(f"{s['name']:<44} dense: {s['reason']}")
+        for st in self.streams:
+            shared = st["retained_l1_shared"]
+            lines.append(
+                f"stream of {st['channels']} channels, {len(st['layers'])} layers, "
+                f"{st['joins']} joins: ret.L1 separate {st['retained_l1_separate']:.3f}, "
+                f"shared {'-' if shared is None else format(shared, '.3f')}"
+                f" ({st['runtime_gathers_shared']} gathers) -> {st['choice']}"
+                + (f" ({st['reason']})" if st["reason"] else "")
+            )
         t = self.totals
         lines.append(
             f"weights kept {t['weights_kept_fraction']:.3f}, FLOPs kept "
@@ -387,6 +403,7 @@ def lower_model(
     *,
     dynamic_batch: bool | int = False,
     allow_gathers: bool = False,
+    streams: str = "auto",
     overrides: Mapping[str, Any] | None = None,
     prune_options: Mapping[str, Any] | None = None,
     dtype: str = "float32",
@@ -423,6 +440,7 @@ def lower_model(
         prune_options=prune_options,
         allow_gathers=allow_gathers,
         overrides=overrides,
+        streams=streams,
     )
     mod = prune_pass(imported.mod)
     mod = bind_weights(mod, imported.weights)
@@ -434,6 +452,7 @@ def lower_model(
     with tgt:
         mod = lowering_pipeline()(mod)
     report = _report(prune_pass.plan, lower.layers, fold.runtime_gathers, skipped)
+    report.streams = list(prune_pass.stream_report)
     meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple}
     return LoweredModel(mod, tgt, prune_pass.plan, report, meta)
 
@@ -450,6 +469,7 @@ def compile(  # noqa: A001 - the public name of the API contract
     tuning_fallback: bool = False,
     dynamic_batch: bool | int = False,
     allow_gathers: bool = False,
+    streams: str = "auto",
     overrides: Mapping[str, Any] | None = None,
     prune_options: Mapping[str, Any] | None = None,
     dtype: str = "float32",
@@ -476,6 +496,10 @@ def compile(  # noqa: A001 - the public name of the API contract
             kernels (``dtype``) need a fixed batch; dynamic builds keep those layers float32.
         allow_gathers: let computed plans permute every axis even where a runtime gather
             must stay (better retained L1, some gather cost).
+        streams: channel streams shared by several layers (a residual stream): ``"auto"``
+            gives each one permutation for all its layers when that retains more L1 and
+            needs no runtime gather, ``"shared"`` also when it needs gathers (e.g. one at a
+            model output), ``"separate"`` never. ``report.streams`` has the comparison.
         overrides: per-layer ``{pattern: {"sparsity", "block_size", "skip"}}``.
         prune_options: extra arguments for :func:`~tetris_tvm.prune_weight` (e.g. balanced).
         dtype: ``"float16"`` or ``"bfloat16"`` stores the block-sparse linear layers' weights
@@ -487,7 +511,8 @@ def compile(  # noqa: A001 - the public name of the API contract
 
     lowered = lower_model(
         model, example_inputs, target, sparsity, block_size, plan,
-        dynamic_batch=dynamic_batch, allow_gathers=allow_gathers, overrides=overrides,
+        dynamic_batch=dynamic_batch, allow_gathers=allow_gathers, streams=streams,
+        overrides=overrides,
         prune_options=prune_options, dtype=dtype,
     )
     tgt, mod = lowered.target, lowered.mod

@@ -35,6 +35,8 @@ __all__ = [
     "prune_elementwise",
     "count_pruned_blocks",
     "prune_coupled",
+    "prune_joint",
+    "JointMember",
     "SOLVERS",
 ]
 
@@ -570,6 +572,140 @@ def _layer_plan(
     )
 
 
+@dataclass(frozen=True, eq=False)
+class JointMember:
+    """One weight in a joint TETRIS problem (:func:`prune_joint`).
+
+    ``axes`` names the *axis variable* of the weight's output and input channel axes: weights
+    that name the same variable store that axis in one common order (they are joined in the
+    network, e.g. a residual stream that several layers read and write). ``None`` keeps the
+    axis in its original order. A variable used by one weight alone is a free axis.
+    """
+
+    name: str
+    weight: Any
+    block_size: tuple[int, int]
+    sparsity: float
+    axes: tuple[str | None, str | None]
+
+
+class _Joined:
+    """A JointMember's blocked energy and its running E-step."""
+
+    def __init__(self, member: JointMember, balanced: bool) -> None:
+        self.member = member
+        self.w = _as_weight(member.weight, member.name)
+        self.s = _check_sparsity(member.sparsity, member.name)
+        self.block = resolve_block_size(member.block_size, self.w.shape, member.name)
+        self.blocked = _Blocked(_energy(self.w), self.block)
+        self.total = max(float(self.blocked.energy.sum()), 1e-30)
+        self.balanced = balanced
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.sums = self.blocked.block_sums()
+        self.keep = _e_step(self.sums, self.s, self.balanced)
+        self.kept = float(self.sums[self.keep].sum()) / self.total
+
+    def gain(self, axis: int, temperature: float) -> np.ndarray:
+        """Kept fraction of every index of ``axis`` in every group of that axis."""
+        soft = _soft_keep(self.sums, self.keep, temperature)
+        if axis == 0:
+            return self.blocked.col_group_sums() @ soft.T / self.total
+        return self.blocked.row_group_sums() @ soft / self.total
+
+
+def groups_from_perm(perm: np.ndarray, block: int) -> np.ndarray:
+    """The group of every index when ``perm`` (slot -> index) is cut into blocks of ``block``."""
+    groups = np.empty(perm.size, dtype=np.int64)
+    groups[np.asarray(perm)] = np.arange(perm.size) // block
+    return groups
+
+
+def prune_joint(
+    members: Sequence[JointMember],
+    *,
+    balanced: bool = False,
+    max_iters: int = 20,
+    tol: float = 1e-4,
+    anneal: Sequence[float] = DEFAULT_ANNEAL,
+    init: dict[str, np.ndarray] | None = None,
+) -> dict[str, LayerPlan]:
+    """TETRIS for a group of weights whose channel axes are tied together.
+
+    Every axis variable (see :class:`JointMember`) gets one order for all the weights that
+    name it. The M-step for a variable adds the costs of all its weights (each weight's kept
+    fraction counts alike), which is still one exact assignment; the E-step prunes every
+    weight on its own. ``init`` gives a starting order (a permutation, slot -> index) for
+    some variables, e.g. the orders of a separate plan: the result then keeps at least what
+    that start keeps. Returns a LayerPlan per member name.
+    """
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"prune_joint: member names must be unique, got {names}")
+    joined = [_Joined(m, balanced) for m in members]
+    uses: dict[str, list[tuple[_Joined, int]]] = {}
+    for j in joined:
+        for axis, var in enumerate(j.member.axes):
+            if var is not None:
+                uses.setdefault(var, []).append((j, axis))
+    for var, where in uses.items():
+        sizes = {(j.w.shape[axis], j.block[axis]) for j, axis in where}
+        if len(sizes) != 1:
+            detail = ", ".join(f"{j.member.name}[{axis}]" for j, axis in where)
+            raise ValueError(
+                f"axis {var!r} is shared by {detail} but their (size, block) differ: {sizes}"
+            )
+        if init and var in init:
+            j0, a0 = where[0]
+            start = groups_from_perm(np.asarray(init[var]), j0.block[a0])
+            for j, axis in where:
+                j.blocked.groups[axis] = start.copy()
+            for j, _ in where:
+                j.refresh()
+
+    def objective() -> float:
+        return float(sum(j.kept for j in joined))
+
+    def snapshot() -> list[list[np.ndarray]]:
+        return [[g.copy() for g in j.blocked.groups] for j in joined]
+
+    kept = objective()
+    history = [kept / max(len(joined), 1)]
+    best = (snapshot(), kept)
+    warm: dict[str, AssignmentResult | None] = dict.fromkeys(uses)
+    if any(j.s > 0 for j in joined):
+        for step, temperature in enumerate(list(anneal) + [0.0] * max_iters):
+            before = best[1]
+            for var, where in uses.items():
+                j0, a0 = where[0]
+                if j0.blocked.n_groups[a0] == 1:
+                    continue
+                gain = sum(j.gain(axis, temperature) for j, axis in where)
+                new, warm[var] = _m_step_assign(
+                    gain, j0.blocked.groups[a0], j0.blocked.caps[a0], warm[var]
+                )
+                for j, axis in where:
+                    j.blocked.groups[axis] = new.copy()
+                for j in {id(j): j for j, _ in where}.values():
+                    j.refresh()
+                kept = objective()
+                history.append(kept / len(joined))
+                if kept > best[1]:
+                    best = (snapshot(), kept)
+            if step >= len(anneal) and best[1] - before <= tol:
+                break
+    plans = {}
+    for j, groups in zip(joined, best[0], strict=True):
+        j.blocked.groups = groups
+        j.refresh()
+        full = j.block + tuple(j.w.shape[2:])
+        plans[j.member.name] = _layer_plan(
+            j.w, j.blocked, j.keep, full, j.s, "tetris-joint", balanced, history
+        )
+    return plans
+
+
 def prune_coupled(
     w_a: Any,
     w_b: Any,
@@ -589,76 +725,25 @@ def prune_coupled(
     """TETRIS for two layers that share an axis: the output axis of ``w_a`` feeds the input
     axis of ``w_b`` (``b(act(a(x)))``), so both must store it in ONE order for no gather to be
     needed between them. The shared axis is permuted to maximise the magnitude both layers
-    keep (its M-step adds the two layers' costs: still an exact assignment); ``w_a``'s input
-    and ``w_b``'s output axes are permuted only if allowed.
+    keep; ``w_a``'s input and ``w_b``'s output axes are permuted only if allowed.
+    A two-member :func:`prune_joint`.
 
     Requires ``block_a[0] == block_b[1]`` (the shared axis is blocked alike in both layers).
     Returns the two LayerPlans; ``plan_b.perms[1]`` equals ``plan_a.perms[0]``.
     """
     wa, wb = _as_weight(w_a, names[0]), _as_weight(w_b, names[1])
-    sa, sb = _check_sparsity(sparsity_a, names[0]), _check_sparsity(sparsity_b, names[1])
     if wa.shape[0] != wb.shape[1]:
         raise ValueError(f"{names}: shared axis sizes differ ({wa.shape[0]} vs {wb.shape[1]})")
     ba = resolve_block_size(block_a, wa.shape, names[0])
     bb = resolve_block_size(block_b, wb.shape, names[1])
     if ba[0] != bb[1]:
         raise ValueError(f"{names}: the shared axis needs one block size ({ba[0]} vs {bb[1]})")
-    ea, eb = _energy(wa), _energy(wb)
-    A, B = _Blocked(ea, ba), _Blocked(eb, bb)
-    tot_a, tot_b = float(ea.sum()), float(eb.sum())
-
-    def e_steps() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        sums_a, sums_b = A.block_sums(), B.block_sums()
-        ka, kb = _e_step(sums_a, sa, balanced), _e_step(sums_b, sb, balanced)
-        kept = float(sums_a[ka].sum()) / max(tot_a, 1e-30) + float(sums_b[kb].sum()) / max(
-            tot_b, 1e-30
-        )
-        return sums_a, sums_b, ka, kb, kept
-
-    sums_a, sums_b, ka, kb, kept = e_steps()
-    history = [kept]
-    best = ([g.copy() for g in A.groups], [g.copy() for g in B.groups], ka, kb, kept)
-    warm: dict[str, AssignmentResult | None] = {"shared": None, "a_in": None, "b_out": None}
-    if sa > 0 or sb > 0:
-        for step, temperature in enumerate(list(anneal) + [0.0] * max_iters):
-            before = best[4]
-            for axis in ("shared", "a_in", "b_out"):
-                wa_soft = _soft_keep(sums_a, ka, temperature)
-                wb_soft = _soft_keep(sums_b, kb, temperature)
-                if axis == "shared":
-                    # normalised so that each layer's kept fraction counts alike
-                    gain = A.col_group_sums() @ wa_soft.T / max(tot_a, 1e-30)
-                    gain = gain + B.row_group_sums() @ wb_soft / max(tot_b, 1e-30)
-                    groups, cap, target = A.groups[0], A.caps[0], "shared"
-                elif axis == "a_in" and permute_a_in and A.n_groups[1] > 1:
-                    gain = A.row_group_sums() @ wa_soft
-                    groups, cap, target = A.groups[1], A.caps[1], "a_in"
-                elif axis == "b_out" and permute_b_out and B.n_groups[0] > 1:
-                    gain = B.col_group_sums() @ wb_soft.T
-                    groups, cap, target = B.groups[0], B.caps[0], "b_out"
-                else:
-                    continue
-                new, warm[target] = _m_step_assign(gain, groups, cap, warm[target])
-                if target == "shared":
-                    A.groups[0] = new
-                    B.groups[1] = new.copy()
-                elif target == "a_in":
-                    A.groups[1] = new
-                else:
-                    B.groups[0] = new
-                sums_a, sums_b, ka, kb, kept = e_steps()
-                history.append(kept)
-                if kept > best[4]:
-                    groups_now = [g.copy() for g in A.groups], [g.copy() for g in B.groups]
-                    best = (groups_now[0], groups_now[1], ka, kb, kept)
-            if step >= len(anneal) and best[4] - before <= tol:
-                break
-    A.groups, B.groups, ka, kb = best[0], best[1], best[2], best[3]
-    plan_a = _layer_plan(wa, A, ka, ba + tuple(wa.shape[2:]), sa, "tetris-coupled", balanced,
-                         history)
-    plan_b = _layer_plan(wb, B, kb, bb + tuple(wb.shape[2:]), sb, "tetris-coupled", balanced,
-                         history)
-    return plan_a, plan_b
+    members = [
+        JointMember(names[0], wa, ba, sparsity_a, ("shared", "a_in" if permute_a_in else None)),
+        JointMember(names[1], wb, bb, sparsity_b, ("b_out" if permute_b_out else None, "shared")),
+    ]
+    plans = prune_joint(members, balanced=balanced, max_iters=max_iters, tol=tol, anneal=anneal)
+    return plans[names[0]], plans[names[1]]
 
 
 def _retained(w: np.ndarray, mask: np.ndarray) -> float:

@@ -7,7 +7,7 @@ bindings through a BlockBuilder and lets a callback replace any of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ __all__ = [
     "is_const",
     "rebuild_main",
     "substitute",
+    "const_lookup",
     "Rewriter",
     "channel_axis",
 ]
@@ -60,6 +61,46 @@ def substitute(expr: Any, mapping: dict[Any, Any]) -> Any:
         args = [substitute(a, mapping) for a in expr.args]
         return relax.Call(expr.op, args, expr.attrs, expr.ty_args)
     return expr
+
+
+def const_lookup(
+    weights: Mapping[str, np.ndarray], by_var: Mapping[Any, Any] | None = None
+) -> Any:
+    """``const_of(expr)``: the value of a constant, a weight parameter, or (given ``by_var``,
+    var -> binding) a reshape / transpose / cast of one (torch.export reshapes conv biases)."""
+    cache: dict[Any, np.ndarray | None] = {}
+
+    def derived(expr: Any) -> np.ndarray | None:
+        binding = by_var.get(expr) if by_var is not None else None
+        value = None if binding is None else binding.value
+        op = op_name(value)
+        if op not in ("relax.reshape", "relax.permute_dims", "relax.astype"):
+            return None
+        src = const_of(value.args[0])
+        if src is None:
+            return None
+        if op == "relax.permute_dims":
+            axes = value.attrs.axes
+            return np.transpose(src, None if axes is None else [int(a) for a in axes])
+        if op == "relax.astype":
+            return src.astype(str(value.attrs.dtype))
+        try:
+            return src.reshape([int(d) for d in expr.ty.shape])
+        except (TypeError, ValueError):
+            return None
+
+    def const_of(expr: Any) -> np.ndarray | None:
+        if is_const(expr):
+            return const_value(expr)
+        if isinstance(expr, relax.Var) and expr.name in weights:
+            return weights[expr.name]
+        if isinstance(expr, relax.DataflowVar):
+            if expr not in cache:
+                cache[expr] = derived(expr)
+            return cache[expr]
+        return None
+
+    return const_of
 
 
 def same_dims(a: Any, b: Any) -> bool:

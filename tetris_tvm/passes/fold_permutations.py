@@ -21,7 +21,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._dataflow import const_value, is_const, op_name, rebuild_main, substitute
+from ._dataflow import const_lookup, const_value, is_const, op_name, rebuild_main, substitute
 from .gather_rules import Gather, inverse, is_identity, push_gather
 
 __all__ = ["FoldPermutations"]
@@ -35,14 +35,24 @@ class FoldPermutations:
         self.runtime_gathers = 0
 
     def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
-        state = _Folder()
+        state = _Folder(mod["main"])
         new = rebuild_main(mod, state.rewrite, finish=state.finish, raw=True)
         self.runtime_gathers = state.emitted
         return new.with_attr("tetris.runtime_gathers", state.emitted)
 
 
 class _Folder:
-    def __init__(self) -> None:
+    def __init__(self, func: relax.Function) -> None:
+        bindings = [b for blk in func.body.blocks for b in blk.bindings]
+        self.by_var = {b.var: b for b in bindings}
+        self.uses: dict[Any, list[tuple[Any, int]]] = {}
+        for b in bindings:
+            args = b.value.args if isinstance(b.value, relax.Call) else []
+            args = b.value.fields if isinstance(b.value, relax.Tuple) else args
+            args = [b.value] if isinstance(b.value, relax.Var) else args
+            for i, a in enumerate(args):
+                self.uses.setdefault(a, []).append((b.var, i))
+        self.old_const = const_lookup({}, self.by_var)
         self.lazy: dict[Any, Gather] = {}  # old var -> gather over a NEW var
         self.consts: dict[Any, np.ndarray] = {}  # new var -> value (constant-derived)
         self.emitted = 0
@@ -113,7 +123,7 @@ class _Folder:
             if absorbed is not None:
                 return absorbed
             moved = push_gather(value, pos, g, lambda e: self.const_of(self.resolve(e)))
-            if moved is not None:
+            if moved is not None and not self._fans_out(value.args[pos], g):
                 call = moved[0]
                 args = [a if i == pos else self.resolve(a) for i, a in enumerate(call.args)]
                 new_var = bb.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
@@ -126,6 +136,39 @@ class _Folder:
                 self.lazy[var] = Gather(new_var, g0.idx, g0.axis)
                 return None
         return self._plain(value, var)
+
+    def _fans_out(self, var: Any, g: Gather) -> bool:
+        """Would pushing ``g`` on past ``var`` copy it? With several users, each one that
+        cannot absorb the gather materialises its own copy, so a gather that does not sink
+        cleanly down every path is materialised once, here."""
+        return len(self.uses.get(var, [])) > 1 and not self._sinks(var, g.axis, g.idx.size, set())
+
+    def _sinks(self, var: Any, axis: int, n: int, seen: set[Any]) -> bool:
+        """Does a gather on ``var`` disappear on every path (into weights, or composed with
+        another gather)?"""
+        if var in seen:
+            return True
+        seen.add(var)
+        for user, pos in self.uses.get(var, []):
+            binding = self.by_var.get(user)
+            call = None if binding is None else binding.value
+            if not isinstance(call, relax.Call) or not isinstance(user, relax.DataflowVar):
+                return False
+            op = op_name(call)
+            if op == "relax.take" and pos == 0 and self._const_index(call) is not None:
+                continue
+            if pos == 0 and op in ("relax.matmul", "relax.nn.conv2d"):
+                weight = self.old_const(call.args[1])
+                nd = int(call.args[0].ty.ndim)
+                grouped = op == "relax.nn.conv2d" and int(call.attrs.groups) != 1
+                if weight is not None and not grouped and axis == (
+                    nd - 1 if op == "relax.matmul" else 1
+                ):
+                    continue
+            moved = push_gather(call, pos, Gather(var, np.arange(n), axis), self.old_const)
+            if moved is None or not self._sinks(user, moved[1].axis, moved[1].idx.size, seen):
+                return False
+        return True
 
     def _plain(self, value: Any, var: Any = None) -> Any:
         """Emit ``value`` with every pending gather among its inputs materialised."""

@@ -38,6 +38,7 @@ UNARY_OPS = frozenset(
     }
 )
 _BINARY = frozenset({"relax.add", "relax.multiply", "relax.subtract", "relax.divide"})
+_REDUCTIONS = frozenset({"relax.mean", "relax.sum", "relax.max", "relax.min"})
 _POOLS = frozenset({"relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"})
 
 
@@ -157,6 +158,30 @@ def push_gather(
         args[0] = gather.base
         return relax.Call(call.op, args, call.attrs, call.ty_args), Gather(
             None, gather.idx, axis
+        )
+
+    if op in _REDUCTIONS and pos == 0 and call.attrs.axis is not None:
+        # a reduction over other axes (global average pooling) keeps every channel
+        src_nd = _ndim(args[0]) or nd
+        axes = sorted(int(a) % src_nd for a in call.attrs.axis)
+        if axis in axes:
+            return None
+        out_axis = axis if call.attrs.keepdims else axis - sum(a < axis for a in axes)
+        args[0] = gather.base
+        return relax.Call(call.op, args, call.attrs, call.ty_args), Gather(
+            None, gather.idx, out_axis
+        )
+
+    if op == "relax.take" and pos == 0:
+        # selecting along another axis (BERT's pooler takes token 0) keeps every channel
+        k = int(call.attrs.axis) % int(_ndim(args[0]) or nd)
+        ids_nd = _ndim(args[1])
+        if k == axis or ids_nd is None:
+            return None
+        args[0] = gather.base
+        out_axis = axis if axis < k else axis + ids_nd - 1
+        return relax.Call(call.op, args, call.attrs, call.ty_args), Gather(
+            None, gather.idx, out_axis
         )
 
     if op == "relax.reshape" and pos == 0:

@@ -33,15 +33,24 @@ import tvm
 from tvm import relax
 
 from ..plan import PruningPlan
-from ..reorder import LayerPlan, prune_weight
+from ..reorder import JointMember, LayerPlan, prune_joint, prune_weight
 from ..schedules.kernels import shape_dims
-from ._dataflow import const_value, is_const, op_name, rebuild_main, same_dims
+from ._dataflow import const_lookup, op_name, rebuild_main, same_dims, substitute
 from .gather_rules import Gather, inverse, is_identity, push_gather
+from .streams import Stream, find_streams, table_axis
 
-__all__ = ["TetrisPrune", "LayerSite", "COMPOSITE_LINEAR", "COMPOSITE_CONV2D", "find_layers"]
+__all__ = [
+    "TetrisPrune",
+    "LayerSite",
+    "COMPOSITE_LINEAR",
+    "COMPOSITE_CONV2D",
+    "STREAM_MODES",
+    "find_layers",
+]
 
 COMPOSITE_LINEAR = "tetris.linear"
 COMPOSITE_CONV2D = "tetris.conv2d"
+STREAM_MODES = ("auto", "shared", "separate")
 
 
 @dataclass
@@ -65,6 +74,7 @@ class _Analysis:
     uses: dict[Any, list[tuple[Any, int]]] = field(default_factory=dict)
     layers: dict[Any, LayerSite] = field(default_factory=dict)  # by out_var
     by_var: dict[Any, Any] = field(default_factory=dict)  # var -> its binding
+    params: set[Any] = field(default_factory=set)  # main's parameters
 
 
 def _ndim(expr: Any) -> int:
@@ -85,6 +95,8 @@ def find_layers(func: relax.Function, torch_names: Mapping[str, str]) -> _Analys
         elif isinstance(v, relax.Tuple):
             for i, a in enumerate(v.fields):
                 an.uses.setdefault(a, []).append((b.var, i))
+        elif isinstance(v, relax.Var):  # e.g. ``gv = lv`` binding the function output
+            an.uses.setdefault(v, []).append((b.var, 0))
         op = op_name(v)
         if op == "relax.permute_dims" and v.args[0] in params and _ndim(v.args[0]) == 2:
             axes = v.attrs.axes
@@ -129,18 +141,8 @@ def find_layers(func: relax.Function, torch_names: Mapping[str, str]) -> _Analys
                     conv_attrs=a,
                 )
     an.by_var = {b.var: b for b in bindings}
+    an.params = set(func.params)
     return an
-
-
-def _value_lookup(weights: Mapping[str, np.ndarray]) -> Any:
-    def const_of(expr: Any) -> np.ndarray | None:
-        if is_const(expr):
-            return const_value(expr)
-        if isinstance(expr, relax.Var) and expr.name in weights:
-            return weights[expr.name]
-        return None
-
-    return const_of
 
 
 @tvm.transform.module_pass(opt_level=0, name="TetrisPrune")
@@ -157,8 +159,15 @@ class TetrisPrune:
             (``prune_options`` go to :func:`tetris_tvm.prune_weight`).
         allow_gathers: computed plans permute every axis, leaving runtime gathers where
             nothing absorbs them.
+        streams: how computed plans treat a channel stream shared by several layers (a
+            residual stream, see :mod:`tetris_tvm.passes.streams`): ``"auto"`` also solves
+            each stream with one permutation for all its layers (:func:`prune_joint`) and
+            keeps that when it retains more L1 and needs no runtime gather; ``"shared"``
+            keeps it whenever it retains more L1 (accepting gathers, e.g. at a model output);
+            ``"separate"`` leaves stream axes unpermuted.
 
-    After the pass ran, :attr:`plan` holds the plan used and :attr:`sites` the layers found.
+    After the pass ran, :attr:`plan` holds the plan used, :attr:`sites` the layers found and
+    :attr:`stream_report` one comparison per stream considered.
     """
 
     def __init__(
@@ -173,7 +182,12 @@ class TetrisPrune:
         prune_options: Mapping[str, Any] | None = None,
         allow_gathers: bool = False,
         overrides: Mapping[str, Any] | None = None,
+        streams: str = "auto",
     ) -> None:
+        if streams not in STREAM_MODES:
+            raise ValueError(f"streams must be one of {STREAM_MODES}, got {streams!r}")
+        self.streams = streams
+        self.stream_report: list[dict[str, Any]] = []
         self.given_plan = plan
         self.weights = weights
         self.torch_names = dict(torch_names)
@@ -228,7 +242,7 @@ class TetrisPrune:
         uses = an.uses.get(var, [])
         if not uses:
             return False  # a function output: the gather would stay
-        const_of = _value_lookup(self.weights)
+        const_of = const_lookup(self.weights, an.by_var)
         dummy = Gather(var, np.arange(_ndim_size(var, axis)), axis)
         for user, pos in uses:
             site = an.layers.get(user)
@@ -254,7 +268,8 @@ class TetrisPrune:
         carried: dict[Any, Gather] = {}
         layers: dict[str, LayerPlan] = {}
         coupled: dict[str, LayerPlan] = {}
-        const_of = _value_lookup(self.weights)
+        pairs: dict[tuple[str, int], str] = {}  # (layer, axis) -> the axis it shares
+        const_of = const_lookup(self.weights, an.by_var)
         sites_in_order = [an.layers[b.var] for b in an.bindings if b.var in an.layers]
         todo = {s.out_var for s in sites_in_order}
         progress = tqdm(total=len(todo), desc="TETRIS", unit="layer", disable=len(todo) < 4)
@@ -281,6 +296,7 @@ class TetrisPrune:
                 partner = self._partner(name, reached, w, block, s, fixed_in) if out_free else None
                 if partner is not None and not self.allow_gathers:
                     lp, coupled[partner[0]] = partner[1]
+                    pairs[(name, 0)] = pairs[(partner[0], 1)] = f"pair:{name}"
                 else:
                     in_free = self.allow_gathers and fixed_in is None
                     free = (out_free or self.allow_gathers, in_free)
@@ -291,6 +307,12 @@ class TetrisPrune:
                     site.out_var, inverse(lp.perms[0]), site.channel_axis_out
                 )
         progress.close()
+        if (
+            self.streams != "separate"
+            and not self.allow_gathers
+            and self.prune_options.get("reorder") is not False
+        ):
+            self._share_streams(an, layers, pairs)
         settings = {"sparsity": self.sparsity, "block_size": self.block_size, **self.prune_options}
         return PruningPlan(layers=layers, settings=_jsonable(settings))
 
@@ -327,6 +349,121 @@ class TetrisPrune:
         )
         return other.torch_name, (plan_a, plan_b)
 
+    # shared streams ------------------------------------------------------------------------
+    def _share_streams(
+        self, an: _Analysis, layers: dict[str, LayerPlan], pairs: dict[tuple[str, int], str]
+    ) -> None:
+        """Solve every multi-layer stream with one permutation and keep it where it pays."""
+        const_of = const_lookup(self.weights, an.by_var)
+        for st in find_streams(an, const_of):
+            if not _worth_sharing(st, layers):
+                continue
+            record, joint = self._joint_stream(an, st, layers, pairs)
+            self.stream_report.append(record)
+            if record["choice"] == "shared":
+                layers.update(joint)
+
+    def _joint_stream(
+        self,
+        an: _Analysis,
+        st: Stream,
+        layers: dict[str, LayerPlan],
+        pairs: dict[tuple[str, int], str],
+    ) -> tuple[dict[str, Any], dict[str, LayerPlan]]:
+        """The stream's joint plan and how it compares with the separate one."""
+        from ..plan import _clamp_block
+
+        sides: dict[str, set[int]] = {}
+        for site in st.producers:
+            if site.torch_name in layers:
+                sides.setdefault(site.torch_name, set()).add(0)
+        for site in st.consumers:
+            if site.torch_name in layers:
+                sides.setdefault(site.torch_name, set()).add(1)
+        names = sorted(sides)
+        sep = float(np.mean([layers[n].retained_l1 for n in names]))
+        record: dict[str, Any] = {
+            "channels": st.channels,
+            "layers": names,
+            "joins": st.joins,
+            "retained_l1_separate": sep,
+            "retained_l1_shared": None,
+            "runtime_gathers_shared": self._stream_gathers(an, st, layers),
+            "choice": "separate",
+            "reason": "",
+        }
+        if st.broken:
+            record["reason"] = st.broken
+            return record, {}
+        if any(not is_identity(layers[n].perms[a]) for n in names for a in sides[n]):
+            record["reason"] = "the separate plan already orders a stream axis"
+            return record, {}
+        params = {s.torch_name: s.weight_param for s in st.layers}
+        shared_vars = {pairs.get((n, a)) for n in names for a in (0, 1) if a not in sides[n]}
+        counts = {
+            v: sum(pairs.get((n, a)) == v for n in names for a in (0, 1)) for v in shared_vars
+        }
+        members, fixed, init = [], {}, {}
+        for n in names:
+            w = np.asarray(self.weights[params[n]], dtype=np.float32)
+            s, block, _ = self._settings_for(n)
+            axes: list[str | None] = []
+            fix = []
+            for a in (0, 1):
+                var = "stream" if a in sides[n] else pairs.get((n, a))
+                if var is not None and var != "stream" and counts.get(var, 0) < 2:
+                    var = None  # its partner is outside the stream: keep the separate order
+                axes.append(var)
+                if var is None:
+                    fix.append(layers[n].perms[a])
+                    continue
+                fix.append(np.arange(w.shape[a]))
+                if var != "stream":
+                    init[var] = layers[n].perms[a]
+            fixed[n] = fix
+            pre = np.take(np.take(w, fix[0], axis=0), fix[1], axis=1)
+            members.append(JointMember(n, pre, _clamp_block(block, w.shape), s, tuple(axes)))
+        options = {k: v for k, v in self.prune_options.items() if k in ("balanced", "anneal")}
+        try:
+            joint = prune_joint(members, init=init, **options)
+        except ValueError as err:  # e.g. the layers block the stream axis differently
+            record["reason"] = str(err)
+            return record, {}
+        joint = {n: _unfix(lp, fixed[n]) for n, lp in joint.items()}
+        shared = float(np.mean([joint[n].retained_l1 for n in names]))
+        record["retained_l1_shared"] = shared
+        better = shared > sep + 1e-9
+        gathers = record["runtime_gathers_shared"]
+        if not better:
+            record["reason"] = "no more L1 retained than with separate permutations"
+        elif self.streams == "auto" and gathers:
+            record["reason"] = f"would need {gathers} runtime gather(s) (streams='shared' allows)"
+        else:
+            record["choice"] = "shared"
+        return record, joint
+
+    def _stream_gathers(self, an: _Analysis, st: Stream, layers: Mapping[str, Any]) -> int:
+        """Runtime gathers a permuted stream leaves: where it starts from something that
+        cannot be stored permuted, and where it leaves towards something that cannot absorb
+        a gather (e.g. a model output)."""
+        const_of = const_lookup(self.weights, an.by_var)
+        gathers = len([r for r in st.roots if r not in st.table_roots])
+        gathers += len([p for p in st.producers if p.torch_name not in layers])
+        leaked: set[Any] = set()
+        for user, var in st.leaks:
+            if var in leaked:
+                continue
+            binding = an.by_var.get(user)
+            value = None if binding is None else binding.value
+            if isinstance(value, relax.Call) and isinstance(user, relax.DataflowVar):
+                pos = [i for i, a in enumerate(value.args) if a is var or a == var][0]
+                dummy = Gather(var, np.arange(st.channels), st.axis_of[var])
+                moved = push_gather(value, pos, dummy, const_of)
+                if moved is not None and self._absorbable(an, user, moved[1].axis, set()):
+                    continue
+            leaked.add(var)
+        return gathers + len(leaked)
+
     # rewriting -----------------------------------------------------------------------------
     def _rewrite(self, mod: tvm.IRModule, an: _Analysis, plan: PruningPlan) -> tvm.IRModule:
         by_out = {s.out_var: s for s in self.sites if s.torch_name in plan}
@@ -338,23 +475,28 @@ class TetrisPrune:
                     f"{site.torch_name}: plan was made for shape {lp.mask.shape} "
                     f"but the model's weight is {w.shape}"
                 )
+        streams = _StreamRewriter(an, plan, const_lookup(self.weights, an.by_var))
         counter = [0]
 
         def rewrite(bb: relax.BlockBuilder, var: Any, value: Any, mapping: dict) -> Any:
             site = by_out.get(var)
             if site is None:
-                return value
+                return streams.rewrite(bb, var, value, mapping)
             lp = plan[site.torch_name]
             w = self.weights[site.weight_param]
             p_out, p_in = lp.perms[0], lp.perms[1]
             stored = (w * lp.mask)[np.ix_(*lp.perms)].astype(w.dtype)
-            x = value.args[0]
             ax_in = site.channel_axis_in
-            if not is_identity(p_in):
-                x = bb.emit(relax.op.take(x, relax.const(p_in.astype("int64")), axis=ax_in))
+            x = streams.permuted(site.x, ax_in, bb)
+            if x is None:
+                x = value.args[0]
+                if not is_identity(p_in):
+                    x = bb.emit(relax.op.take(x, relax.const(p_in.astype("int64")), axis=ax_in))
             counter[0] += 1
             gv = _add_composite(bb, site, x, stored, lp, counter[0])
             y = relax.Call(gv, [x])
+            if streams.stream_of(var) is not None:
+                return streams.bind(bb, var, bb.emit(y), mapping)
             if is_identity(p_out):
                 return y
             yp = bb.emit(y)
@@ -363,6 +505,130 @@ class TetrisPrune:
             )
 
         return rebuild_main(mod, rewrite)
+
+
+class _StreamRewriter:
+    """Computes the tensors of permuted streams in their stored (permuted) channel order.
+
+    A stream is stored permuted when all its planned layers order its axis the same way
+    (``P``, slot -> channel) and that order is not the identity. Each stream tensor ``v`` is
+    then computed as ``v_p = v[..., P]``: producers keep their outputs permuted, consumers
+    read ``v_p`` directly, per-channel constants (biases, layer-norm gamma/beta, embedding
+    tables) are stored permuted, joins add permuted to permuted. Other users get
+    ``take(v_p, inverse(P))``, which FoldPermutations drops where nobody needs it.
+    """
+
+    def __init__(self, an: _Analysis, plan: PruningPlan, const_of: Any) -> None:
+        self.an = an
+        self.const_of = const_of
+        self.order: dict[Any, tuple[Stream, np.ndarray]] = {}
+        self.perm: dict[Any, Any] = {}  # old stream var -> new var in stored order
+        for st in find_streams(an, const_of):
+            p = _stream_order(st, plan)
+            if p is not None:
+                for v in st.axis_of:
+                    self.order[v] = (st, p)
+
+    def stream_of(self, var: Any) -> tuple[Stream, np.ndarray] | None:
+        return self.order.get(var)
+
+    def permuted(self, var: Any, axis: int, bb: relax.BlockBuilder) -> Any:
+        """The stored-order version of ``var`` if ``var`` is a permuted-stream tensor on
+        ``axis``, else None."""
+        hit = self.order.get(var)
+        if hit is None or hit[0].axis_of[var] != axis:
+            return None
+        return self.stored(var, bb)
+
+    def stored(self, var: Any, bb: relax.BlockBuilder) -> Any:
+        """``var`` in stored order; a model input that starts a stream is gathered once,
+        at its first use."""
+        if var not in self.perm:
+            st, p = self.order[var]
+            idx = relax.const(p.astype("int64"))
+            self.perm[var] = bb.emit(relax.op.take(var, idx, axis=st.axis_of[var]))
+        return self.perm[var]
+
+    def bind(self, bb: relax.BlockBuilder, var: Any, stored: Any, mapping: dict) -> Any:
+        st, p = self.order[var]
+        axis = st.axis_of[var]
+        self.perm[var] = stored
+        idx = relax.const(inverse(p).astype("int64"))
+        orig = bb.emit(relax.op.take(stored, idx, axis=axis))
+        mapping[var] = orig
+        return orig
+
+    def rewrite(self, bb: relax.BlockBuilder, var: Any, value: Any, mapping: dict) -> Any:
+        hit = self.order.get(var)
+        if hit is None:
+            return value
+        st, p = hit
+        axis = st.axis_of[var]
+        raw = self.an.by_var[var].value
+        inv = inverse(p)
+        if var in st.join_vars:
+            args = [self.stored(a, bb) for a in raw.args]
+            return self.bind(bb, var, bb.emit(relax.Call(raw.op, args, raw.attrs)), mapping)
+        if var in st.table_roots:
+            t_axis = table_axis(raw, axis)
+            table = np.take(self.const_of(raw.args[0]), p, axis=t_axis)
+            args = [relax.const(np.ascontiguousarray(table)), value.args[1]]
+            return self.bind(bb, var, bb.emit(relax.Call(raw.op, args, raw.attrs)), mapping)
+        if var not in st.roots and isinstance(raw, relax.Call):
+            for pos, a in enumerate(raw.args):
+                if a in st.axis_of:
+                    # on the original binding: const_of knows its (old) vars
+                    g = Gather(self.stored(a, bb), inv, st.axis_of[a])
+                    moved = push_gather(raw, pos, g, self.const_of)
+                    if moved is not None and moved[1].axis == axis:
+                        call = substitute(moved[0], mapping)
+                        return self.bind(bb, var, bb.emit(call), mapping)
+        # a root: computed in the original order, then gathered once
+        orig = bb.emit(value)
+        mapping[var] = orig
+        self.perm[var] = bb.emit(relax.op.take(orig, relax.const(p.astype("int64")), axis=axis))
+        return orig
+
+
+def _stream_order(st: Stream, plan: PruningPlan) -> np.ndarray | None:
+    """The order all of a stream's planned layers store its axis in, if they agree on one
+    that is not the identity (and the stream is one :func:`_worth_sharing` considers)."""
+    if st.broken or not _worth_sharing(st, plan):
+        return None
+    orders = [plan[s.torch_name].perms[0] for s in st.producers if s.torch_name in plan]
+    orders += [plan[s.torch_name].perms[1] for s in st.consumers if s.torch_name in plan]
+    first = orders[0]
+    if is_identity(first) or any(not np.array_equal(first, o) for o in orders[1:]):
+        return None
+    return first
+
+
+def _worth_sharing(st: Stream, layers: Mapping[str, Any]) -> bool:
+    """Streams that the pairwise plan does not already cover: residual joins or fan-out."""
+    planned = [s for s in st.layers if s.torch_name in layers]
+    return len(planned) >= 2 and (st.joins > 0 or len(planned) >= 3)
+
+
+def _unfix(lp: LayerPlan, fix: list[np.ndarray]) -> LayerPlan:
+    """A plan made on ``w`` pre-permuted by ``fix`` (per channel axis), in ``w``'s own terms."""
+    mask = lp.mask
+    perms = list(lp.perms)
+    for axis, f in enumerate(fix):
+        if is_identity(f):
+            continue
+        mask = np.take(mask, inverse(f), axis=axis)
+        perms[axis] = f[lp.perms[axis]]
+    return LayerPlan(
+        mask=mask,
+        perms=tuple(perms),
+        block_size=lp.block_size,
+        retained_l1=lp.retained_l1,
+        sparsity=lp.sparsity,
+        method=lp.method,
+        balanced=lp.balanced,
+        block_mask=lp.block_mask,
+        history=lp.history,
+    )
 
 
 def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -409,19 +675,7 @@ def _plan_layer(
     )
     if fixed_in is None:
         return lp
-    back = inverse(fixed_in)
-    perms = (lp.perms[0], fixed_in[lp.perms[1]], *lp.perms[2:])
-    return LayerPlan(
-        mask=np.take(lp.mask, back, axis=1),
-        perms=perms,
-        block_size=lp.block_size,
-        retained_l1=lp.retained_l1,
-        sparsity=lp.sparsity,
-        method=lp.method,
-        balanced=lp.balanced,
-        block_mask=lp.block_mask,
-        history=lp.history,
-    )
+    return _unfix(lp, [np.arange(wf.shape[0]), fixed_in])
 
 
 def _add_composite(
