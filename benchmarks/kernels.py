@@ -5,7 +5,7 @@ threads everywhere.  Random block masks with an exact kept-block count (this mea
 not pruning quality).  Prints a table and optionally writes JSON:
 
     python benchmarks/kernels.py --quick
-    python benchmarks/kernels.py --json benchmarks/results/kernels.json \
+    python benchmarks/kernels.py --rounds 3 --json benchmarks/results/kernels.json \
         | tee benchmarks/results/kernels.txt
 
 Columns: ``vs_dense`` = best dense time (our dense, torch) / ours; ``frac_ideal`` = vs_dense /
@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="interleaved rounds per case (default 15, quick 7)")
     parser.add_argument("--only", choices=["linear", "conv"], help="run one op family only")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed for weights and masks")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every case this many times, minutes apart (the list is "
+                        "run through again), and report the median of each ratio: a shared "
+                        "VM's slow spells then hit one round of a case, not the result")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(THREADS)
@@ -216,25 +220,61 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# threads={THREADS} cpu={platform.processor() or platform.machine()} "
           f"torch={torch.__version__} target={B.default_target()}")
-    print(HEADER)
-    rows = []
-    dense_cache: dict = {}
     start = time.time()
-    for case in linear_cases:
-        row = bench_linear(*case, rng, repeats, dense_cache)
-        rows.append(row)
-        print(format_row(row), flush=True)
-    dense_cache.clear()
-    for case in conv_cases:
-        row = bench_conv(*case, rng, repeats, dense_cache)
-        rows.append(row)
-        print(format_row(row), flush=True)
+    rounds = []
+    for k in range(args.rounds):
+        if args.rounds > 1:
+            print(f"# round {k + 1} of {args.rounds}")
+        print(HEADER)
+        rng = np.random.default_rng(args.seed)  # the same weights and masks every round
+        rows = []
+        dense_cache: dict = {}
+        for case in linear_cases:
+            rows.append(bench_linear(*case, rng, repeats, dense_cache))
+            print(format_row(rows[-1]), flush=True)
+        dense_cache.clear()
+        for case in conv_cases:
+            rows.append(bench_conv(*case, rng, repeats, dense_cache))
+            print(format_row(rows[-1]), flush=True)
+        rounds.append(rows)
+    rows = combine_rounds(rounds)
+    if args.rounds > 1:
+        print(f"# median over {args.rounds} rounds")
+        print(HEADER)
+        for row in rows:
+            print(format_row(row))
     print(f"# {len(rows)} cases in {time.time() - start:.0f} s; "
           f"max rel err {max(r['max_rel_err'] for r in rows):.2e}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"threads": THREADS, "quick": args.quick, "rows": rows}, fh, indent=1)
+            json.dump(
+                {"threads": THREADS, "quick": args.quick, "rounds": args.rounds, "rows": rows},
+                fh, indent=1,
+            )
     return 0
+
+
+RATIOS = ("vs_dense", "frac_ideal", "vs_torch_bsr", "vs_scipy_bsr")
+
+
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One row per case: median times and median ratios over the rounds (each round's
+    ratios come from one interleaved measurement, so they are taken first, then the median)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    out = []
+    for per_round in zip(*rounds, strict=True):
+        row = dict(per_round[0])
+        row["times_ms"] = {
+            k: float(np.median([r["times_ms"][k] for r in per_round])) for k in row["times_ms"]
+        }
+        for key in RATIOS:
+            if key in row:
+                row[key] = float(np.median([r[key] for r in per_round]))
+        row["max_rel_err"] = max(r["max_rel_err"] for r in per_round)
+        row["rounds"] = [{k: r[k] for k in RATIOS if k in r} for r in per_round]
+        out.append(row)
+    return out
 
 
 if __name__ == "__main__":
