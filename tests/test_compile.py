@@ -98,12 +98,17 @@ def test_odd_shapes_and_user_plan_with_gathers():
 
 
 @pytest.mark.parametrize("dtype,rtol", [("float16", 1e-2), ("bfloat16", 4e-2)])
-def test_half_precision_linears_match_the_float32_reference(dtype, rtol):
+@pytest.mark.parametrize("model_cls,shape", [(ResidualMLP, (64,)), (SmallCNN, (3, 16, 16))])
+def test_half_precision_layers_match_the_float32_reference(dtype, rtol, model_cls, shape):
     torch.manual_seed(0)
-    model = ResidualMLP(d=64, hidden=128, out=32).eval()
-    x = torch.randn(5, 64)
-    cm = tetris_tvm.compile(model, (x,), sparsity=0.5, block_size=(32, 32), dtype=dtype)
-    assert all(r["kernel"].endswith(f"_{dtype}") for r in cm.report.layers)
+    model = (ResidualMLP(d=64, hidden=128, out=32) if model_cls is ResidualMLP
+             else SmallCNN()).eval()
+    x = torch.randn(5, *shape)
+    cm = tetris_tvm.compile(model, (x,), sparsity=0.5, block_size=(16, 16), dtype=dtype)
+    sparse = [r for r in cm.report.layers if not r["kernel"].startswith("dense")]
+    assert sparse and all(r["kernel"].endswith(f"_{dtype}") for r in sparse)
+    if model_cls is SmallCNN:
+        assert any("conv2d" in r["kernel"] for r in sparse)
     out = cm(x)
     assert out.dtype == torch.float32  # inputs and outputs stay float32
     assert_close(out, masked_reference(model, cm.plan, x), rtol=rtol)

@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="MAX", help="compile the batch dimension as symbolic: one build "
                    "runs any batch size (MAX bounds it, so memory is planned once)")
     c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="weights and operands of the block-sparse linear layers (float32 "
+                   help="weights and operands of the block-sparse linear and conv layers (float32 "
                    "accumulation; everything else stays float32); half types suit CUDA")
     c.add_argument("--out", help="export the compiled model to this .so")
     c.add_argument("--cross-compiler", help="e.g. aarch64-linux-gnu-gcc (with a matching --target)")

@@ -502,9 +502,10 @@ def compile(  # noqa: A001 - the public name of the API contract
             model output), ``"separate"`` never. ``report.streams`` has the comparison.
         overrides: per-layer ``{pattern: {"sparsity", "block_size", "skip"}}``.
         prune_options: extra arguments for :func:`~tetris_tvm.prune_weight` (e.g. balanced).
-        dtype: ``"float16"`` or ``"bfloat16"`` stores the block-sparse linear layers' weights
-            in that type and runs them with half operands and float32 accumulation (tensor
-            cores on CUDA); inputs, outputs and every other op stay float32.
+        dtype: ``"float16"`` or ``"bfloat16"`` stores the block-sparse linear and conv
+            layers' weights in that type and runs them with half operands and float32
+            accumulation (tensor cores for linears on CUDA); inputs, outputs, layers kept
+            dense and every other op stay float32.
     """
     import tvm
     from tvm.s_tir import dlight as dl

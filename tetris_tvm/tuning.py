@@ -754,32 +754,41 @@ def _import_tensor_intrinsics() -> None:
 
 
 def _space(task: KernelTask, target: Any) -> Any:
-    """Our design spaces for tetris CPU kernels, MetaSchedule's generic rules for dense ops.
-
-    None (not tuned, the default schedule stays) for tetris kernels on other targets: the
-    generic rules cannot schedule their indptr-bounded loops, and our CUDA rules have no
-    search space yet.
-    """
+    """Our design spaces for tetris kernels (CPU and CUDA), MetaSchedule's generic rules for
+    dense ops; None (not tuned, the default schedule stays) for tetris kernels on other
+    targets, whose indptr-bounded loops the generic rules cannot schedule."""
     from tvm.s_tir import meta_schedule as ms
 
     if task.kind == "dense-op":
         return "post-order-apply"
-    if target.kind.name != "llvm":
+    design_spaces = _design_spaces(target)
+    if design_spaces is None:
         return None
-    from .schedules.cpu.space import design_spaces
-
     return ms.space_generator.ScheduleFn(
         lambda sch: design_spaces(sch, target), sch_rules=[], postprocs=[], mutator_probs={}
     )
 
 
+def _design_spaces(target: Any) -> Any:
+    if target.kind.name == "llvm":
+        from .schedules.cpu.space import design_spaces
+
+        return design_spaces
+    if target.kind.name == "cuda":
+        from .schedules.cuda.space import design_spaces
+
+        return design_spaces
+    return None
+
+
 def _space_size(task: KernelTask, target: Any) -> int:
     """Distinct candidates in our design space for ``task`` (a large number for the rest)."""
-    if task.kind == "dense-op" or target.kind.name != "llvm":
+    design_spaces = _design_spaces(target)
+    if task.kind == "dense-op" or design_spaces is None:
         return 1 << 30
     from tvm import s_tir
 
-    from .schedules.cpu.space import UNROLL_STEPS, design_spaces
+    from .schedules.cpu.space import UNROLL_STEPS
 
     spaces = design_spaces(s_tir.Schedule(task.mod), target) or []
     return sum(len(UNROLL_STEPS) if s.trace.decisions else 1 for s in spaces)

@@ -102,3 +102,39 @@ def test_conv_property(cin, cout, hw, k, stride, padding, sparsity, seed):
     kernel = build_block_sparse_conv2d(bsr, x.shape, k, stride, padding, 1, target=cpu_target())
     wm = bsr.to_dense().reshape(cout, cin, k, k)
     assert_close(run_poisoned(kernel, x), reference(x, wm, None, stride, padding, 1, None))
+
+
+@pytest.mark.parametrize("dtype,tol", [("float16", 1e-2), ("bfloat16", 4e-2)])
+@pytest.mark.parametrize("stride", [1, 2])  # implicit GEMM, im2col
+def test_half_conv_matches_the_float32_conv_on_cpu(dtype, tol, stride):
+    import tvm
+    from kernel_helpers import random_bsr
+
+    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.schedules.build import compile_prim_func
+    from tetris_tvm.schedules.cuda.kernels import _numpy_dtype, half_weight_args
+
+    rng = np.random.default_rng(3)
+    bsr = random_bsr(rng, (32, 32 * 9), (16, 16 * 9), 0.0, empty_rows=(1,))
+    assert bsr.nnzb > 0
+    x_shape = (2, 32, 10, 10)
+    func = K.block_sparse_conv2d(x_shape, bsr, 3, stride=stride, padding=1, bias=True,
+                                 activation="relu", dtype=dtype)
+    assert str(func.attrs["tetris.dtype"]) == dtype
+    half = _numpy_dtype(dtype)
+    bias = rng.standard_normal(32).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(half)
+    w = bsr.to_dense().reshape(32, 32, 3, 3).astype(half).astype(np.float32)
+    ref = F.relu(F.conv2d(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(w),
+                          torch.from_numpy(bias.astype(half).astype(np.float32)), stride, 1))
+    ref = ref.numpy()
+    ex = compile_prim_func(func, cpu_target())
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(ref.shape, half), dev)
+    ex["main"](tvm.runtime.tensor(x, dev),
+               *[tvm.runtime.tensor(c, dev) for c in half_weight_args(bsr, bias, dtype=dtype)],
+               out)
+    got = out.numpy().astype(np.float32)
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    assert np.abs(got - ref).max() > 0  # half rounding is visible: the half path ran
+    assert np.abs(ref[:, :16]).max() > 2 * np.abs(bias[:16]).max()  # the conv term counts

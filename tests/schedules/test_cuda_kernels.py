@@ -166,6 +166,17 @@ def test_conv_builds(arch, x_shape, cout, ks, stride, pad, fmt, block):
     assert "__shared__" in src and "w_data_shared" in src
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("x_shape,stride", [((2, 16, 8, 8), 1), ((1, 16, 9, 9), 2)])
+def test_half_conv_builds(dtype, x_shape, stride):
+    bsr = random_bsr(np.random.default_rng(6), (32, 16 * 9), (16, 144), 0.5)
+    func = K.block_sparse_conv2d(x_shape, bsr, 3, stride=stride, padding=1, bias=True,
+                                 activation="relu", dtype=dtype)
+    src = cuda_source(compile_cuda(func, cuda_target()))
+    assert "__shared__" in src
+    assert ("half" if dtype == "float16" else "nv_bfloat16") in src
+
+
 def test_dense_conv_builds():
     func = K.dense_conv2d((1, 16, 8, 8), (32, 16, 3, 3), padding=1, bias=True)
     assert "__shared__" in cuda_source(compile_cuda(func))

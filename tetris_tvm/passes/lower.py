@@ -87,10 +87,10 @@ class LowerBlockSparse:
     Args:
         dense_above: layers whose kept-element fraction exceeds this use the dense kernel.
         fuse_epilogue: fuse bias add and relu/gelu into the kernel.
-        dtype: ``"float32"``, or ``"float16"`` / ``"bfloat16"``: block-sparse linear layers
-            then store their weights in that type and run the half kernel (half operands,
-            float32 accumulation), with casts of ``x`` and ``y`` around it; conv layers and
-            layers kept dense stay float32.
+        dtype: ``"float32"``, or ``"float16"`` / ``"bfloat16"``: block-sparse linear and conv
+            layers then store their weights in that type and run the half kernel (half
+            operands, float32 accumulation), with casts of ``x`` and ``y`` around it; layers
+            kept dense stay float32, and so do all layers with a dynamic batch.
 
     After running, :attr:`layers` lists what each layer became.
     """
@@ -223,7 +223,14 @@ class LowerBlockSparse:
                 consts = [K.pack_dense_weight(w, 16)]
                 kernel = "dense_linear"
             elif self._half(bsr, x_shape):
-                return self._lower_half(bb, layer, x, x_shape, out_shape, bsr, bias, act, block)
+                from ..schedules.cuda.kernels import block_sparse_linear_fp16
+
+                return self._lower_half(
+                    bb, layer, x, out_shape, bsr, bias, act, block, "linear", tuple(bsr.shape),
+                    block_sparse_linear_fp16(
+                        x_shape, bsr, bias=bias is not None, activation=act, dtype=self.dtype
+                    ),
+                )
             else:
                 func = K.block_sparse_linear(x_shape, bsr, bias=bias is not None, activation=act)
                 consts = K.linear_weight_args(bsr, None)
@@ -245,6 +252,14 @@ class LowerBlockSparse:
             if len(pads) == 4 and (pads[0], pads[1]) != (pads[2], pads[3]):
                 raise ValueError(f"{layer}: asymmetric conv padding {pads} is not supported")
             kind = "conv2d"
+            if bsr.density <= self.dense_above and self._half_conv(x_shape):
+                return self._lower_half(
+                    bb, layer, x, out_shape, bsr, bias, act, block, "conv2d", tuple(w4.shape),
+                    K.block_sparse_conv2d(
+                        x_shape, bsr, (kh, kw), bias=bias is not None, activation=act,
+                        dtype=self.dtype, **geo,
+                    ),
+                )
             if bsr.density > self.dense_above:
                 func = K.dense_conv2d(
                     x_shape, w4.shape, bias=bias is not None, activation=act, **geo
@@ -271,16 +286,18 @@ class LowerBlockSparse:
         static = all(isinstance(d, int) for d in x_shape)
         return self.dtype != "float32" and static and n % bn == 0 and k % bk == 0
 
-    def _lower_half(self, bb, layer, x, x_shape, out_shape, bsr, bias, act, block) -> Any:
-        from ..schedules.cuda.kernels import block_sparse_linear_fp16, half_weight_args
+    def _half_conv(self, x_shape: list) -> bool:
+        """Whether this conv layer runs the half kernel (a static batch)."""
+        return self.dtype != "float32" and all(isinstance(d, int) for d in x_shape)
 
-        func = block_sparse_linear_fp16(
-            x_shape, bsr, bias=bias is not None, activation=act, dtype=self.dtype
-        )
+    def _lower_half(
+        self, bb, layer, x, out_shape, bsr, bias, act, block, kind, shape, func
+    ) -> Any:
+        """Call the half kernel ``func`` between casts of ``x`` and ``y``."""
+        from ..schedules.cuda.kernels import half_weight_args
+
         kernel = f"{func.attrs[K.KERNEL_ATTR]}_{self.dtype}"
-        gv = self._add_kernel(
-            bb, func, kernel, layer, "linear", tuple(bsr.shape), block, bsr, bias, act
-        )
+        gv = self._add_kernel(bb, func, kernel, layer, kind, shape, block, bsr, bias, act)
         consts = half_weight_args(bsr, None if bias is None else bias.reshape(-1), dtype=self.dtype)
         xh = bb.emit(relax.op.astype(x, self.dtype))
         y = bb.emit(

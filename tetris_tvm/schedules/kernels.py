@@ -185,19 +185,28 @@ def pack_dense_weight(w: np.ndarray, block_n: int) -> np.ndarray:
 class _Weight:
     """Buffers + index helpers of one weight format inside a kernel being built."""
 
-    def __init__(self, fmt: str, n: int, kp: int, block: tuple[int, int], nnzb: int, width: int):
+    def __init__(
+        self,
+        fmt: str,
+        n: int,
+        kp: int,
+        block: tuple[int, int],
+        nnzb: int,
+        width: int,
+        dtype: str = F32,
+    ):
         self.fmt, self.block = fmt, block
         bn, bk = block
         self.nb = _ceil_div(n, bn)
         if fmt == "bsr":
-            self.data = TB.arg("w_data", T.Buffer((nnzb, bk, bn), F32))
+            self.data = TB.arg("w_data", T.Buffer((nnzb, bk, bn), dtype))
             self.indices = TB.arg("w_indices", T.Buffer((nnzb,), I32))
             self.indptr = TB.arg("w_indptr", T.Buffer((self.nb + 1,), I32))
         elif fmt == "ell":
-            self.data = TB.arg("w_data", T.Buffer((self.nb, width, bk, bn), F32))
+            self.data = TB.arg("w_data", T.Buffer((self.nb, width, bk, bn), dtype))
             self.indices = TB.arg("w_indices", T.Buffer((self.nb, width), I32))
         else:  # dense: (NB, K, bn)
-            self.data = TB.arg("w_data", T.Buffer((self.nb, kp, bn), F32))
+            self.data = TB.arg("w_data", T.Buffer((self.nb, kp, bn), dtype))
         self.width = width
 
     def row_extent(self, vnb: tirx.Var) -> tirx.Expr | int:
@@ -473,9 +482,17 @@ def _conv_common(
     bias: bool,
     activation: str | None,
     name: str,
+    dtype: str = F32,
 ) -> tirx.PrimFunc:
+    """The conv kernels; ``dtype`` is the operand type (input, weight, bias, output and the
+    padded / im2col copies); the accumulator and the epilogue are float32."""
     bn, bk = block
     kk = geo.kh * geo.kw
+
+    def f32(v: tirx.Expr) -> tirx.Expr:
+        return v if dtype == F32 else T.Cast(F32, v)
+
+    zero = tirx.const(0.0, dtype)
     k = geo.gemm_k
     p = geo.oh * geo.ow
     sparse = fmt != "dense"
@@ -514,18 +531,19 @@ def _conv_common(
                     "tetris.activation": activation or "none",
                     "tetris.conv_mode": mode,
                     "tetris.pixel_chunks": pc,
+                    **({} if dtype == F32 else {"tetris.dtype": dtype}),
                 }
             )
-            x = TB.arg("x", T.Buffer((nbatch, geo.cin, geo.h, geo.w), F32))
-            w = _Weight(fmt, geo.cout, kp, block, nnzb, width)
-            b = TB.arg("bias", T.Buffer((geo.cout,), F32)) if bias else None
-            y = TB.arg("y", T.Buffer(geo.out_shape, F32))
-            yf = TB.decl_buffer((nbatch, geo.cout, p), F32, data=y.data)
+            x = TB.arg("x", T.Buffer((nbatch, geo.cin, geo.h, geo.w), dtype))
+            w = _Weight(fmt, geo.cout, kp, block, nnzb, width, dtype)
+            b = TB.arg("bias", T.Buffer((geo.cout,), dtype)) if bias else None
+            y = TB.arg("y", T.Buffer(geo.out_shape, dtype))
+            yf = TB.decl_buffer((nbatch, geo.cout, p), dtype, data=y.data)
             if mode == "direct":
-                col = TB.decl_buffer((nbatch, k, p), F32, data=x.data)
+                col = TB.decl_buffer((nbatch, k, p), dtype, data=x.data)
             elif mode == "implicit":
                 # one extra zero row so the taps of the dropped columns stay in bounds
-                xp = TB.sblock_alloc_buffer((nbatch, cin_p, pad_rows * wp), F32)
+                xp = TB.sblock_alloc_buffer((nbatch, cin_p, pad_rows * wp), dtype)
                 with T.grid(nbatch, cin_p, pad_rows, wp) as (ln, lc, lh, lw):
                     with T.sblock("x_pad"):
                         vn, vc, vh, vw = T.axis.remap("SSSS", [ln, lc, lh, lw])
@@ -533,11 +551,11 @@ def _conv_common(
                         inside = tirx.all(vc < geo.cin, ih >= 0, ih < geo.h, iw >= 0, iw < geo.w)
                         T.buffer_store(
                             xp,
-                            T.if_then_else(inside, x[vn, vc, ih, iw], _f32(0.0)),
+                            T.if_then_else(inside, x[vn, vc, ih, iw], zero),
                             [vn, vc, vh * wp + vw],
                         )
             else:
-                col = TB.sblock_alloc_buffer((nbatch, kp, p), F32)
+                col = TB.sblock_alloc_buffer((nbatch, kp, p), dtype)
                 with T.grid(nbatch, kp, geo.oh, geo.ow) as (ln, lk, lh, lw):
                     with T.sblock("im2col"):
                         vn, vk, voh, vow = T.axis.remap("SSSS", [ln, lk, lh, lw])
@@ -549,11 +567,11 @@ def _conv_common(
                         inside = tirx.all(vk < k, ih >= 0, ih < geo.h, iw >= 0, iw < geo.w)
                         T.buffer_store(
                             col,
-                            T.if_then_else(inside, x[vn, c, ih, iw], _f32(0.0)),
+                            T.if_then_else(inside, x[vn, c, ih, iw], zero),
                             [vn, vk, voh * geo.ow + vow],
                         )
             if mode == "implicit" or geo.cout % bn:
-                dst = TB.sblock_alloc_buffer((nbatch, nb * bn, q), F32)
+                dst = TB.sblock_alloc_buffer((nbatch, nb * bn, q), dtype)
             else:
                 dst = yf
             # chunks outermost: a block-row's chunks land on different threads
@@ -582,7 +600,7 @@ def _conv_common(
                                 with T.init():
                                     T.buffer_store(acc, _f32(0.0), [vi, vq])
                                 xv = xp[vn, c, q0 + vq + vr * dh * wp + vs * dw]
-                                T.buffer_store(acc, acc[vi, vq] + wv * xv, [vi, vq])
+                                T.buffer_store(acc, acc[vi, vq] + f32(wv) * f32(xv), [vi, vq])
                     elif has_update and sparse:
                         with T.grid(bn, qc, w.row_extent(vnb), bk) as (li, lp, lj, lk):
                             with T.sblock("update"):
@@ -590,29 +608,26 @@ def _conv_common(
                                 with T.init():
                                     T.buffer_store(acc, _f32(0.0), [vi, vp])
                                 cv = col[vn, w.col_base(vnb, vj) + vk, q0 + vp]
-                                T.buffer_store(
-                                    acc, acc[vi, vp] + w.value(vnb, vj, vk, vi) * cv, [vi, vp]
-                                )
+                                wv = w.value(vnb, vj, vk, vi)
+                                T.buffer_store(acc, acc[vi, vp] + f32(wv) * f32(cv), [vi, vp])
                     elif has_update:
                         with T.grid(bn, qc, k) as (li, lp, lk):
                             with T.sblock("update"):
                                 vi, vp, vk = T.axis.remap("SSR", [li, lp, lk])
                                 with T.init():
                                     T.buffer_store(acc, _f32(0.0), [vi, vp])
-                                T.buffer_store(
-                                    acc,
-                                    acc[vi, vp]
-                                    + w.value(vnb, None, vk, vi) * col[vn, vk, q0 + vp],
-                                    [vi, vp],
-                                )
+                                wv = w.value(vnb, None, vk, vi)
+                                cv = col[vn, vk, q0 + vp]
+                                T.buffer_store(acc, acc[vi, vp] + f32(wv) * f32(cv), [vi, vp])
                     with T.grid(bn, qc) as (li, lp):
                         with T.sblock("store"):
                             vi, vp = T.axis.remap("SS", [li, lp])
                             acc_val = acc[vi, vp] if has_update else _f32(0.0)
-                            bias_val = b[vnb * bn + vi] if b is not None else None
+                            bias_val = f32(b[vnb * bn + vi]) if b is not None else None
+                            value = _store_value(acc_val, w, vnb, bias_val, activation)
                             T.buffer_store(
                                 dst,
-                                _store_value(acc_val, w, vnb, bias_val, activation),
+                                value if dtype == F32 else T.Cast(dtype, value),
                                 [vn, vnb * bn + vi, q0 + vp],
                             )
             if dst is not yf:
@@ -638,12 +653,16 @@ def block_sparse_conv2d(
     activation: str | None = None,
     fmt: str = "auto",
     name: str = "main",
+    dtype: str = F32,
 ) -> tirx.PrimFunc:
     """Block-sparse NCHW conv2d (groups=1), torch semantics.
 
     ``weight`` is the BSR form of ``w.reshape(Cout, Cin * kh * kw)`` with blocks
     ``(bo, bi * kh * kw)`` (a whole kh x kw window inside each block); ``kernel_size`` gives
     ``(kh, kw)``.  Arguments: ``(x, *conv2d_weight_args(weight, bias, fmt), y)``.
+    ``dtype="float16"`` / ``"bfloat16"``: input, weight, bias and output in that type (the
+    weight arrays cast, e.g. by :func:`~tetris_tvm.schedules.cuda.half_weight_args`), float32
+    accumulation; the PrimFunc then carries ``"tetris.dtype"``.
     """
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     cout, k = weight.shape
@@ -653,7 +672,8 @@ def block_sparse_conv2d(
     fmt = weight_format(weight, fmt)
     width = weight.ell_width if fmt == "ell" else 0
     return _conv_common(
-        f"{fmt}_conv2d", fmt, geo, weight.block, weight.nnzb, width, bias, activation, name
+        f"{fmt}_conv2d", fmt, geo, weight.block, weight.nnzb, width, bias, activation, name,
+        dtype,
     )
 
 

@@ -210,10 +210,17 @@ class BlockSparseMatmul(GPUScheduleRule):
 
     kinds: tuple[str, ...] = ("bsr_linear", "ell_linear", "dense_linear")
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        """Schedule ``func`` if it is one of :attr:`kinds` on a CUDA target, else None."""
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, tunable: bool
+    ) -> s_tir.Schedule | list[s_tir.Schedule] | None:
+        """Schedule ``func`` if it is one of :attr:`kinds` on a CUDA target, else None
+        (``tunable=True``: the tuning design spaces of :mod:`.space`)."""
         if not is_cuda(target) or kernel_kind(func) not in self.kinds:
             return None
+        if tunable:
+            from .space import design_spaces
+
+            return design_spaces(s_tir.Schedule(func), target)
         sch = fresh_schedule(func)
         schedule_linear(sch, target)
         return sch

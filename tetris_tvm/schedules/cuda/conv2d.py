@@ -12,6 +12,8 @@ slice copies run as their own elementwise kernels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.target import Target
@@ -28,7 +30,28 @@ from ._common import (
     unroll_loops,
 )
 
-__all__ = ["BlockSparseConv2d", "schedule_conv2d"]
+__all__ = ["BlockSparseConv2d", "ConvTile", "conv_tile", "schedule_conv2d"]
+
+
+@dataclass(frozen=True)
+class ConvTile:
+    """Tile sizes of the CUDA conv schedule: ``tile_p`` output pixels per thread block, each
+    thread owning ``tc`` output channels x ``tp`` pixels."""
+
+    tile_p: int
+    tp: int
+    tc: int
+
+
+def conv_tile(bn: int, pixels: int) -> ConvTile:
+    """Rule table: up to 64 pixels per thread block, 4x4 outputs per thread, one channel per
+    thread when the block would otherwise have fewer than 32 threads."""
+    tile_p = largest_divisor(pixels, 64)
+    tp = largest_divisor(tile_p, 4) if tile_p >= 16 else 1
+    tc = largest_divisor(bn, 4)
+    if (bn // tc) * (tile_p // tp) < 32:
+        tc = 1
+    return ConvTile(tile_p, tp, tc)
 
 
 def _stage_shared(sch: s_tir.Schedule, block, index: int, threads: tuple[int, int]) -> None:
@@ -40,8 +63,9 @@ def _stage_shared(sch: s_tir.Schedule, block, index: int, threads: tuple[int, in
     sch.bind(tx, "threadIdx.x")
 
 
-def schedule_conv2d(sch: s_tir.Schedule, target: Target) -> None:
-    """Schedule a ``*_conv2d`` kernel in place (see the module docstring)."""
+def schedule_conv2d(sch: s_tir.Schedule, target: Target, tile: ConvTile | None = None) -> None:
+    """Schedule a ``*_conv2d`` kernel in place (see the module docstring); ``tile`` overrides
+    the rule table (:func:`conv_tile`, tuning)."""
     func = sch.mod["main"]
     bn = int(func.attrs["tetris.block"][0])
     pixels = int(func.attrs["tetris.rows"])
@@ -70,13 +94,9 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target) -> None:
         red = [first, *loops[3:]]
     else:
         lj, red = loops[2], list(loops[3:])
-    tile_p = largest_divisor(pixels, 64)
-    tp = largest_divisor(tile_p, 4) if tile_p >= 16 else 1
-    tc = largest_divisor(bn, 4)
+    tile = tile or conv_tile(bn, pixels)
+    tile_p, tp, tc = tile.tile_p, tile.tp, tile.tc
     ty_n, tx_n = bn // tc, tile_p // tp
-    if ty_n * tx_n < 32:
-        tc = 1
-        ty_n = bn
     ty, ci = sch.split(li, [ty_n, tc])
     po, tx, pi = sch.split(lp, [None, tx_n, tp])
     sch.reorder(po, lj, ty, tx, *red, ci, pi)
@@ -105,10 +125,17 @@ class BlockSparseConv2d(GPUScheduleRule):
 
     kinds: tuple[str, ...] = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        """Schedule ``func`` if it is one of :attr:`kinds` on a CUDA target, else None."""
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, tunable: bool
+    ) -> s_tir.Schedule | list[s_tir.Schedule] | None:
+        """Schedule ``func`` if it is one of :attr:`kinds` on a CUDA target, else None
+        (``tunable=True``: the tuning design spaces of :mod:`.space`)."""
         if not is_cuda(target) or kernel_kind(func) not in self.kinds:
             return None
+        if tunable:
+            from .space import design_spaces
+
+            return design_spaces(s_tir.Schedule(func), target)
         sch = fresh_schedule(func)
         schedule_conv2d(sch, target)
         return sch
