@@ -23,6 +23,13 @@ Meant for ONE run on a GPU machine (an H200 here), through ``benchmarks/gpu_chec
    at s = 0.9, 32x32 blocks, in float32 and with ``dtype="float16"``; its output against the
    masked torch model on the GPU, and its time against torch eager in float32 and float16.
 
+6. convs and tuning candidates: block-sparse 3x3 convs (64->128 at 56x56 and 256->256 at
+   14x14, batch 8, 32x32 channel blocks, s = 0.9) in float32 and float16 against torch's
+   ``F.conv2d`` (cuDNN) on the GPU, correctness and time; and every design space of the CUDA
+   tuning search space (``tetris_tvm.schedules.cuda.space``) for one fp16 linear kernel
+   (768->3072, M = 256, 32x32, s = 0.9), each checked and timed: how far the best candidate
+   is from the default schedule, i.e. what ``tune()`` could gain there.
+
 ``--dry-run`` (no GPU needed) builds everything and skips execution; ``--quick`` runs a subset.
 """
 
@@ -274,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
 
     model_check = WholeModelCheck(args.arch, args.model_layers, args.quick)
     model_check.build()
+    extra = ConvAndSpaceCheck(target, args.quick)
+    extra.build(rng)
 
     if args.dry_run:
         payload = {"meta": meta, "cases": [asdict(c) for c in cases],
-                   "whole_model": model_check.rows}
+                   "whole_model": model_check.rows, **extra.payload()}
         (out_dir / "gpu_check.json").write_text(json.dumps(payload, indent=1))
         print(f"dry run: {len(built)} kernels + {len(epi)} epilogue kernels built; "
               f"nothing executed; JSON in {out_dir}")
@@ -288,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta.update(gpu=torch.cuda.get_device_name(0), torch=torch.__version__)
     mode = install_compile_cache()
-    sources = [src for *_, src in built] + [cuda_source(e[-1]) for e in epi]
+    sources = [src for *_, src in built] + [cuda_source(e[-1]) for e in epi] + extra.sources()
     t_cc = precompile(sources, args.arch, mode, args.workers)
     print(f"compiled {len(sources)} CUDA modules with {mode} in {t_cc:.1f}s", flush=True)
 
@@ -359,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- whole model (section 5 of the docstring)
     model_check.run(args.repeats)
+    # ---- convs and tuning candidates (section 6)
+    extra.run(args.repeats, rng)
 
     # ---- 4. report
     lines = [f"{'case':46s} {'TC':>3s} {'ok':>3s} {'ours_us':>9s} {'cublas_us':>9s} "
@@ -393,11 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         "epilogue": epilogue,
         "targets": target_rows,
         "whole_model": model_check.rows,
+        **extra.payload(),
     }
     (out_dir / "gpu_check.json").write_text(json.dumps(payload, indent=1))
     (out_dir / "gpu_check.txt").write_text(table + "\n")
     print(f"total {time.time() - t_start:.0f}s; results in {out_dir}")
-    models_ok = all(r.get("ok", True) for r in model_check.rows)
+    models_ok = all(r.get("ok", True) for r in model_check.rows) and extra.ok()
     return 0 if n_ok == len(cases) and all(e["ok"] for e in epilogue) and models_ok else 1
 
 
@@ -490,6 +502,149 @@ class WholeModelCheck:
             print(f"whole model {row['dtype']}: ok={row['ok']} err={row['max_err']:.2e} "
                   f"{row['ms']:.2f} ms; torch fp32 {row['torch_float32_ms']:.2f} ms, "
                   f"fp16 {row['torch_float16_ms']:.2f} ms", flush=True)
+
+
+class ConvAndSpaceCheck:
+    """Section 6: half and float32 block-sparse convs vs cuDNN, and the CUDA tuning space."""
+
+    CONVS = [(64, 128, 56), (256, 256, 14)]  # (cin, cout, hw), 3x3, stride 1, pad 1
+    SPACE_CASE = (768, 3072, 256, 32, 0.9)  # (in, out, M, block, sparsity), float16
+    MAX_SPACES = 24
+    TOL = {"float32": 1e-3, "float16": 2e-2}
+
+    def __init__(self, target, quick: bool) -> None:
+        self.target, self.quick = target, quick
+        self.conv_rows: list[dict] = []
+        self.space_rows: list[dict] = []
+        self._built: list = []  # (row, exe, consts, x_shape, out_shape, dtype, reference inputs)
+
+    def build(self, rng: np.random.Generator) -> None:
+        from tetris_tvm.bench import random_block_mask
+        from tetris_tvm.schedules import BSRMatrix
+        from tetris_tvm.schedules import kernels as K
+        from tetris_tvm.schedules.cuda import BlockSparseMatmul, block_sparse_linear_fp16
+        from tetris_tvm.schedules.cuda.build import compile_cuda
+        from tetris_tvm.schedules.cuda.kernels import half_weight_args
+        from tetris_tvm.schedules.cuda.space import linear_configs
+
+        convs = self.CONVS[:1] if self.quick else self.CONVS
+        batch, block, sparsity = (2 if self.quick else 8), 32, 0.9
+        for cin, cout, hw in convs:
+            w = (rng.standard_normal((cout, cin, 3, 3)) * 0.05).astype(np.float32)
+            mask = random_block_mask((cout // block, cin // block), sparsity, rng)
+            bsr = BSRMatrix.from_dense(w.reshape(cout, -1), (block, block * 9), mask)
+            x_shape, out_shape = (batch, cin, hw, hw), (batch, cout, hw, hw)
+            for dtype in ("float32", "float16"):
+                row = {"conv": f"{cin}->{cout}@{hw} b{batch}", "dtype": dtype,
+                       "sparsity": sparsity}
+                try:
+                    func = K.block_sparse_conv2d(x_shape, bsr, 3, padding=1, dtype=dtype)
+                    consts = (K.conv2d_weight_args(bsr) if dtype == "float32"
+                              else half_weight_args(bsr, None, "auto", dtype))
+                    exe = compile_cuda(func, self.target)
+                except Exception as exc:  # noqa: BLE001 - recorded
+                    row["error"] = f"build: {type(exc).__name__}: {str(exc)[-300:]}"
+                    self.conv_rows.append(row)
+                    continue
+                self.conv_rows.append(row)
+                ref = bsr.to_dense().reshape(w.shape)
+                self._built.append((row, exe, consts, x_shape, out_shape, dtype, ref))
+        k, n, m, block, sparsity = self.SPACE_CASE
+        if self.quick:
+            m = 64
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        bsr = BSRMatrix.from_dense(w, (block, block),
+                                   random_block_mask((n // block, k // block), sparsity, rng))
+        func = block_sparse_linear_fp16((m, k), bsr, fmt="bsr")
+        consts = half_weight_args(bsr, None, "bsr", "float16")
+        configs = linear_configs(func, self.target)
+        spaces = BlockSparseMatmul().apply(func, self.target, True)
+        spaces = spaces[: 6 if self.quick else self.MAX_SPACES]
+        import tvm
+
+        for i, (tile, sch) in enumerate(zip(configs, spaces, strict=False)):
+            row = {"kernel": f"{k}->{n} M={m} b={block} s={sparsity} float16",
+                   "config": str(tile), "default": i == 0}
+            try:
+                exe = tvm.compile(sch.mod, target=self.target)
+            except Exception as exc:  # noqa: BLE001 - recorded
+                row["error"] = f"build: {type(exc).__name__}: {str(exc)[-300:]}"
+                self.space_rows.append(row)
+                continue
+            self.space_rows.append(row)
+            self._built.append((row, exe, consts, (m, k), (m, n), "float16", bsr.to_dense()))
+        print(f"section 6: {len(self.conv_rows)} conv kernels, {len(self.space_rows)} tuning "
+              f"candidates built", flush=True)
+
+    def sources(self) -> list[str]:
+        from tetris_tvm.schedules.cuda.build import cuda_source
+
+        return [cuda_source(exe) for _, exe, *_ in self._built]
+
+    def run(self, repeats: int, rng: np.random.Generator) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from tetris_tvm.bench import median_interleaved
+        from tetris_tvm.schedules.cuda.build import CudaKernel
+
+        dev = torch.device("cuda")
+        tdt = {"float16": torch.float16, "float32": torch.float32}
+        for row, exe, consts, x_shape, out_shape, dtype, wref in self._built:
+            try:
+                kern = CudaKernel(None, consts, out_shape, dtype, self.target, exe)
+                x = rng.standard_normal(x_shape).astype(dtype)
+                xt = torch.from_numpy(x).to(dev)
+                wt = torch.from_numpy(wref).to(dev, tdt[dtype])
+                conv = len(x_shape) == 4
+                ref_fn = ((lambda a=xt, b=wt: F.conv2d(a, b, padding=1)) if conv
+                          else (lambda a=xt, b=wt: F.linear(a, b)))
+                ref = ref_fn().float().cpu().numpy()
+                y = kern(x).astype(np.float32)
+                scale = float(np.abs(ref).max()) or 1.0
+                row["max_err"] = float(np.abs(y - ref).max() / scale)
+                row["ok"] = bool(np.isfinite(y).all() and row["max_err"] <= self.TOL[dtype])
+                tx = tvm_tensor(x, kern.dev)
+                out = tvm_empty(out_shape, dtype, kern.dev)
+                ev = kern.executable.mod.time_evaluator("main", kern.dev, number=20, repeat=1)
+                times = median_interleaved({
+                    "ours": lambda ev=ev, tx=tx, out=out, kern=kern: ev(tx, *kern.consts,
+                                                                        out).mean,
+                    "torch_dense": torch_timer(ref_fn, 20),
+                }, repeats)
+                row["ours_us"], row["torch_dense_us"] = (times["ours"] * 1e6,
+                                                         times["torch_dense"] * 1e6)
+                row["vs_dense"] = times["torch_dense"] / times["ours"]
+            except Exception as exc:  # noqa: BLE001 - recorded per kernel
+                row["ok"] = False
+                row["error"] = f"run: {type(exc).__name__}: {str(exc)[-300:]}"
+            print(f"section 6 {row.get('conv') or row['config']}: ok={row.get('ok')} "
+                  f"ours={row.get('ours_us', float('nan')):.1f}us "
+                  f"vs dense {row.get('vs_dense', float('nan')):.2f}x", flush=True)
+        timed = [r for r in self.space_rows if r.get("ours_us") and r.get("ok")]
+        default = [r for r in timed if r["default"]]
+        if timed and default:
+            best = min(timed, key=lambda r: r["ours_us"])
+            print(f"tuning space: best {best['ours_us']:.1f}us ({best['config']}) vs default "
+                  f"{default[0]['ours_us']:.1f}us", flush=True)
+
+    def ok(self) -> bool:
+        return all(r.get("ok", True) for r in self.conv_rows + self.space_rows)
+
+    def payload(self) -> dict:
+        return {"convs": self.conv_rows, "tuning_space": self.space_rows}
+
+
+def tvm_tensor(x: np.ndarray, dev):
+    import tvm
+
+    return tvm.runtime.tensor(np.ascontiguousarray(x), dev)
+
+
+def tvm_empty(shape, dtype: str, dev):
+    import tvm
+
+    return tvm.runtime.empty(tuple(shape), dtype, dev)
 
 
 def _vm_timer(cm, args: list, number: int):

@@ -37,6 +37,11 @@ def test_gpu_check_dry_run_quick(tmp_path):
     models = {r["dtype"]: r for r in data["whole_model"]}
     assert set(models) == {"float32", "float16"} and not any("error" in r for r in models.values())
     assert all(k.endswith("_float16") for k in models["float16"]["kernels"])
+    # section 6: a conv in both dtypes and tuning candidates of one fp16 linear, all built
+    assert {r["dtype"] for r in data["convs"]} == {"float32", "float16"}
+    space = data["tuning_space"]
+    assert len(space) == 6 and space[0]["default"] and len({r["config"] for r in space}) == 6
+    assert not any("error" in r for r in data["convs"] + space)
 
 
 @pytest.mark.slow
