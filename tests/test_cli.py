@@ -54,6 +54,42 @@ def test_compile_export_report_user_model(tmp_path):
     assert rep.returncode == 0 and "2.weight" in rep.stdout
 
 
+RESIDUAL = '''
+import torch
+import torch.nn as nn
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.up = nn.Linear(32, 32), nn.Linear(32, 64)
+        self.down, self.head = nn.Linear(64, 32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.head(h + self.down(torch.relu(self.up(h))))
+
+def make():
+    torch.manual_seed(0)
+    return Residual().eval()
+'''
+
+
+def test_compile_reports_the_residual_stream(tmp_path):
+    (tmp_path / "resmodel.py").write_text(RESIDUAL)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = tmp_path / "r.so"
+    res = run("compile", "--model", "resmodel:make", "--input-shape", "4,32", "--block", "16",
+              "--sparsity", "0.5", "--streams", "auto", "--out", str(out), env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "stream of 32 channels, 4 layers, 1 joins" in res.stdout
+    assert "-> shared" in res.stdout and "runtime gathers 0" in res.stdout
+    rep = run("report", str(out))
+    assert rep.returncode == 0 and "stream of 32 channels" in rep.stdout
+    res = run("compile", "--model", "resmodel:make", "--input-shape", "4,32", "--streams", "x",
+              env=env)
+    assert res.returncode != 0 and "invalid choice" in res.stderr
+
+
 def test_tune_then_compile_with_the_records(tmp_path):
     import json
 

@@ -203,7 +203,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     meta = json.loads(meta_path.read_text())
     rep = meta.get("report", {})
     report = Report(layers=rep.get("layers", []), skipped=rep.get("skipped", []),
-                    runtime_gathers=rep.get("totals", {}).get("runtime_gathers", 0))
+                    runtime_gathers=rep.get("totals", {}).get("runtime_gathers", 0),
+                    streams=rep.get("streams", []))
     print(f"target: {meta.get('target')}\ninputs: {', '.join(meta.get('input_names', []))}\n")
     print(report.format_table())
     return 0
