@@ -238,7 +238,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for s in args.sparsity:
         print(f"compiling at sparsity {s} ...", flush=True)
         cm = tetris_compile(model, inputs, target=_target_arg(args.target), sparsity=s,
-                            block_size=args.block)
+                            block_size=args.block, streams=args.streams)
         out = cm(*inputs)
         out = (out[0] if isinstance(out, tuple) else out).numpy()
         if is_minilm:
@@ -249,6 +249,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             rel = float(np.abs(out - dense).max() / max(np.abs(dense).max(), 1e-12))
             quality = f"max rel. diff to dense {rel:.3g}"
         rows.append((s, quality, cm.report.totals["weights_kept_fraction"]))
+        for st in cm.report.streams:
+            print(f"  stream of {st['channels']} channels ({len(st['layers'])} layers): "
+                  f"{st['choice']}" + (f" ({st['reason']})" if st["reason"] else ""))
         cm._ensure_vm()
         tvm_args = [np.ascontiguousarray(x.numpy()) for x in inputs]
         fns[f"tetris-tvm s={s}"] = lambda cm=cm, a=tvm_args: cm.run_numpy(*a)
@@ -374,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sparsities to compile (0 = dense through the same path)")
     b.add_argument("--repeats", type=int, default=7, help="interleaved repeats")
     b.add_argument("--threads", type=int, default=2, help="torch threads")
+    b.add_argument("--streams", choices=("auto", "shared", "separate"), default="auto",
+                   help="residual-stream permutations, as for compile")
     b.set_defaults(func=_cmd_bench)
 
     r = sub.add_parser(
