@@ -22,6 +22,18 @@ def kernel_kind(func: tirx.PrimFunc) -> str | None:
     return None if kind is None else str(kind)
 
 
+def normalized(rule, func, target: Target):  # noqa: ANN001, ANN201 - dlight types
+    """``(Schedule, block infos)`` of ``func`` for a dlight CPU ``rule``, or None when the rule
+    cannot apply (not a PrimFunc, another target, blocks dlight cannot normalise)."""
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    return None if infos is None else (sch, infos)
+
+
 def is_cpu(target: Target) -> bool:
     """True for llvm targets (the CPU rules' domain)."""
     return target.kind.name == "llvm"

@@ -10,12 +10,11 @@ innermost in SIMD lanes when the innermost extent allows it.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from ._common import touches_bool, vector_lanes
+from ._common import normalized, touches_bool, vector_lanes
 
 __all__ = ["Fallback"]
 
@@ -61,12 +60,10 @@ class Fallback(CPUScheduleRule):
     def apply(  # noqa: D102 - ScheduleRule API
         self, func: tirx.PrimFunc, target: Target, _: bool
     ) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        got = normalized(self, func, target)
+        if got is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = got
         if not any(info.is_reduction() for info in infos):
             infos = try_inline(sch, infos)
         # With a reduction (softmax, layer norm) keep the elementwise stages as their own loops:

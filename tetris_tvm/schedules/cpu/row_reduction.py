@@ -11,12 +11,11 @@ norm 8x128x384 and softmax 8x12x128x128 ran 3-7x faster than with the generic Fa
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from ._common import touches_bool, vector_lanes
+from ._common import normalized, touches_bool, vector_lanes
 
 __all__ = ["RowReduction"]
 
@@ -33,10 +32,10 @@ class RowReduction(CPUScheduleRule):
     def apply(  # noqa: D102 - ScheduleRule API
         self, func: tirx.PrimFunc, target: Target, _: bool
     ) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        got = normalized(self, func, target)
+        if got is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
+        sch, infos = got
         if not infos or len(infos) < 2 or not any(i.is_reduction() for i in infos):
             return None
         lanes = vector_lanes(target)

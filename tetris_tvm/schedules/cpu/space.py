@@ -16,6 +16,7 @@ from typing import Any
 from tvm import s_tir, tirx
 from tvm.target import Target
 
+from ..design_space import scheduled_copies
 from ._common import _STACK_BYTES, kernel_kind, linear_tile, loop_extent, vector_lanes
 from .block_sparse_matmul import dense_k_step, schedule_linear, unrolls_k
 from .conv2d import conv_tile, schedule_conv2d
@@ -24,9 +25,6 @@ __all__ = ["UNROLL_STEPS", "conv_configs", "design_spaces", "linear_configs"]
 
 UNROLL_STEPS = (0, 16, 64)
 """Values sampled for ``pragma_auto_unroll_max_step`` on the tile loop."""
-
-_LINEAR = ("bsr_linear", "ell_linear", "dense_linear")
-_CONV = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
 
 
 def linear_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
@@ -75,25 +73,17 @@ def design_spaces(sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule] |
 
     Usable as a MetaSchedule ``ScheduleFn`` (with no extra rules, postprocs or mutators).
     """
-    func = sch.mod["main"]
-    kind = kernel_kind(func)
-    if kind in _LINEAR:
-        configs, schedule = linear_configs(func, target), schedule_linear
-    elif kind in _CONV:
-        configs, schedule = conv_configs(func, target), schedule_conv2d
-    else:
+    copies = scheduled_copies(
+        sch,
+        (lambda f: linear_configs(f, target), lambda s, c: schedule_linear(s, target, **c)),
+        (lambda f: conv_configs(f, target), lambda s, c: schedule_conv2d(s, target, **c)),
+    )
+    if copies is None:
         return None
-    spaces = []
-    for config in configs:
-        space = sch.copy()
-        try:
-            tile_loop = schedule(space, target, **config)
-        except s_tir.ScheduleError:  # a configuration the shape cannot take
-            continue
+    for space, tile_loop in copies:
         if tile_loop is not None and (loop_extent(space, tile_loop) or 2) > 1:
             step = space.sample_categorical(
                 list(UNROLL_STEPS), [1.0 / len(UNROLL_STEPS)] * len(UNROLL_STEPS)
             )
             space.annotate(tile_loop, "pragma_auto_unroll_max_step", step)
-        spaces.append(space)
-    return spaces
+    return [space for space, _ in copies]

@@ -17,7 +17,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ._common import kernel_dtype, kernel_kind, largest_divisor, max_threads
+from ..design_space import scheduled_copies
+from ._common import kernel_dtype, largest_divisor, max_threads
 from .block_sparse_matmul import LinearTile, linear_tile, schedule_linear
 from .conv2d import ConvTile, conv_tile, schedule_conv2d
 
@@ -25,9 +26,6 @@ __all__ = ["SHARED_BYTES", "conv_configs", "design_spaces", "linear_configs"]
 
 SHARED_BYTES = 48 * 1024
 """Static shared memory a thread block may use without opting in."""
-
-_LINEAR = ("bsr_linear", "ell_linear", "dense_linear")
-_CONV = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
 
 
 def _bytes(dtype: str) -> int:
@@ -98,22 +96,10 @@ def design_spaces(sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule] |
     """One scheduled copy of ``sch`` per configuration that schedules, or None if ``sch`` is
     no tetris kernel. Usable as a MetaSchedule ``ScheduleFn`` (no extra rules, postprocs or
     mutators)."""
-    import tvm
-
-    func = sch.mod["main"]
-    kind = kernel_kind(func)
-    if kind in _LINEAR:
-        configs, schedule = linear_configs(func, target), schedule_linear
-    elif kind in _CONV:
-        configs, schedule = conv_configs(func, target), schedule_conv2d
-    else:
-        return None
-    spaces = []
-    for tile in configs:
-        space = sch.copy()
-        try:
-            schedule(space, target, tile)
-        except (s_tir.ScheduleError, tvm.TVMError):  # a configuration the shape cannot take
-            continue
-        spaces.append(space)
-    return spaces
+    copies = scheduled_copies(
+        sch,
+        (lambda f: linear_configs(f, target), lambda s, c: schedule_linear(s, target, c)),
+        (lambda f: conv_configs(f, target), lambda s, c: schedule_conv2d(s, target, c)),
+        errors=(s_tir.ScheduleError, RuntimeError),  # TVM's checks raise RuntimeErrors
+    )
+    return None if copies is None else [space for space, _ in copies]
