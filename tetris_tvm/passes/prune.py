@@ -75,6 +75,8 @@ class _Analysis:
     layers: dict[Any, LayerSite] = field(default_factory=dict)  # by out_var
     by_var: dict[Any, Any] = field(default_factory=dict)  # var -> its binding
     params: set[Any] = field(default_factory=set)  # main's parameters
+    const_of: Any = None  # value of a constant / weight (set by TetrisPrune)
+    streams: list[Stream] = field(default_factory=list)  # channel streams (set by TetrisPrune)
 
 
 def _ndim(expr: Any) -> int:
@@ -204,6 +206,8 @@ class TetrisPrune:
     def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
         func = mod["main"]
         an = find_layers(func, self.torch_names)
+        an.const_of = const_lookup(self.weights, an.by_var)  # one cache for the whole pass
+        an.streams = find_streams(an, an.const_of)  # planning and rewriting both use them
         self.sites = list(an.layers.values())
         plan = self.given_plan if self.given_plan is not None else self._compute_plan(an)
         self.plan = plan
@@ -242,7 +246,7 @@ class TetrisPrune:
         uses = an.uses.get(var, [])
         if not uses:
             return False  # a function output: the gather would stay
-        const_of = const_lookup(self.weights, an.by_var)
+        const_of = an.const_of
         dummy = Gather(var, np.arange(_ndim_size(var, axis)), axis)
         for user, pos in uses:
             site = an.layers.get(user)
@@ -269,7 +273,7 @@ class TetrisPrune:
         layers: dict[str, LayerPlan] = {}
         coupled: dict[str, LayerPlan] = {}
         pairs: dict[tuple[str, int], str] = {}  # (layer, axis) -> the axis it shares
-        const_of = const_lookup(self.weights, an.by_var)
+        const_of = an.const_of
         sites_in_order = [an.layers[b.var] for b in an.bindings if b.var in an.layers]
         todo = {s.out_var for s in sites_in_order}
         progress = tqdm(total=len(todo), desc="TETRIS", unit="layer", disable=len(todo) < 4)
@@ -354,8 +358,7 @@ class TetrisPrune:
         self, an: _Analysis, layers: dict[str, LayerPlan], pairs: dict[tuple[str, int], str]
     ) -> None:
         """Solve every multi-layer stream with one permutation and keep it where it pays."""
-        const_of = const_lookup(self.weights, an.by_var)
-        for st in find_streams(an, const_of):
+        for st in an.streams:
             if not _worth_sharing(st, layers):
                 continue
             record, joint = self._joint_stream(an, st, layers, pairs)
@@ -446,7 +449,7 @@ class TetrisPrune:
         """Runtime gathers a permuted stream leaves: where it starts from something that
         cannot be stored permuted, and where it leaves towards something that cannot absorb
         a gather (e.g. a model output)."""
-        const_of = const_lookup(self.weights, an.by_var)
+        const_of = an.const_of
         gathers = len([r for r in st.roots if r not in st.table_roots])
         gathers += len([p for p in st.producers if p.torch_name not in layers])
         leaked: set[Any] = set()
@@ -475,7 +478,7 @@ class TetrisPrune:
                     f"{site.torch_name}: plan was made for shape {lp.mask.shape} "
                     f"but the model's weight is {w.shape}"
                 )
-        streams = _StreamRewriter(an, plan, const_lookup(self.weights, an.by_var))
+        streams = _StreamRewriter(an, plan)
         counter = [0]
 
         def rewrite(bb: relax.BlockBuilder, var: Any, value: Any, mapping: dict) -> Any:
@@ -518,12 +521,12 @@ class _StreamRewriter:
     ``take(v_p, inverse(P))``, which FoldPermutations drops where nobody needs it.
     """
 
-    def __init__(self, an: _Analysis, plan: PruningPlan, const_of: Any) -> None:
+    def __init__(self, an: _Analysis, plan: PruningPlan) -> None:
         self.an = an
-        self.const_of = const_of
+        self.const_of = an.const_of
         self.order: dict[Any, tuple[Stream, np.ndarray]] = {}
         self.perm: dict[Any, Any] = {}  # old stream var -> new var in stored order
-        for st in find_streams(an, const_of):
+        for st in an.streams:
             p = _stream_order(st, plan)
             if p is not None:
                 for v in st.axis_of:
