@@ -24,6 +24,8 @@ __all__ = [
     "rebuild_main",
     "substitute",
     "const_lookup",
+    "main_bindings",
+    "use_lists",
     "Rewriter",
     "channel_axis",
 ]
@@ -61,6 +63,25 @@ def substitute(expr: Any, mapping: dict[Any, Any]) -> Any:
         args = [substitute(a, mapping) for a in expr.args]
         return relax.Call(expr.op, args, expr.attrs, expr.ty_args)
     return expr
+
+
+def main_bindings(func: relax.Function) -> list[Any]:
+    """Every binding of ``func`` in order."""
+    return [b for blk in func.body.blocks for b in blk.bindings]
+
+
+def use_lists(bindings: list[Any]) -> dict[Any, list[tuple[Any, int]]]:
+    """``var -> [(user var, argument position)]``: call arguments, tuple fields, and plain
+    ``gv = lv`` bindings (position 0)."""
+    uses: dict[Any, list[tuple[Any, int]]] = {}
+    for b in bindings:
+        v = b.value
+        args = v.args if isinstance(v, relax.Call) else []
+        args = v.fields if isinstance(v, relax.Tuple) else args
+        args = [v] if isinstance(v, relax.Var) else args
+        for i, a in enumerate(args):
+            uses.setdefault(a, []).append((b.var, i))
+    return uses
 
 
 def const_lookup(

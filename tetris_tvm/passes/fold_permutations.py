@@ -21,7 +21,16 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._dataflow import const_lookup, const_value, is_const, op_name, rebuild_main, substitute
+from ._dataflow import (
+    const_lookup,
+    const_value,
+    is_const,
+    main_bindings,
+    op_name,
+    rebuild_main,
+    substitute,
+    use_lists,
+)
 from .gather_rules import Gather, inverse, is_identity, push_gather
 
 __all__ = ["FoldPermutations"]
@@ -43,15 +52,9 @@ class FoldPermutations:
 
 class _Folder:
     def __init__(self, func: relax.Function) -> None:
-        bindings = [b for blk in func.body.blocks for b in blk.bindings]
+        bindings = main_bindings(func)
         self.by_var = {b.var: b for b in bindings}
-        self.uses: dict[Any, list[tuple[Any, int]]] = {}
-        for b in bindings:
-            args = b.value.args if isinstance(b.value, relax.Call) else []
-            args = b.value.fields if isinstance(b.value, relax.Tuple) else args
-            args = [b.value] if isinstance(b.value, relax.Var) else args
-            for i, a in enumerate(args):
-                self.uses.setdefault(a, []).append((b.var, i))
+        self.uses = use_lists(bindings)
         self.old_const = const_lookup({}, self.by_var)
         self.lazy: dict[Any, Gather] = {}  # old var -> gather over a NEW var
         self.consts: dict[Any, np.ndarray] = {}  # new var -> value (constant-derived)

@@ -23,7 +23,15 @@ from tvm import relax
 from ..schedules import kernels as K
 from ..schedules.bsr import BSRMatrix
 from ..schedules.kernels import shape_dims
-from ._dataflow import const_value, is_const, op_name, rebuild_main, same_dims
+from ._dataflow import (
+    const_value,
+    is_const,
+    main_bindings,
+    op_name,
+    rebuild_main,
+    same_dims,
+    use_lists,
+)
 from .prune import COMPOSITE_CONV2D, COMPOSITE_LINEAR
 
 __all__ = ["LowerBlockSparse", "LoweredLayer"]
@@ -112,15 +120,9 @@ class LowerBlockSparse:
         if not comps:
             return mod
         func = mod["main"]
-        bindings = [b for blk in func.body.blocks for b in blk.bindings]
-        uses: dict[Any, int] = {}
+        bindings = main_bindings(func)
+        uses = {var: len(users) for var, users in use_lists(bindings).items()}
         value_of = {b.var: b.value for b in bindings}
-        for b in bindings:
-            args = b.value.args if isinstance(b.value, relax.Call) else (
-                b.value.fields if isinstance(b.value, relax.Tuple) else [b.value]
-            )
-            for a in args:
-                uses[a] = uses.get(a, 0) + 1
         uses[func.body.body] = uses.get(func.body.body, 0) + 1
 
         # constants reshaped/transposed by a binding (a conv bias is reshape(bias, [1, C, 1, 1]))

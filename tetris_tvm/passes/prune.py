@@ -35,7 +35,15 @@ from tvm import relax
 from ..plan import PruningPlan
 from ..reorder import JointMember, LayerPlan, prune_joint, prune_weight
 from ..schedules.kernels import shape_dims
-from ._dataflow import const_lookup, op_name, rebuild_main, same_dims, substitute
+from ._dataflow import (
+    const_lookup,
+    main_bindings,
+    op_name,
+    rebuild_main,
+    same_dims,
+    substitute,
+    use_lists,
+)
 from .gather_rules import Gather, inverse, is_identity, push_gather
 from .streams import Stream, find_streams, table_axis
 
@@ -86,19 +94,11 @@ def _ndim(expr: Any) -> int:
 def find_layers(func: relax.Function, torch_names: Mapping[str, str]) -> _Analysis:
     """Weight layers of ``func`` (params named in ``torch_names``) and the use lists."""
     params = {p: p.name for p in func.params}
-    bindings = [b for blk in func.body.blocks for b in blk.bindings]
-    an = _Analysis(bindings)
+    bindings = main_bindings(func)
+    an = _Analysis(bindings, uses=use_lists(bindings))
     transposed: dict[Any, Any] = {}
     for b in bindings:
         v = b.value
-        if isinstance(v, relax.Call):
-            for i, a in enumerate(v.args):
-                an.uses.setdefault(a, []).append((b.var, i))
-        elif isinstance(v, relax.Tuple):
-            for i, a in enumerate(v.fields):
-                an.uses.setdefault(a, []).append((b.var, i))
-        elif isinstance(v, relax.Var):  # e.g. ``gv = lv`` binding the function output
-            an.uses.setdefault(v, []).append((b.var, 0))
         op = op_name(v)
         if op == "relax.permute_dims" and v.args[0] in params and _ndim(v.args[0]) == 2:
             axes = v.attrs.axes
