@@ -11,6 +11,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.nn as nn
@@ -220,8 +221,12 @@ def test_tuning_through_rpc_tracker_and_server(tmp_path):
     assert only.verdict in ("tuned", "default")
 
 
-@pytest.mark.slow
-def test_ctrl_c_keeps_measured_records_and_a_rerun_resumes(tmp_path):
+def _tuning_run(tmp_path, new_session: bool = False):
+    """A tuning run of the test MLP in a child process, once it has measured records.
+
+    Returns the process and the list its output lines are read into (from the start: a full
+    pipe would block the child).
+    """
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import sys, torch
@@ -232,10 +237,9 @@ def test_ctrl_c_keeps_measured_records_and_a_rerun_resumes(tmp_path):
              sparsity={SPARSITY}, block_size={BLOCK}, progress=False)
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []  # read from the start: a full pipe would block the child
-    reader = threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True)
-    reader.start()
+                            stderr=subprocess.STDOUT, text=True, start_new_session=new_session)
+    lines: list[str] = []
+    threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
     records = None
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -246,29 +250,50 @@ def test_ctrl_c_keeps_measured_records_and_a_rerun_resumes(tmp_path):
         time.sleep(0.5)
     assert records is not None, "".join(lines)[-2000:]
     time.sleep(3.0)
-    # acknowledged at once, even while MetaSchedule's search is in C++ (Python's own signal
-    # handler ran only minutes later there).  A Ctrl-C that lands while LLVM code in the
-    # process has its own SIGINT handler installed is lost (measured: 5 of 120 signals sent
-    # during a run), as it would be for a user, who presses again: so does the test.
+    return proc, lines
+
+
+def _interrupt_until_acknowledged(proc, lines, interrupt) -> None:
+    """Ctrl-C, acknowledged at once even while MetaSchedule's search is in C++.
+
+    (Python's own signal handler ran only minutes later there.)  A Ctrl-C that lands while
+    LLVM code in the process has its own SIGINT handler installed is lost (measured: 5 of
+    120 signals sent during a run), as it would be for a user, who presses again: so does
+    the test.
+    """
     for _ in range(4):
-        proc.send_signal(signal.SIGINT)
+        interrupt()
         if _wait_for(lambda: any("stopping before the next batch" in x for x in lines), 15):
-            break
-    else:
-        raise AssertionError(_signal_state(proc.pid) + "".join(lines)[-2000:])
-    # the run ends at the next Python callback; that can take minutes on a loaded 2-core
-    # machine, and a second Ctrl-C then ends the process at once
+            return
+    raise AssertionError(_signal_state(proc.pid) + "".join(lines)[-2000:])
+
+
+def _stopped(proc, lines, interrupt) -> str:
+    """Wait for the run to end after an acknowledged Ctrl-C; returns its output.
+
+    The run ends at the next Python callback; that can take minutes on a loaded 2-core
+    machine, and a second Ctrl-C then ends the process at once.
+    """
     try:
         proc.wait(timeout=120)
         graceful = True
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
+        interrupt()
         proc.wait(timeout=30)
         graceful = False
-    reader.join(timeout=10)
+    time.sleep(0.5)
     out = "".join(lines)
     assert proc.returncode != 0
     assert ("interrupted" if graceful else "aborted") in out, out[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_measured_records_and_a_rerun_resumes(tmp_path):
+    proc, lines = _tuning_run(tmp_path)
+    interrupt = lambda: proc.send_signal(signal.SIGINT)  # noqa: E731
+    _interrupt_until_acknowledged(proc, lines, interrupt)
+    _stopped(proc, lines, interrupt)
     tdir = TuningDirectory(tmp_path / "work", resolve_target("llvm"))
     kept = len(tdir.raw_database().get_all_tuning_records())
     assert kept > 0
@@ -282,6 +307,31 @@ def test_ctrl_c_keeps_measured_records_and_a_rerun_resumes(tmp_path):
                            progress=False)
         assert again.trials_this_run == 0
     assert np.isfinite(kept)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_stops_the_run_and_its_workers(tmp_path):
+    """A terminal sends Ctrl-C to the whole process group: the build and run workers too."""
+    proc, lines = _tuning_run(tmp_path, new_session=True)
+    interrupt = lambda: os.killpg(proc.pid, signal.SIGINT)  # noqa: E731
+    _interrupt_until_acknowledged(proc, lines, interrupt)
+    _stopped(proc, lines, interrupt)
+    tdir = TuningDirectory(tmp_path / "work", resolve_target("llvm"))
+    assert len(tdir.raw_database().get_all_tuning_records()) > 0
+    time.sleep(1.0)
+    assert not _session_members(proc.pid), "workers outlived the run"
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid``."""
+    members = []
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == sid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                members.append(pid)
+        except (OSError, psutil.Error):
+            continue
+    return members
 
 
 def test_ctrl_c_is_seen_while_python_is_blocked_and_twice_aborts(tmp_path):
