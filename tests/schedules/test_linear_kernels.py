@@ -136,3 +136,25 @@ def test_symbolic_rows_one_kernel_for_every_batch():
         out = tvm.runtime.tensor(np.full((b, 7, 64), np.nan, np.float32))
         lib["main"](tvm.runtime.tensor(x), *consts, out)
         assert_close(out.numpy(), x @ bsr.to_dense().T + bias)
+
+
+@pytest.mark.parametrize("cores,n_rows", [(2, 5), (3, 7), (4, 3)])
+def test_block_rows_are_dealt_round_robin_to_the_threads(cores, n_rows):
+    """The parallel loop runs one iteration per thread, each taking every cores-th block-row
+    (TETRIS clusters kept blocks, so contiguous ranges of rows are unequal work); a row count
+    that the threads do not divide, and fewer rows than threads, still compute every row."""
+    import re
+
+    import tvm
+
+    from tetris_tvm.schedules.build import default_target, schedule_module
+
+    rng = np.random.default_rng(cores * 10 + n_rows)
+    bsr = random_bsr(rng, (16 * n_rows, 48), (16, 16), 0.5, (1,))
+    x = rng.standard_normal((5, 48)).astype(np.float32)
+    target = default_target(num_cores=cores)
+    kernel = build_block_sparse_linear(bsr, x.shape, None, None, target)
+    assert_close(run_poisoned(kernel, x), reference(x, bsr.to_dense()))
+    text = schedule_module(tvm.IRModule({"main": kernel.func}), target)["main"].script()
+    extents = [int(e) for e in re.findall(r"T\.parallel\((\d+)\)", text)]
+    assert extents == [cores if n_rows > cores else n_rows], text

@@ -53,6 +53,32 @@ def vector_lanes(target: Target) -> int:
     return 4
 
 
+def num_threads(target: Target) -> int:
+    """Threads a kernel for ``target`` runs on: its ``num-cores``, else this machine's cores."""
+    import os
+
+    cores = target.attrs.get("num-cores") if target.attrs is not None else None
+    return int(cores) if cores else len(os.sched_getaffinity(0))
+
+
+def parallel_cyclic(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, target: Target) -> None:
+    """Run ``loop`` in parallel with its iterations dealt round-robin to the threads.
+
+    TVM's parallel loop gives each thread one contiguous range of iterations.  TETRIS orders
+    the channels so that kept blocks cluster, so contiguous block-rows carry very unequal
+    work: on MiniLM's plans at 75% sparsity the busier of 2 threads had on average 1.49x its
+    even share of kept blocks (up to 1.99x); dealt round-robin, 1.07x (up to 1.26x).
+    """
+    threads = num_threads(target)
+    extent = loop_extent(sch, loop)
+    if threads < 2 or extent is None or extent <= threads:
+        sch.parallel(loop)
+        return
+    outer, lane = sch.split(loop, [None, threads])
+    sch.reorder(lane, outer)
+    sch.parallel(lane)
+
+
 def vector_registers(target: Target) -> int:
     """Architectural SIMD registers (16 on AVX2, 32 on AVX-512 / NEON)."""
     return 32 if vector_lanes(target) in (16, 4) else 16

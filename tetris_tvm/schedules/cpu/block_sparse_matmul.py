@@ -14,6 +14,7 @@ from ._common import (
     linear_tile,
     loop_extent,
     loops_below,
+    parallel_cyclic,
     schedule_pad,
     unroll_vectorize_tile,
     vector_lanes,
@@ -41,20 +42,21 @@ def schedule_linear(
     tile_rows: int | None = None,
     unroll_k: bool | None = None,
     tile_cols: int | None = None,
+    cyclic: bool = True,
 ) -> s_tir.schedule.LoopRV | None:
     """Schedule a ``*_linear`` kernel of :mod:`..kernels` in place.
 
-    Parallel over output block-rows; inside a block-row, M is cut into register tiles of
-    ``tile_rows`` rows by ``tile_cols`` of the block's outputs (rule table: :func:`linear_tile`;
-    M = 1 gives a GEMV), the reduction runs over the kept blocks and their ``bk`` inputs
-    (unrolled when short), the tile's rows are unrolled and its columns (contiguous in the
-    packed weight) are vectorised into a stack-resident accumulator.  The reduction is
-    decomposed above the block loop so that empty block-rows are zeroed too, and the epilogue
-    (bias, activation, slicing to N) runs per tile.
+    Parallel over output block-rows, dealt round-robin to the threads (``cyclic``; TETRIS
+    clusters the kept blocks, see :func:`._common.parallel_cyclic`).  Inside a block-row, M
+    is cut into register tiles of ``tile_rows`` rows by ``tile_cols`` of the block's outputs
+    (rule table: :func:`linear_tile`; M = 1 gives a GEMV), the reduction runs over the kept
+    blocks and their ``bk`` inputs (unrolled when short), the tile's rows are unrolled and
+    its columns (contiguous in the packed weight) are vectorised into a stack-resident
+    accumulator.  The reduction is decomposed above the block loop so that empty block-rows
+    are zeroed too, and the epilogue (bias, activation, slicing to N) runs per tile.
     A ragged last M tile is split off by loop partitioning instead of predicating the hot loop.
     ``tile_rows``, ``tile_cols`` and ``unroll_k`` (unroll the in-block reduction) override the
-    rule table
-    (tuning); returns the M-tile loop (None when every block-row is empty).
+    rule table (tuning); returns the M-tile loop (None when every block-row is empty).
     """
     func = sch.mod["main"]
     bn = int(func.attrs["tetris.block"][0])
@@ -104,7 +106,10 @@ def schedule_linear(
     sch.annotate(mo, "pragma_loop_partition_hint", 1)
     # last: in TVM 0.27 a split after parallel() was seen to modify the Schedule's source
     # IRModule in place (fatal for sch.copy(), which tuning design spaces rely on)
-    sch.parallel(lnb)
+    if cyclic:
+        parallel_cyclic(sch, lnb, target)
+    else:
+        sch.parallel(lnb)
     return mo
 
 

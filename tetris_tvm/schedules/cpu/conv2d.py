@@ -17,6 +17,7 @@ from ._common import (
     is_cpu,
     kernel_kind,
     loops_below,
+    parallel_cyclic,
     schedule_pad,
     unroll_vectorize_tile,
     vector_lanes,
@@ -43,10 +44,12 @@ def schedule_conv2d(
 ) -> s_tir.schedule.LoopRV | None:
     """Schedule a ``*_conv2d`` kernel in place (see the module docstring).
 
-    Parallel over (pixel chunk, image, output block-row); strided convs first build the
-    im2col operand of each image in parallel, stride-1 convs read a zero-padded copy of the
-    input in place (implicit GEMM).  Inside a block-row, pixel tiles are outer and channel
-    tiles inner so an operand tile stays in L1 across channel tiles; kh x kw taps are unrolled.
+    Parallel over (pixel chunk, image, output block-row), dealt round-robin to the threads
+    (TETRIS clusters the kept blocks, see :func:`._common.parallel_cyclic`); strided convs
+    first build the im2col operand of each image in parallel, stride-1 convs read a
+    zero-padded copy of the input in place (implicit GEMM).  Inside a block-row, pixel tiles
+    are outer and channel tiles inner so an operand tile stays in L1 across channel tiles;
+    kh x kw taps are unrolled.
     ``tile`` overrides the rule table's ``(CT, PV)`` (tuning); returns the pixel-tile loop
     (None when every block-row is empty).
     """
@@ -97,7 +100,7 @@ def schedule_conv2d(
         # (kept-block) loop in between it doubled the time of a 7x7 sparse conv; measured in
         # TVM 0.27 on 2 cores, see the issue notes
         sch.annotate(lpo, "pragma_loop_partition_hint", 1)
-    sch.parallel(par)  # last, as in schedule_linear
+    parallel_cyclic(sch, par, target)  # last, as in schedule_linear
     return lpo
 
 
