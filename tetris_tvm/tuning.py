@@ -591,7 +591,7 @@ class _StopOnCtrlC:
         self.requested = False
         self.work_dir = work_dir
         self._previous: Any = None
-        self._previous_fd: int | None = None
+        self._previous_fd = -1
         self._pipe: tuple[int, int] | None = None
         self._thread: Any = None
 
@@ -641,7 +641,7 @@ class _StopOnCtrlC:
 
         if self._pipe is None:
             return
-        signal.set_wakeup_fd(self._previous_fd if self._previous_fd is not None else -1)
+        signal.set_wakeup_fd(self._previous_fd)
         signal.signal(signal.SIGINT, self._previous)
         read_fd, write_fd = self._pipe
         os.close(write_fd)
