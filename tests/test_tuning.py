@@ -334,8 +334,10 @@ def _session_members(sid: int) -> list[int]:
     return members
 
 
-def test_ctrl_c_is_seen_while_python_is_blocked_and_twice_aborts(tmp_path):
-    """The watcher thread reads Ctrl-C even while the main thread sits in native code."""
+def test_ctrl_c_is_seen_by_the_watcher_and_twice_aborts(tmp_path):
+    """The watcher thread, not Python's handler (a no-op while active), acts on Ctrl-C.
+
+    (The tuning runs above cover a main thread that stays in MetaSchedule's C++ code.)"""
     script = tmp_path / "stop.py"
     script.write_text(textwrap.dedent("""
         import os, signal, time
