@@ -377,8 +377,14 @@ def schedule_pipeline(target: Any) -> Any:
     import tvm
     from tvm.s_tir import dlight as dl
 
+    from .schedules.cpu import ExpandOperandPrefetch
+
     return tvm.transform.Sequential(
-        [lowering_pipeline(), dl.ApplyDefaultSchedule(*default_rules(target))]
+        [
+            lowering_pipeline(),
+            dl.ApplyDefaultSchedule(*default_rules(target)),
+            ExpandOperandPrefetch(),
+        ]
     )
 
 
@@ -524,6 +530,9 @@ def compile(  # noqa: A001 - the public name of the API contract
             mod, tuned = apply_tuning(mod, tgt, tuning, fallback=tuning_fallback)
             lowered.report.tuned_kernels = tuned
         mod = dl.ApplyDefaultSchedule(*default_rules(tgt))(mod)
+    from .schedules.cpu import ExpandOperandPrefetch
+
+    mod = ExpandOperandPrefetch()(mod)  # tuned and default schedules alike
     executable = tvm.compile(mod, target=tgt)
     return CompiledModel(executable, tgt, lowered.plan, lowered.report, lowered.meta, ir=mod)
 

@@ -455,13 +455,16 @@ def _scheduled(task: KernelTask, target: Any, trace: Any | None) -> Any:
     from tvm.s_tir import dlight as dl
 
     from .compiler import default_rules
+    from .schedules.cpu import ExpandOperandPrefetch
 
     if trace is None:
         with target:
-            return dl.ApplyDefaultSchedule(*default_rules(target))(task.mod)
-    sch = s_tir.Schedule(task.mod)
-    trace.apply_to_schedule(sch, remove_postproc=False)
-    return sch.mod
+            mod = dl.ApplyDefaultSchedule(*default_rules(target))(task.mod)
+    else:
+        sch = s_tir.Schedule(task.mod)
+        trace.apply_to_schedule(sch, remove_postproc=False)
+        mod = sch.mod
+    return ExpandOperandPrefetch()(mod)
 
 
 class _Checker:
@@ -663,6 +666,8 @@ def _builder(timeout: int, cross_compiler: str | None, stop: _StopOnCtrlC) -> An
     from tvm.s_tir.meta_schedule.builder import local_builder as lb
     from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
+    from .schedules.cpu import ExpandOperandPrefetch
+
     f_export = CrossExport(cross_compiler) if cross_compiler else None
 
     @derived_object
@@ -677,7 +682,8 @@ def _builder(timeout: int, cross_compiler: str | None, stop: _StopOnCtrlC) -> An
         def build(self, build_inputs: list[Any]) -> list[Any]:
             if stop.requested:
                 raise _TuningStopped
-            jobs = [(None, f_export, b.mod, b.target, None) for b in build_inputs]
+            expand = ExpandOperandPrefetch()  # what tetris_tvm.compile builds, too
+            jobs = [(None, f_export, expand(b.mod), b.target, None) for b in build_inputs]
             results = []
             for res in self.pool.map_with_error_catching(lambda x: lb._worker_func(*x), jobs):
                 if res.status == StatusKind.COMPLETE:

@@ -37,13 +37,15 @@ def default_target(num_cores: int | None = None) -> Target:
 
 
 def schedule_module(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Apply the tetris CPU rules (then dlight's generic CPU rules) to every PrimFunc of ``mod``."""
+    """Apply the tetris CPU rules (then dlight's generic CPU rules) to every PrimFunc of ``mod``
+    and expand what they mark for building (:class:`.cpu.ExpandOperandPrefetch`)."""
     from tvm.s_tir import dlight as dl
 
-    from .cpu import default_rules
+    from .cpu import ExpandOperandPrefetch, default_rules
 
     with target:
-        return dl.ApplyDefaultSchedule(*default_rules(), dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
+        mod = dl.ApplyDefaultSchedule(*default_rules(), dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
+    return ExpandOperandPrefetch()(mod)
 
 
 def compile_prim_func(func: tirx.PrimFunc, target: Target | None = None) -> tvm.runtime.Module:

@@ -8,6 +8,7 @@ every generic dense matmul of an IRModule (e.g. what Relax's LegalizeOps emits f
     from tetris_tvm.schedules.cpu import default_rules
     with target:
         mod = dl.ApplyDefaultSchedule(*default_rules(), dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
+    mod = ExpandOperandPrefetch()(mod)  # before building: see .prefetch
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from .block_sparse_matmul import BlockSparseMatmul, schedule_linear
 from .conv2d import BlockSparseConv2d, schedule_conv2d
 from .matmul import DenseMatmul
+from .prefetch import ExpandOperandPrefetch
 
 __all__ = [
     "BlockSparseConv2d",
     "BlockSparseMatmul",
     "DenseMatmul",
+    "ExpandOperandPrefetch",
     "default_rules",
     "schedule_conv2d",
     "schedule_linear",

@@ -19,6 +19,7 @@ from ._common import (
     unroll_vectorize_tile,
     vector_lanes,
 )
+from .prefetch import PREFETCH_ATTR, prefetches_operand
 
 
 def dense_k_step(k: int) -> int:
@@ -43,6 +44,7 @@ def schedule_linear(
     unroll_k: bool | None = None,
     tile_cols: int | None = None,
     cyclic: bool = True,
+    prefetch: bool | None = None,
 ) -> s_tir.schedule.LoopRV | None:
     """Schedule a ``*_linear`` kernel of :mod:`..kernels` in place.
 
@@ -55,8 +57,12 @@ def schedule_linear(
     accumulator.  The reduction is decomposed above the block loop so that empty block-rows
     are zeroed too, and the epilogue (bias, activation, slicing to N) runs per tile.
     A ragged last M tile is split off by loop partitioning instead of predicating the hot loop.
-    ``tile_rows``, ``tile_cols`` and ``unroll_k`` (unroll the in-block reduction) override the
-    rule table (tuning); returns the M-tile loop (None when every block-row is empty).
+    The kept-block loop is marked to prefetch the next block's operand rows when the rule
+    table says so (:func:`.prefetch.prefetches_operand`; the mark is expanded by
+    :class:`.prefetch.ExpandOperandPrefetch`).
+    ``tile_rows``, ``tile_cols``, ``unroll_k`` (unroll the in-block reduction) and
+    ``prefetch`` override the rule table (tuning); returns the M-tile loop (None when every
+    block-row is empty).
     """
     func = sch.mod["main"]
     bn = int(func.attrs["tetris.block"][0])
@@ -82,7 +88,8 @@ def schedule_linear(
     if bn % tile_cols:
         raise ValueError(f"tile_cols={tile_cols} does not divide the block width {bn}")
     loops = sch.get_loops(update)
-    if len(loops) == 4:  # m, j (kept blocks of the row), k (inside a block), i (block outputs)
+    sparse = len(loops) == 4
+    if sparse:  # m, j (kept blocks of the row), k (inside a block), i (block outputs)
         lm, red_outer, lk, li = loops
     else:  # dense: m, k, i -> the k loop is cut into 8-wide steps that get unrolled
         lm, lk, li = loops
@@ -104,6 +111,11 @@ def schedule_linear(
     for blk in (init, store):
         unroll_vectorize_tile(sch, loops_below(sch, blk, mo))
     sch.annotate(mo, "pragma_loop_partition_hint", 1)
+    bk = int(func.attrs["tetris.block"][1])
+    if prefetch is None:
+        prefetch = prefetches_operand(rows, bk, target)
+    if sparse and prefetch:
+        sch.annotate(red_outer, PREFETCH_ATTR, 1)
     # last: in TVM 0.27 a split after parallel() was seen to modify the Schedule's source
     # IRModule in place (fatal for sch.copy(), which tuning design spaces rely on)
     if cyclic:

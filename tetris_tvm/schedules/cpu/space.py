@@ -20,6 +20,7 @@ from ..design_space import scheduled_copies
 from ._common import _STACK_BYTES, kernel_kind, linear_tile, loop_extent, vector_lanes
 from .block_sparse_matmul import dense_k_step, schedule_linear, unrolls_k
 from .conv2d import conv_tile, schedule_conv2d
+from .prefetch import prefetches_operand
 
 __all__ = ["UNROLL_STEPS", "conv_configs", "design_spaces", "linear_configs"]
 
@@ -31,7 +32,8 @@ def linear_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
     """Register tiles (rows x columns) x unrolled in-block reduction; the rule table's first.
 
     Columns: the whole block width, or two vectors of it when that divides the block; a
-    one-row tile always spans the whole width.
+    one-row tile always spans the whole width.  Sparse kernels also get the rule table's tile
+    with the operand prefetch (:mod:`.prefetch`) the other way round.
     """
     rows = int(func.attrs["tetris.rows"])
     bn = int(func.attrs["tetris.block"][0])
@@ -45,13 +47,18 @@ def linear_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
         if (t, c) != default and t <= rows and t * c * 4 < _STACK_BYTES and (t > 1 or c == bn)
     ]
     bk = int(func.attrs["tetris.block"][1])
-    if kernel_kind(func) == "dense_linear":  # block = (bn, K); the reduction steps through K
+    sparse = kernel_kind(func) != "dense_linear"
+    if not sparse:  # block = (bn, K); the reduction steps through K
         bk = dense_k_step(bk)
-    return [
+    configs = [
         {"tile_rows": t, "tile_cols": c, "unroll_k": u}
         for t, c in tiles
         for u in (None, not unrolls_k(bk, t, c, target))
     ]
+    if sparse:  # the rule table's tile with the operand prefetch flipped
+        flipped = not prefetches_operand(rows, bk, target)
+        configs.insert(1, {**configs[0], "prefetch": flipped})
+    return configs
 
 
 def conv_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:

@@ -83,5 +83,8 @@ def schedule_module(mod, target: Target):
     """Apply :func:`rules_for` ``target`` to every PrimFunc of ``mod`` (returns a new module)."""
     from tvm.s_tir import dlight as dl
 
+    from ..cpu import ExpandOperandPrefetch
+
     with target:
-        return dl.ApplyDefaultSchedule(*rules_for(target))(mod)
+        mod = dl.ApplyDefaultSchedule(*rules_for(target))(mod)
+    return ExpandOperandPrefetch()(mod)  # CPU rules mark loops for it; a no-op on CUDA
