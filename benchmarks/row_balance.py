@@ -10,7 +10,11 @@ plans:
    with 2 threads, contiguous vs round-robin (no timing; all 37 layers);
 2. kernels: a few layers at M = 128 (batch 1, sequence 128), both schedules timed
    interleaved in one process (median);
-3. the whole model at batch 8, sequence 128, both schedules and torch eager, interleaved.
+3. the whole model at batch 1, sequence 128, both schedules and torch eager, interleaved.
+   (From 256 rows up, ``tetris_tvm.compile`` cuts a linear's rows into chunks and runs
+   contiguous ranges of them, which balances the threads whatever the plan: see
+   ``row_chunks.py``.  The committed results/row_balance.json was measured at batch 8
+   before row chunks existed.)
 
     python benchmarks/row_balance.py --json benchmarks/results/row_balance.json
 """
@@ -126,17 +130,21 @@ def kernel_rows(model, plan, block: int, m: int, repeats: int) -> list[dict]:
     return rows
 
 
-def model_row(model, tokenizer, plan, batch: int, repeats: int) -> dict:
-    """The whole model compiled with each schedule, and torch eager, interleaved."""
+def compare_models(model, tokenizer, plan, batch: int, repeats: int, ablations: dict,
+                   new: str) -> dict:
+    """The whole model compiled as it is (``new``) and under each ablation (label -> context
+    manager factory), and torch eager, interleaved; ``speedup`` is ablation time / ours."""
     ids = zoo.minilm_inputs(tokenizer, batch=batch, seq=128)
-    round_robin = tetris_tvm.compile(model, (ids,), plan=plan)
-    with contiguous_schedules():
-        contiguous = tetris_tvm.compile(model, (ids,), plan=plan)
+    builds = {new: tetris_tvm.compile(model, (ids,), plan=plan)}
+    for label, patch in ablations.items():
+        with patch():
+            builds[label] = tetris_tvm.compile(model, (ids,), plan=plan)
 
     def first(y):
         return y[0] if isinstance(y, (tuple, list)) else y
 
-    diff = float((first(round_robin(ids)) - first(contiguous(ids))).abs().max())
+    ref = first(builds[new](ids))
+    diff = max(float((first(b(ids)) - ref).abs().max()) for b in builds.values())
 
     def timer(fn, n=3):
         def run():
@@ -147,16 +155,21 @@ def model_row(model, tokenizer, plan, batch: int, repeats: int) -> dict:
         return run
 
     with torch.no_grad():
-        t = median_interleaved({"round_robin": timer(round_robin), "contiguous": timer(contiguous),
+        t = median_interleaved({**{k: timer(b) for k, b in builds.items()},
                                 "torch_eager": timer(model)}, repeats)
     row = {"batch": batch, "seq": 128, "ms": {k: v * 1e3 for k, v in t.items()},
-           "speedup": t["contiguous"] / t["round_robin"], "max_abs_diff": diff,
-           "vs_torch_round_robin": t["torch_eager"] / t["round_robin"],
-           "vs_torch_contiguous": t["torch_eager"] / t["contiguous"]}
-    print(f"  MiniLM batch {batch}: contiguous {row['ms']['contiguous']:.1f} ms, round-robin "
-          f"{row['ms']['round_robin']:.1f} ms ({row['speedup']:.2f}x), torch eager "
-          f"{row['ms']['torch_eager']:.1f} ms; outputs differ by {diff:.1e}", flush=True)
+           "max_abs_diff": diff, **{f"vs_torch_{k}": t["torch_eager"] / t[k] for k in builds}}
+    for label in ablations:
+        row["speedup" if len(ablations) == 1 else f"speedup_vs_{label}"] = t[label] / t[new]
+    print(f"  MiniLM batch {batch}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in row["ms"].items())
+          + f"; outputs differ by {diff:.1e}", flush=True)
     return row
+
+
+def model_row(model, tokenizer, plan, batch: int, repeats: int) -> dict:
+    """The whole model compiled with each schedule, and torch eager, interleaved."""
+    return compare_models(model, tokenizer, plan, batch, repeats,
+                          {"contiguous": contiguous_schedules}, new="round_robin")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the results here")
     parser.add_argument("--sparsity", type=float, default=0.75)
     parser.add_argument("--block", type=int, default=32, help="square block size (default 32)")
-    parser.add_argument("--batch", type=int, default=8, help="whole-model batch (default 8)")
+    parser.add_argument("--batch", type=int, default=1, help="whole-model batch (default 1)")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds (median)")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)

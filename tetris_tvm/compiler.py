@@ -427,9 +427,10 @@ def lower_model(
     from .reorder import _check_sparsity
 
     sparsity = _check_sparsity(sparsity, "compile")
-    lower = LowerBlockSparse(dtype=dtype)  # checks dtype before the slow steps
+    LowerBlockSparse(dtype=dtype)  # checks dtype before the slow steps
     _max_batch(dynamic_batch)  # checks an int bound
     tgt = resolve_target(target)
+    lower = LowerBlockSparse(dtype=dtype, row_chunks=tgt.kind.name == "llvm")
     eligible, skipped = _eligible_names(model)
     imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)
     if plan is not None:

@@ -158,3 +158,51 @@ def test_block_rows_are_dealt_round_robin_to_the_threads(cores, n_rows):
     text = schedule_module(tvm.IRModule({"main": kernel.func}), target)["main"].script()
     extents = [int(e) for e in re.findall(r"T\.parallel\((\d+)\)", text)]
     assert extents == [cores if n_rows > cores else n_rows], text
+
+
+@pytest.mark.parametrize("rows,want", [(1024, 128), (256, 128), (300, 100), (128, None),
+                                       (257, None)])
+def test_row_chunk_rule(rows, want):
+    from tetris_tvm.schedules.kernels import linear_row_chunk
+
+    assert linear_row_chunk(rows) == want
+
+
+ROW_CHUNK_CASES = [
+    # x_shape, N, block, sparsity, empty rows, bias, activation, fmt, row_chunk
+    ((256, 64), 96, (16, 16), 0.75, (1,), True, "relu", "bsr", 128),
+    ((2, 150, 40), 50, (16, 16), 0.5, (0,), True, "gelu", "bsr", 100),  # padded K and N
+    ((96, 48), 64, (32, 32), 0.9, (), False, None, "bsr", 32),  # half-width column tiles
+    ((64, 48), 40, (8, 8), 0.0, (), True, None, "ell", 16),
+]
+
+
+@pytest.mark.parametrize("x_shape,n,block,sparsity,empty,use_bias,act,fmt,chunk",
+                         ROW_CHUNK_CASES)
+def test_row_chunked_linear(x_shape, n, block, sparsity, empty, use_bias, act, fmt, chunk):
+    """Rows cut into chunks (outer loops: chunk, block-row; one fused parallel loop) compute
+    what the unchunked kernel does, ragged register tiles and empty block-rows included."""
+    import re
+
+    import tvm
+
+    from tetris_tvm.schedules.build import schedule_module
+
+    rng = np.random.default_rng(chunk)
+    bsr = random_bsr(rng, (n, x_shape[-1]), block, sparsity, empty)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32) if use_bias else None
+    kernel = build_block_sparse_linear(bsr, x_shape, bias, act, cpu_target(), fmt, chunk)
+    assert_close(run_poisoned(kernel, x), reference(x, bsr.to_dense(), bias, act))
+    text = schedule_module(tvm.IRModule({"main": kernel.func}), cpu_target())["main"].script()
+    rows = int(np.prod(x_shape[:-1]))
+    parallel = re.findall(r"T\.parallel\((\d+)\)", text)  # padding copies have their own
+    assert str(rows // chunk * bsr.num_block_rows) in parallel, parallel
+
+
+def test_row_chunk_must_divide_static_rows():
+    from tetris_tvm.schedules import kernels as K
+
+    bsr = random_bsr(np.random.default_rng(0), (32, 32), (16, 16), 0.5)
+    with pytest.raises(ValueError, match="row_chunk"):
+        K.block_sparse_linear((100, 32), bsr, row_chunk=48)

@@ -53,6 +53,16 @@ class LoweredLayer:
     fused: str
 
 
+def _product_or_none(dims: Any) -> int | None:
+    """The product of static dims (None when one is symbolic)."""
+    out = 1
+    for d in dims:
+        if not isinstance(d, int):
+            return None
+        out *= d
+    return out
+
+
 def _gv_name(gv: Any) -> str:
     return str(getattr(gv, "name_hint", None) or gv.name)
 
@@ -99,12 +109,19 @@ class LowerBlockSparse:
             layers then store their weights in that type and run the half kernel (half
             operands, float32 accumulation), with casts of ``x`` and ``y`` around it; layers
             kept dense stay float32, and so do all layers with a dynamic batch.
+        row_chunks: cut the rows of float32 block-sparse linears into chunks by
+            :func:`..schedules.kernels.linear_row_chunk` (CPU targets: their schedule runs the
+            chunks in parallel).
 
     After running, :attr:`layers` lists what each layer became.
     """
 
     def __init__(
-        self, dense_above: float = 0.95, fuse_epilogue: bool = True, dtype: str = "float32"
+        self,
+        dense_above: float = 0.95,
+        fuse_epilogue: bool = True,
+        dtype: str = "float32",
+        row_chunks: bool = False,
     ) -> None:
         from ..schedules.cuda.kernels import HALF_DTYPES
 
@@ -113,6 +130,7 @@ class LowerBlockSparse:
         self.dense_above = dense_above
         self.fuse_epilogue = fuse_epilogue
         self.dtype = dtype
+        self.row_chunks = row_chunks
         self.layers: list[LoweredLayer] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
@@ -234,7 +252,11 @@ class LowerBlockSparse:
                     ),
                 )
             else:
-                func = K.block_sparse_linear(x_shape, bsr, bias=bias is not None, activation=act)
+                rows = _product_or_none(x_shape[:-1]) if self.row_chunks else None
+                func = K.block_sparse_linear(
+                    x_shape, bsr, bias=bias is not None, activation=act,
+                    row_chunk=None if rows is None else K.linear_row_chunk(rows),
+                )
                 consts = K.linear_weight_args(bsr, None)
                 kernel = str(func.attrs[K.KERNEL_ATTR])
             shape = tuple(w.shape)

@@ -103,10 +103,16 @@ def build_block_sparse_linear(
     activation: str | None = None,
     target: Target | None = None,
     fmt: str = "auto",
+    row_chunk: int | None | str = "auto",
 ) -> CompiledKernel:
-    """``y = act(x @ W.T + bias)`` with ``W = bsr`` (x of shape ``x_shape``, last dim K)."""
+    """``y = act(x @ W.T + bias)`` with ``W = bsr`` (x of shape ``x_shape``, last dim K).
+
+    ``row_chunk="auto"`` applies :func:`.kernels.linear_row_chunk` to the row count.
+    """
+    if row_chunk == "auto":
+        row_chunk = K.linear_row_chunk(int(np.prod(x_shape[:-1])))
     func = K.block_sparse_linear(
-        x_shape, bsr, bias=bias is not None, activation=activation, fmt=fmt
+        x_shape, bsr, bias=bias is not None, activation=activation, fmt=fmt, row_chunk=row_chunk
     )
     consts = K.linear_weight_args(bsr, bias, fmt)
     return CompiledKernel(func, consts, (*x_shape[:-1], bsr.shape[0]), target)

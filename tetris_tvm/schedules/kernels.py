@@ -70,6 +70,23 @@ ROW_ALIGN = 24
 it); the extra rows read zeros and are not stored."""
 
 
+def linear_row_chunk(rows: int | tirx.Expr, lo: int = 48, hi: int = 128) -> int | None:
+    """Rule table for ``block_sparse_linear(..., row_chunk=)`` on CPU: at 256+ static rows,
+    the largest divisor of ``rows`` in ``[lo, hi]`` (None: no chunks).
+
+    Parallel over block-rows, a layer with few of them is unbalanced (MiniLM's 384-wide
+    outputs are 12 rows of 32x32 blocks for 2 threads) and every block-row streams all of x
+    through the cache.  Parallel over chunks of rows is balanced and keeps a chunk's x in
+    L2.  Measured on znver3 at M = 1024 (MiniLM at batch 8), 32x32 blocks, s = 0.5 / 0.75 /
+    0.9, fraction of the ideal speedup: 1536->384 0.90 / 0.73 / 0.63 -> 0.91 / 0.85 / 0.85
+    (chunks of 128), 384->384 0.91 / 0.76 / 0.71 -> 0.95 / 0.91 / 0.81.  At M = 128 two
+    chunks were mixed (-0.06 to +0.10), so smaller row counts keep one chunk.
+    """
+    if not isinstance(rows, int) or rows < 256:
+        return None
+    return next((c for c in range(hi, lo - 1, -1) if rows % c == 0), None)
+
+
 def shape_dims(shape: Sequence) -> tuple:
     """Shape dims as ints; symbolic ones (``tirx.Var`` or expressions) kept."""
     out = []
@@ -253,6 +270,7 @@ def _linear_common(
     bias: bool,
     activation: str | None,
     name: str,
+    row_chunk: int | None = None,
 ) -> tirx.PrimFunc:
     # a symbolic dim given as an expression (batch * 32) binds nothing at the kernel's API:
     # the kernel gets its own variable for it, bound from the tensor passed in
@@ -270,6 +288,10 @@ def _linear_common(
     # tile height divides them and the hot loop needs no bounds predicate
     mp = tirx.floordiv(m + ROW_ALIGN - 1, ROW_ALIGN) * ROW_ALIGN if dynamic else m
     bn, bk = block
+    if row_chunk is not None and (dynamic or row_chunk <= 0 or m % row_chunk):
+        raise ValueError(f"row_chunk={row_chunk} must divide the (static) row count {m}")
+    chunk = row_chunk if row_chunk is not None and row_chunk < m else None
+    mc = chunk or mp  # rows one "row" block computes
     nbk = _ceil_div(k, bk) if fmt != "dense" else 1
     kp = nbk * bk if fmt != "dense" else k
     nb = _ceil_div(n, bn)
@@ -284,6 +306,7 @@ def _linear_common(
                     "tetris.rows": ROWS_HINT if dynamic else m,
                     "tetris.out_features": n,
                     "tetris.activation": activation or "none",
+                    **({"tetris.row_chunk": chunk} if chunk else {}),
                 }
             )
             x = TB.arg("x", T.Buffer(x_shape, F32))
@@ -307,33 +330,39 @@ def _linear_common(
             # N % bn != 0: the last block-row is computed whole into a padded buffer and sliced
             # afterwards (a predicate on "store" is lost by reverse_compute_at in TVM 0.27)
             dst = yf if n % bn == 0 and not dynamic else TB.sblock_alloc_buffer((mp, nb * bn), F32)
-            with T.grid(nb) as lnb:
+            with T.grid(*([mp // mc] if chunk else []), nb) as outer:
                 with T.sblock("row"):
-                    vnb = T.axis.spatial(nb, lnb)
-                    acc = TB.sblock_alloc_buffer((mp, bn), F32)
+                    if chunk:  # row chunks outermost: a chunk's x stays in cache across rows
+                        vc = T.axis.spatial(mp // mc, outer[0])
+                        vnb = T.axis.spatial(nb, outer[1])
+                        m0 = vc * mc
+                    else:
+                        vnb = T.axis.spatial(nb, outer)
+                        m0 = 0
+                    acc = TB.sblock_alloc_buffer((mc, bn), F32)
                     has_update = fmt != "ell" or width > 0
                     if fmt == "dense":
-                        with T.grid(mp, k, bn) as (lm, lk, li):
+                        with T.grid(mc, k, bn) as (lm, lk, li):
                             with T.sblock("update"):
                                 vm, vk, vi = T.axis.remap("SRS", [lm, lk, li])
                                 with T.init():
                                     T.buffer_store(acc, _f32(0.0), [vm, vi])
                                 T.buffer_store(
                                     acc,
-                                    acc[vm, vi] + src[vm, vk] * w.value(vnb, None, vk, vi),
+                                    acc[vm, vi] + src[m0 + vm, vk] * w.value(vnb, None, vk, vi),
                                     [vm, vi],
                                 )
                     elif has_update:
-                        with T.grid(mp, w.row_extent(vnb), bk, bn) as (lm, lj, lk, li):
+                        with T.grid(mc, w.row_extent(vnb), bk, bn) as (lm, lj, lk, li):
                             with T.sblock("update"):
                                 vm, vj, vk, vi = T.axis.remap("SRRS", [lm, lj, lk, li])
                                 with T.init():
                                     T.buffer_store(acc, _f32(0.0), [vm, vi])
-                                xv = src[vm, w.col_base(vnb, vj) + vk]
+                                xv = src[m0 + vm, w.col_base(vnb, vj) + vk]
                                 T.buffer_store(
                                     acc, acc[vm, vi] + xv * w.value(vnb, vj, vk, vi), [vm, vi]
                                 )
-                    with T.grid(mp, bn) as (lm, li):
+                    with T.grid(mc, bn) as (lm, li):
                         with T.sblock("store"):
                             vm, vi = T.axis.remap("SS", [lm, li])
                             acc_val = acc[vm, vi] if has_update else _f32(0.0)
@@ -341,7 +370,7 @@ def _linear_common(
                             T.buffer_store(
                                 dst,
                                 _store_value(acc_val, w, vnb, bias_val, activation),
-                                [vm, vnb * bn + vi],
+                                [m0 + vm, vnb * bn + vi],
                             )
             if dst is not yf:
                 with T.grid(m, n) as (lm, ln):
@@ -359,6 +388,7 @@ def block_sparse_linear(
     activation: str | None = None,
     fmt: str = "auto",
     name: str = "main",
+    row_chunk: int | None = None,
 ) -> tirx.PrimFunc:
     """``y[..., N] = act(x[..., K] @ W.T + bias)`` with ``W`` block-sparse.
 
@@ -367,7 +397,10 @@ def block_sparse_linear(
     arguments, so one PrimFunc serves any weight with the same structure sizes.
     ``bias`` adds a ``bias (N,)`` parameter; ``activation`` in :data:`ACTIVATIONS`;
     ``fmt``: ``"bsr"`` (indptr-driven loops), ``"ell"`` (static, balanced weights only) or
-    ``"auto"``.  Arguments: ``(x, *linear_weight_args(weight, bias, fmt), y)``.
+    ``"auto"``.  ``row_chunk`` (a divisor of the static row count, see
+    :func:`linear_row_chunk`) makes the outer loops (row chunk, block-row) instead of
+    (block-row): a CPU schedule then runs chunks in parallel, balanced whatever the kept
+    blocks per block-row.  Arguments: ``(x, *linear_weight_args(weight, bias, fmt), y)``.
     """
     if int(x_shape[-1]) != weight.shape[1]:
         raise ValueError(f"x has K={x_shape[-1]} but the weight is {weight.shape}")
@@ -375,7 +408,7 @@ def block_sparse_linear(
     width = weight.ell_width if fmt == "ell" else 0
     return _linear_common(
         f"{fmt}_linear", fmt, x_shape, weight.shape[0], weight.block, weight.nnzb, width,
-        bias, activation, name,
+        bias, activation, name, row_chunk,
     )
 
 

@@ -34,6 +34,12 @@ def normalized(rule, func, target: Target):  # noqa: ANN001, ANN201 - dlight typ
     return None if infos is None else (sch, infos)
 
 
+def tile_rows_domain(func: tirx.PrimFunc) -> int:
+    """Rows one ``row`` block of a linear kernel computes: its row chunk, else all rows."""
+    chunk = func.attrs.get("tetris.row_chunk")
+    return int(chunk) if chunk else int(func.attrs["tetris.rows"])
+
+
 def is_cpu(target: Target) -> bool:
     """True for llvm targets (the CPU rules' domain)."""
     return target.kind.name == "llvm"

@@ -16,6 +16,7 @@ from ._common import (
     loops_below,
     parallel_cyclic,
     schedule_pad,
+    tile_rows_domain,
     unroll_vectorize_tile,
     vector_lanes,
 )
@@ -66,13 +67,19 @@ def schedule_linear(
     """
     func = sch.mod["main"]
     bn = int(func.attrs["tetris.block"][0])
-    rows = int(func.attrs["tetris.rows"])
+    chunk = func.attrs.get("tetris.row_chunk")
+    rows = tile_rows_domain(func)
     root = child_blocks(sch, sch.get_sblock("root"))
     for name in ("x_pad", "y_slice"):
         if name in root:
             schedule_pad(sch, root[name])
     row = root["row"]
-    (lnb,) = sch.get_loops(row)
+    outer = sch.get_loops(row)
+    if chunk:  # (row chunk, block-row): one parallel loop, contiguous ranges of chunks
+        lnb = sch.fuse(*outer)
+        cyclic = False
+    else:
+        (lnb,) = outer
     inner = child_blocks(sch, row)
     store = inner["store"]
     if "update" not in inner:  # every block-row empty: only the epilogue remains

@@ -17,7 +17,14 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from ..design_space import scheduled_copies
-from ._common import _STACK_BYTES, kernel_kind, linear_tile, loop_extent, vector_lanes
+from ._common import (
+    _STACK_BYTES,
+    kernel_kind,
+    linear_tile,
+    loop_extent,
+    tile_rows_domain,
+    vector_lanes,
+)
 from .block_sparse_matmul import dense_k_step, schedule_linear, unrolls_k
 from .conv2d import conv_tile, schedule_conv2d
 from .prefetch import prefetches_operand
@@ -35,7 +42,7 @@ def linear_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
     one-row tile always spans the whole width.  Sparse kernels also get the rule table's tile
     with the operand prefetch (:mod:`.prefetch`) the other way round.
     """
-    rows = int(func.attrs["tetris.rows"])
+    rows = tile_rows_domain(func)
     bn = int(func.attrs["tetris.block"][0])
     default = linear_tile(rows, bn, target)
     half = 2 * vector_lanes(target)

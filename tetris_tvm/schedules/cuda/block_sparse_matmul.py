@@ -124,6 +124,8 @@ def _stage(sch, block, index, outer_loop_count, threads, vec, transpose_rows=0):
 def schedule_linear(sch: s_tir.Schedule, target: Target, tile: LinearTile | None = None) -> None:
     """Schedule a ``*_linear`` kernel of :mod:`..kernels` (or :mod:`.kernels`) in place."""
     func = sch.mod["main"]
+    if func.attrs.get("tetris.row_chunk"):
+        raise ValueError("row-chunked linear kernels are a CPU layout; build with row_chunk=None")
     bn, bk = (int(v) for v in func.attrs["tetris.block"])
     rows = int(func.attrs["tetris.rows"])
     dtype = kernel_dtype(func)
