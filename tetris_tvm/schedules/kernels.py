@@ -79,8 +79,10 @@ def linear_row_chunk(rows: int | tirx.Expr, lo: int = 48, hi: int = 128) -> int 
     through the cache.  Parallel over chunks of rows is balanced and keeps a chunk's x in
     L2.  Measured on znver3 at M = 1024 (MiniLM at batch 8), 32x32 blocks, s = 0.5 / 0.75 /
     0.9, fraction of the ideal speedup: 1536->384 0.90 / 0.73 / 0.63 -> 0.91 / 0.85 / 0.85
-    (chunks of 128), 384->384 0.91 / 0.76 / 0.71 -> 0.95 / 0.91 / 0.81.  At M = 128 two
-    chunks were mixed (-0.06 to +0.10), so smaller row counts keep one chunk.
+    (chunks of 128), 384->384 0.91 / 0.76 / 0.71 -> 0.95 / 0.91 / 0.81 (random masks);
+    MiniLM's TETRIS plans gain less (layers 0.98-1.38x, the whole model 1.03-1.05x;
+    ``benchmarks/row_chunks.py``).  At M = 128 two chunks were mixed (-0.06 to +0.10), so
+    smaller row counts keep one chunk.
     """
     if not isinstance(rows, int) or rows < 256:
         return None
