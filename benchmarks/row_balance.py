@@ -80,25 +80,39 @@ def contiguous_schedules():
                                parallel_cyclic=plain)
 
 
+def layer_operands(model, plan, name: str, block: int, m: int):
+    """``(w, permuted masked weight, its BSR form, a random x of m rows)`` of one layer."""
+    from tetris_tvm.schedules import BSRMatrix
+
+    lp = plan[name]
+    w = dict(model.named_parameters())[name].detach().numpy()
+    wp = lp.permuted(w * lp.mask)
+    x = np.random.default_rng(0).standard_normal((m, w.shape[1])).astype(np.float32)
+    return w, wp, BSRMatrix.from_dense(wp, (block, block)), x
+
+
+def save(result: dict, path: str | None) -> int:
+    """Write ``result`` as JSON to ``path`` (if given); the scripts' exit status."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
 def kernel_rows(model, plan, block: int, m: int, repeats: int) -> list[dict]:
     """Both schedules of a few layers' kernels, interleaved."""
     import tvm
     from tvm import s_tir
 
-    from tetris_tvm.schedules import BSRMatrix
     from tetris_tvm.schedules import kernels as K
     from tetris_tvm.schedules.build import default_target
     from tetris_tvm.schedules.cpu.block_sparse_matmul import schedule_linear
 
-    params = dict(model.named_parameters())
     target, dev = default_target(), tvm.cpu()
     rows = []
     for name in KERNEL_LAYERS:
         lp = plan[name]
-        w = params[name].detach().numpy()
-        wp = lp.permuted(w * lp.mask)
-        bsr = BSRMatrix.from_dense(wp, (block, block))
-        x = np.random.default_rng(0).standard_normal((m, w.shape[1])).astype(np.float32)
+        w, wp, bsr, x = layer_operands(model, plan, name, block, m)
         func = K.block_sparse_linear(x.shape, bsr).with_attr("global_symbol", "main")
         args = [tvm.runtime.tensor(np.ascontiguousarray(c), dev)
                 for c in K.linear_weight_args(bsr, None)]
@@ -198,10 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     result["kernels"] = kernel_rows(model, plan, args.block, 128, args.repeats)
     print("whole model:")
     result["model"] = model_row(model, tokenizer, plan, args.batch, args.repeats)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
+    return save(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ on all-MiniLM-L6-v2's TETRIS plans, both layouts interleaved in one process (med
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from unittest import mock
 
@@ -24,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from row_balance import KERNEL_LAYERS, THREADS, compare_models  # noqa: E402
+from row_balance import KERNEL_LAYERS, THREADS, compare_models, layer_operands, save  # noqa: E402
 
 import tetris_tvm  # noqa: E402
 from tetris_tvm import zoo  # noqa: E402
@@ -38,19 +37,13 @@ def one_chunk():
 
 def kernel_rows(model, plan, block: int, m: int, repeats: int) -> list[dict]:
     """Chunked and one-chunk kernels of a few layers, interleaved."""
-    from tetris_tvm.schedules import BSRMatrix
     from tetris_tvm.schedules import kernels as K
     from tetris_tvm.schedules.build import build_block_sparse_linear
 
-    params = dict(model.named_parameters())
     chunk = K.linear_row_chunk(m)
     rows = []
     for name in KERNEL_LAYERS:
-        lp = plan[name]
-        w = params[name].detach().numpy()
-        wp = lp.permuted(w * lp.mask)
-        bsr = BSRMatrix.from_dense(wp, (block, block))
-        x = np.random.default_rng(0).standard_normal((m, w.shape[1])).astype(np.float32)
+        w, wp, bsr, x = layer_operands(model, plan, name, block, m)
         samplers = {}
         for label, rc in (("one_chunk", None), ("chunked", chunk)):
             kernel = build_block_sparse_linear(bsr, x.shape, row_chunk=rc)
@@ -88,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         run["model"] = compare_models(model, tokenizer, plan, args.batch, args.repeats,
                                       {"one_chunk": one_chunk}, new="chunked")
         result["runs"].append(run)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
+    return save(result, args.json)
 
 
 if __name__ == "__main__":
