@@ -427,10 +427,10 @@ def lower_model(
     from .reorder import _check_sparsity
 
     sparsity = _check_sparsity(sparsity, "compile")
-    LowerBlockSparse(dtype=dtype)  # checks dtype before the slow steps
-    _max_batch(dynamic_batch)  # checks an int bound
     tgt = resolve_target(target)
+    # checks dtype before the slow steps; CPU schedules run row chunks in parallel
     lower = LowerBlockSparse(dtype=dtype, row_chunks=tgt.kind.name == "llvm")
+    _max_batch(dynamic_batch)  # checks an int bound
     eligible, skipped = _eligible_names(model)
     imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)
     if plan is not None:
@@ -517,6 +517,8 @@ def compile(  # noqa: A001 - the public name of the API contract
     import tvm
     from tvm.s_tir import dlight as dl
 
+    from .schedules.cpu import ExpandOperandPrefetch
+
     lowered = lower_model(
         model, example_inputs, target, sparsity, block_size, plan,
         dynamic_batch=dynamic_batch, allow_gathers=allow_gathers, streams=streams,
@@ -531,8 +533,6 @@ def compile(  # noqa: A001 - the public name of the API contract
             mod, tuned = apply_tuning(mod, tgt, tuning, fallback=tuning_fallback)
             lowered.report.tuned_kernels = tuned
         mod = dl.ApplyDefaultSchedule(*default_rules(tgt))(mod)
-    from .schedules.cpu import ExpandOperandPrefetch
-
     mod = ExpandOperandPrefetch()(mod)  # tuned and default schedules alike
     executable = tvm.compile(mod, target=tgt)
     return CompiledModel(executable, tgt, lowered.plan, lowered.report, lowered.meta, ir=mod)
