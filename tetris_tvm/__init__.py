@@ -3,7 +3,9 @@
 Public API (see design.md):
 
 - :func:`prune_weight` -- reorder + block-prune one numpy weight, returns a :class:`LayerPlan`.
-- :func:`prune` -- a :class:`PruningPlan` for every eligible layer of a torch model.
+- :func:`prune` -- a :class:`PruningPlan` for every eligible layer of a torch model, with
+  optional calibration-aware importance, reconstruction and per-layer sparsity allocation.
+- :func:`plan_model` -- the plan :func:`compile` would compute (permutations that fold away).
 - :func:`compile` / :func:`load` -- build a block-sparse TVM module (and load an exported one).
 - :func:`tune` -- MetaSchedule-tune every kernel of a model; ``compile(..., tuning=work_dir)``.
 
@@ -20,10 +22,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "prune_weight": "tetris_tvm.reorder",
     "LayerPlan": "tetris_tvm.reorder",
-    "prune": "tetris_tvm.plan",
+    "prune": "tetris_tvm.oneshot",
     "PruningPlan": "tetris_tvm.plan",
     "SkippedLayer": "tetris_tvm.plan",
     "compile": "tetris_tvm.compiler",
+    "plan_model": "tetris_tvm.compiler",
     "load": "tetris_tvm.compiler",
     "CompiledModel": "tetris_tvm.compiler",
     "tune": "tetris_tvm.tuning",

