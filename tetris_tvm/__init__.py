@@ -6,6 +6,8 @@ Public API (see design.md):
 - :func:`prune` -- a :class:`PruningPlan` for every eligible layer of a torch model, with
   optional calibration-aware importance, reconstruction and per-layer sparsity allocation.
 - :func:`plan_model` -- the plan :func:`compile` would compute (permutations that fold away).
+- :func:`finetune` -- gradual TETRIS pruning with distillation from the dense model;
+  :func:`graph_planner` makes it plan the way :func:`compile` does.
 - :func:`compile` / :func:`load` -- build a block-sparse TVM module (and load an exported one).
 - :func:`tune` -- MetaSchedule-tune every kernel of a model; ``compile(..., tuning=work_dir)``.
 
@@ -27,6 +29,8 @@ _LAZY = {
     "SkippedLayer": "tetris_tvm.plan",
     "compile": "tetris_tvm.compiler",
     "plan_model": "tetris_tvm.compiler",
+    "graph_planner": "tetris_tvm.compiler",
+    "finetune": "tetris_tvm.finetuning",
     "load": "tetris_tvm.compiler",
     "CompiledModel": "tetris_tvm.compiler",
     "tune": "tetris_tvm.tuning",

@@ -11,6 +11,7 @@ Pipeline (design.md)::
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ __all__ = [
     "load",
     "lower_model",
     "plan_model",
+    "graph_planner",
+    "GraphPlanner",
     "LoweredModel",
     "lowering_pipeline",
     "default_rules",
@@ -495,6 +498,50 @@ def plan_model(
         reconstruct=reconstruct, allocation=allocation, progress=progress,
     )
     return plan
+
+
+class GraphPlanner:
+    """Plans the way :func:`compile` does, for the model's CURRENT weights, many times.
+
+    The model is exported once; each call reads the weights anew and runs the planning of
+    ``TetrisPrune`` (permutations that fold away in the compiled graph, coupled layers,
+    shared streams). Made by :func:`graph_planner`; :func:`tetris_tvm.finetune` calls it at
+    every pruning step as ``planner(model, sparsity, scores)``.
+    """
+
+    def __init__(self, model: Any, example_inputs: Sequence[Any] | Any, block_size: Any,
+                 overrides: Mapping[str, Any] | None = None, streams: str = "auto") -> None:
+        from .frontend import import_model
+
+        self.block_size = block_size
+        self.overrides = overrides
+        self.streams = streams
+        self.eligible, _ = _eligible_names(model)
+        self.imported = import_model(copy.deepcopy(model).eval(), example_inputs)
+
+    def __call__(self, model: Any, sparsity: float, scores: Mapping[str, np.ndarray] | None
+                 ) -> Any:
+        from .passes import TetrisPrune
+
+        state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        weights = dict(self.imported.weights)
+        for relax_name, torch_name in self.imported.torch_names.items():
+            if torch_name in state:
+                weights[relax_name] = state[torch_name].astype(weights[relax_name].dtype)
+        return TetrisPrune(
+            None, weights, self.imported.torch_names, eligible=self.eligible,
+            sparsity=sparsity, block_size=self.block_size, overrides=self.overrides,
+            streams=self.streams, scores=scores,
+        ).plan_module(self.imported.mod)
+
+
+def graph_planner(model: Any, example_inputs: Sequence[Any] | Any,
+                  block_size: int | tuple[int, int] = (32, 32), *,
+                  overrides: Mapping[str, Any] | None = None, streams: str = "auto"
+                  ) -> GraphPlanner:
+    """A planner for :func:`tetris_tvm.finetune` whose plans compile with no runtime gathers
+    (``compile(model, example_inputs, plan=plan)``)."""
+    return GraphPlanner(model, example_inputs, block_size, overrides, streams)
 
 
 def _plan_imported(

@@ -1,0 +1,535 @@
+"""Gradual TETRIS pruning with knowledge distillation from the dense model: ``finetune``.
+
+One-shot pruning (:func:`tetris_tvm.prune`) costs minutes; training costs more and recovers
+more. The recipe (Zhu & Gupta's gradual magnitude pruning, as SparseML's GMP and the
+block-movement-pruning papers use it, with TETRIS blocks):
+
+- the sparsity follows a cubic ramp ``s_t = s_f + (s_0 - s_f) (1 - t / T_ramp)^3`` from
+  ``initial_sparsity`` to the target over the first ``ramp`` fraction of the steps, updated
+  every ``prune_every`` steps, then stays at the target while training goes on;
+- at every pruning step the TETRIS plan is made anew on the current weights (reorder + mask,
+  activation-aware with a few training batches), so the blocks follow the weights as they
+  move; between pruning steps the masks stay applied (gradients masked, pruned weights zeroed
+  again after every optimizer step, optimizer moments of pruned weights cleared);
+- the loss is distillation from the dense teacher (a frozen copy of the input model): for
+  outputs of shape (batch, seq, hidden), the MSE of the hidden states (normalised by the
+  teacher's mean square) plus ``1 - cosine`` of the mean-pooled embeddings; for logits, the
+  KL divergence of temperature-softened distributions plus the cross-entropy when the batch
+  carries labels;
+- AdamW, linear warmup and linear decay, gradient clipping, fixed seeds.
+
+Long runs behave: a progress bar with the loss and current sparsity, checkpoints every
+``checkpoint_every`` steps (``resume=True`` continues from the newest and ends with the same
+weights as an uninterrupted run), Ctrl-C stops at the next step after writing a checkpoint,
+a held-out evaluation (``evaluate``) every ``eval_every`` steps, and a NaN loss stops with an
+error without overwriting the last good checkpoint. Under ``torchrun`` (an initialised
+``torch.distributed`` process group) every rank trains on its slice of each batch with
+DistributedDataParallel; plans are made on rank 0 and broadcast, checkpoints written once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .calibration import CalibrationBatch, as_batches, collect_grams, layer_modules
+from .importance import importance_scores
+from .plan import PruningPlan, plan_layers, select_layers
+from .reorder import _check_sparsity
+
+__all__ = ["finetune", "sparsity_at", "FinetuneInterrupted", "Planner", "FinetuneConfig"]
+
+Planner = Callable[..., PruningPlan]
+_CKPT = "checkpoint.pt"
+
+
+class FinetuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`finetune` cleanly; ``step`` and ``checkpoint`` say where."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"fine-tuning stopped at step {step}"
+                         + (f"; resume from {checkpoint}" if checkpoint else ""))
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+def sparsity_at(
+    step: int, steps: int, target: float, initial: float = 0.0, ramp: float = 0.6,
+    every: int = 1, schedule: str = "cubic",
+) -> float:
+    """The scheduled sparsity after ``step`` of ``steps`` (updated every ``every`` steps):
+    ``schedule="cubic"`` ramps as Zhu & Gupta, ``"linear"`` linearly, ``"oneshot"`` is the
+    target from the start; reaches ``target`` exactly at ``ramp * steps`` and stays there."""
+    if schedule == "oneshot":
+        return target
+    end = max(int(round(ramp * steps)), 1)
+    t = end if step >= end else (step // every) * every
+    frac = t / end
+    if schedule == "cubic":
+        return target + (initial - target) * (1.0 - frac) ** 3
+    if schedule == "linear":
+        return initial + (target - initial) * frac
+    raise ValueError(f"schedule must be 'cubic', 'linear' or 'oneshot', got {schedule!r}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Training settings (see :func:`finetune`)."""
+
+    steps: int
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    clip: float = 1.0
+    temperature: float = 2.0
+    task_weight: float = 0.5
+    initial_sparsity: float = 0.0
+    ramp: float = 0.6
+    prune_every: int = 50
+    schedule: str = "cubic"
+    importance: str = "activation"
+    importance_batches: int = 4
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches, outputs, losses
+
+
+def _split_labels(batch: CalibrationBatch) -> tuple[CalibrationBatch, Any]:
+    """Labels of a batch: a ``labels`` key, or a trailing 1-D integer tensor of a tuple."""
+    import torch
+
+    if "labels" in batch.kwargs:
+        kwargs = dict(batch.kwargs)
+        labels = kwargs.pop("labels")
+        return CalibrationBatch(batch.args, kwargs, batch.token_mask), labels
+    if len(batch.args) >= 2:
+        last = batch.args[-1]
+        first = batch.args[0]
+        if (last.ndim == 1 and not torch.is_floating_point(last)
+                and last.shape[0] == first.shape[0]):
+            return CalibrationBatch(batch.args[:-1], batch.kwargs, batch.token_mask), last
+    return batch, None
+
+
+def _shard(batch: CalibrationBatch, labels: Any, rank: int, world: int) -> tuple[Any, Any]:
+    """This rank's contiguous slice of a batch (dim 0 of every tensor)."""
+    if world == 1:
+        return batch, labels
+    n = batch.size
+    if n % world:
+        raise ValueError(f"a batch of {n} does not split evenly over {world} processes")
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    args = tuple(a[lo:hi] for a in batch.args)
+    kwargs = {k: v[lo:hi] for k, v in batch.kwargs.items()}
+    mask = None if batch.token_mask is None else batch.token_mask[lo:hi]
+    return CalibrationBatch(args, kwargs, mask), None if labels is None else labels[lo:hi]
+
+
+def _output(out: Any) -> Any:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    return _output(out[0])
+
+
+def distillation_loss(
+    student: Any, teacher: Any, batch: CalibrationBatch, labels: Any, cfg: FinetuneConfig
+) -> Any:
+    """The distillation loss of one batch (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    s = _output(student(*batch.args, **batch.kwargs)).float()
+    with torch.no_grad():
+        t = _output(teacher(*batch.args, **batch.kwargs)).float()
+    if s.shape != t.shape:
+        raise ValueError(f"student output {tuple(s.shape)} != teacher output {tuple(t.shape)}")
+    if s.ndim == 3:  # (batch, seq, hidden): an encoder
+        mask = batch.token_mask
+        if mask is None or tuple(mask.shape) != tuple(s.shape[:2]):
+            mask = torch.ones(s.shape[:2], dtype=torch.bool)
+        m = mask.unsqueeze(-1).float()
+        mse = (((s - t) ** 2) * m).sum() / (m.sum() * s.shape[-1]).clamp(min=1.0)
+        mse = mse / (((t**2) * m).sum() / (m.sum() * s.shape[-1]).clamp(min=1.0)).clamp(min=1e-8)
+        ps = (s * m).sum(1) / m.sum(1).clamp(min=1.0)
+        pt = (t * m).sum(1) / m.sum(1).clamp(min=1.0)
+        cos = 1.0 - F.cosine_similarity(ps, pt, dim=-1).mean()
+        return mse + cos
+    if s.ndim == 2:  # logits
+        temp = cfg.temperature
+        kl = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1),
+                      reduction="batchmean", log_target=True) * temp * temp
+        if labels is None:
+            return kl
+        return (1 - cfg.task_weight) * kl + cfg.task_weight * F.cross_entropy(s, labels)
+    return F.mse_loss(s, t) / t.pow(2).mean().clamp(min=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# planning and masks
+
+
+def _default_planner(block_size: Any, overrides: Mapping[str, Any] | None, method: str) -> Planner:
+    def plan(model: Any, sparsity: float, scores: Mapping[str, np.ndarray] | None) -> PruningPlan:
+        return plan_layers(model, sparsity, block_size, method=method, overrides=overrides,
+                           scores=scores)
+
+    return plan
+
+
+def _scores(
+    model: Any, batches: Sequence[CalibrationBatch], names: Sequence[str], importance: str
+) -> dict[str, np.ndarray] | None:
+    if importance == "magnitude":
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        grams = collect_grams(model, batches, layer_modules(model, names))
+    finally:
+        model.train(was_training)
+    params = dict(model.named_parameters())
+    return {n: importance_scores(params[n].detach().cpu().float().numpy(), grams[n], importance)
+            for n in names}
+
+
+def _enforce(model: Any, plan: PruningPlan, optimizer: Any = None) -> None:
+    """Pruned weights exactly zero, and their optimizer moments cleared."""
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, lp in plan.items():
+            p = params[name]
+            mask = torch.as_tensor(lp.mask, device=p.device).to(p.dtype)
+            p.mul_(mask)
+            if optimizer is not None:
+                for v in optimizer.state.get(p, {}).values():
+                    if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                        v.mul_(mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints and Ctrl-C
+
+
+class _StopFlag:
+    """Set by SIGINT while training (the main thread only); the loop checks it every step."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        if self.set:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.set = True
+        print("\nCtrl-C: stopping after this step (press again to abort at once)", flush=True)
+
+    def __exit__(self, *_: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / (_CKPT + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path / _CKPT)  # never leaves a half-written checkpoint behind
+
+
+def _plan_state(plan: PruningPlan | None) -> Any:
+    if plan is None:
+        return None
+    return {"layers": {n: lp.to_state() for n, lp in plan.items()}, "settings": plan.settings}
+
+
+def _plan_from_state(state: Any) -> PruningPlan | None:
+    if state is None:
+        return None
+    from .reorder import LayerPlan
+
+    layers = {n: LayerPlan.from_state(s) for n, s in state["layers"].items()}
+    return PruningPlan(layers=layers, settings=dict(state["settings"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def finetune(
+    model: Any,
+    data: Any,
+    sparsity: float,
+    block_size: int | tuple[int, int] = (32, 32),
+    *,
+    steps: int,
+    teacher: Any = None,
+    schedule: str = "cubic",
+    initial_sparsity: float = 0.0,
+    ramp: float = 0.6,
+    prune_every: int = 50,
+    importance: str = "activation",
+    method: str = "tetris",
+    overrides: Mapping[str, Any] | None = None,
+    planner: Planner | None = None,
+    lr: float = 1e-4,
+    weight_decay: float = 0.01,
+    warmup: float = 0.05,
+    clip: float = 1.0,
+    temperature: float = 2.0,
+    task_weight: float = 0.5,
+    evaluate: Callable[[Any], Mapping[str, float]] | None = None,
+    eval_every: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 200,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    on_step: Callable[[int, Any, PruningPlan], None] | None = None,
+) -> tuple[Any, PruningPlan]:
+    """Prune ``model`` gradually to ``sparsity`` while distilling from its dense self.
+
+    Args:
+        model: the dense torch model; it is trained IN PLACE (pass a copy to keep it).
+        data: training batches (a sequence of what the model takes: tensors, tuples or dicts
+            such as a tokenizer's output; a ``labels`` key, or a trailing 1-D integer tensor
+            of a tuple, are labels for the task loss). Batches are visited in a fresh seeded
+            order every epoch. Never the data quality is measured on.
+        sparsity: the target, reached exactly at ``ramp * steps``.
+        block_size: TETRIS block (``(out, in)``; an int for square).
+        steps: optimizer steps.
+        teacher: the model to distil from (default: a frozen copy of ``model`` as given).
+        schedule, initial_sparsity, ramp, prune_every: the sparsity ramp (:func:`sparsity_at`).
+        importance: what each re-planning clusters (``"activation"`` uses a few training
+            batches; ``"magnitude"`` is ``|W|``).
+        method: ``"tetris"``, or ``"element"`` (unstructured; the accuracy anchor).
+        overrides: per-layer overrides, as for :func:`tetris_tvm.prune`.
+        planner: ``planner(model, sparsity, scores) -> PruningPlan``; the default plans every
+            layer with free permutations. :func:`tetris_tvm.graph_planner` plans the way
+            ``compile`` does (permutations that fold away, no runtime gathers).
+        lr, weight_decay, warmup, clip: AdamW, warmup fraction then linear decay, gradient
+            norm clipping.
+        temperature, task_weight: logit distillation temperature; weight of the label loss.
+        evaluate: ``evaluate(model) -> metrics`` on held-out data, run every ``eval_every``
+            steps and at the end; results are printed and kept in ``plan.settings``.
+        checkpoint_dir, checkpoint_every, resume: checkpoints (model, optimizer, schedule,
+            plan, RNG state, history); ``resume`` continues from the newest one.
+        seed: seeds torch's RNG and the batch order.
+        progress: a progress bar with the loss and the current sparsity.
+        on_step: ``on_step(steps_done, model, plan)`` after every step (after its checkpoint),
+            e.g. for logging.
+
+    Returns:
+        ``(model, plan)``: the fine-tuned model with the final masks applied (and kept by
+        hooks; ``plan.remove()`` detaches them) and the final plan, which carries the
+        fine-tuned parameters: ``compile(model, ..., plan=plan)`` computes exactly the
+        fine-tuned masked model.
+    """
+    import torch
+
+    target = _check_sparsity(sparsity, "finetune")
+    initial = _check_sparsity(initial_sparsity, "finetune initial_sparsity")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if prune_every < 1:
+        raise ValueError(f"prune_every must be >= 1, got {prune_every}")
+    if not 0.0 < ramp <= 1.0:
+        raise ValueError(f"ramp must be in (0, 1], got {ramp}")
+    sparsity_at(0, steps, target, initial, ramp, prune_every, schedule)  # checks schedule
+    batches = as_batches(data, "training data")
+    cfg = FinetuneConfig(steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup,
+                         clip=clip, temperature=temperature, task_weight=task_weight,
+                         initial_sparsity=initial, ramp=ramp, prune_every=prune_every,
+                         schedule=schedule, importance=importance, seed=seed)
+    dist = torch.distributed if torch.distributed.is_available() else None
+    distributed = dist is not None and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    main_rank = rank == 0
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+
+    torch.manual_seed(seed)
+    if teacher is None:
+        teacher = copy.deepcopy(model)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    names = [t[0] for t in select_layers(model, target, block_size, overrides)[0]]
+    planner = planner or _default_planner(block_size, overrides, method)
+    k = min(len(batches), cfg.importance_batches)
+    imp_batches = [_split_labels(batches[i * len(batches) // k])[0] for i in range(k)]
+
+    model.train()
+    student = model
+    if distributed:
+        student = torch.nn.parallel.DistributedDataParallel(model)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    warm = max(int(round(warmup * steps)), 1)
+
+    def lr_factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (steps - step) / max(steps - warm, 1))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+    start, plan, current_s = 0, None, -1.0
+    history: list[dict[str, Any]] = []
+    if resume and ckpt_dir is not None and (ckpt_dir / _CKPT).exists():
+        state = torch.load(ckpt_dir / _CKPT, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start, current_s, history = state["step"], state["sparsity"], state["history"]
+        plan = _plan_from_state(state["plan"])
+        if plan is not None:
+            plan.apply(model)
+        if main_rank and progress:
+            print(f"resumed from {ckpt_dir / _CKPT} at step {start}", flush=True)
+
+    def replan(s: float) -> PruningPlan:
+        nonlocal plan
+        new = None
+        if main_rank:
+            scores = _scores(model, imp_batches, names, importance)
+            new = planner(model, s, scores)
+        if distributed:
+            box = [new]
+            dist.broadcast_object_list(box, src=0)
+            new = box[0]
+        if plan is not None:
+            plan.remove()
+        new.apply(model)  # masks stay applied until the next plan
+        _enforce(model, new, optimizer)
+        plan = new
+        return new
+
+    def checkpoint(step: int) -> Path | None:
+        if ckpt_dir is None:
+            return None
+        if main_rank:
+            _save(ckpt_dir, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                "step": step, "sparsity": current_s, "history": history,
+                "plan": _plan_state(plan),
+            })
+        if distributed:
+            dist.barrier()
+        return ckpt_dir / _CKPT
+
+    def run_eval(step: int) -> None:
+        if evaluate is None or not main_rank:
+            return
+        model.eval()
+        try:
+            metrics = dict(evaluate(model))
+        finally:
+            model.train()
+        history.append({"step": step, "sparsity": current_s, **metrics})
+        text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"step {step}: sparsity {current_s:.3f}, {text}", flush=True)
+
+    bar: Any = None
+    if progress and main_rank:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc="fine-tuning", unit="step")
+    order_rng_seed = seed
+    loss_value = float("nan")
+    with _StopFlag() as stop:
+        for step in range(start, steps):
+            s = sparsity_at(step, steps, target, initial, ramp, prune_every, schedule)
+            if s != current_s or plan is None:
+                current_s = s
+                replan(s)
+            epoch, pos = divmod(step, len(batches))
+            order = np.random.default_rng([order_rng_seed, epoch]).permutation(len(batches))
+            batch, labels = _split_labels(batches[int(order[pos])])
+            batch, labels = _shard(batch, labels, rank, world)
+            optimizer.zero_grad(set_to_none=True)
+            try:
+                loss = distillation_loss(student, teacher, batch, labels, cfg)
+            except ValueError:
+                raise
+            except RuntimeError as e:
+                raise ValueError(f"training batch {int(order[pos])}: the model could not run "
+                                 f"it: {e}") from e
+            if not bool(torch.isfinite(loss.detach())):
+                raise FloatingPointError(
+                    f"the loss became {float(loss.detach())} at step {step}; stopped without writing a "
+                    "checkpoint (the last one is kept). Lower lr or check the data."
+                )
+            loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            scheduler.step()
+            _enforce(model, plan, optimizer)
+            loss_value = float(loss.detach())
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", sparsity=f"{current_s:.3f}")
+            if eval_every and done % eval_every == 0 and done < steps:
+                run_eval(done)
+            if ckpt_dir is not None and checkpoint_every and done % checkpoint_every == 0:
+                checkpoint(done)
+            if on_step is not None:
+                on_step(done, model, plan)
+            if stop.set:
+                where = checkpoint(done)
+                if bar is not None:
+                    bar.close()
+                raise FinetuneInterrupted(done, where)
+    if bar is not None:
+        bar.close()
+    assert plan is not None
+    if not math.isclose(current_s, target):  # steps too few for the ramp's last update
+        current_s = target
+        replan(target)
+    run_eval(steps)
+    if ckpt_dir is not None:
+        checkpoint(steps)
+    params = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
+    final = plan.with_params(params)
+    final.settings.update(
+        finetune={"steps": steps, "lr": lr, "schedule": schedule, "ramp": ramp,
+                  "prune_every": prune_every, "importance": importance, "seed": seed,
+                  "final_loss": loss_value, "history": history, "world_size": world},
+    )
+    plan.remove()
+    final.apply(model)
+    model.eval()
+    return model, final
