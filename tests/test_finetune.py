@@ -64,7 +64,7 @@ def _run(model, steps=24, **kw):
 def test_schedule_is_cubic_and_ends_exactly_at_the_target():
     s = [sparsity_at(t, 100, 0.8, 0.0, 0.6, 10) for t in range(100)]
     assert s[0] == 0.0 and s[-1] == pytest.approx(0.8) and s[60] == pytest.approx(0.8)
-    assert all(a <= b + 1e-12 for a, b in zip(s, s[1:]))
+    assert all(a <= b + 1e-12 for a, b in zip(s, s[1:], strict=False))
     assert s[10] > 0.8 * (1 - (1 - 10 / 60)) - 1e-9  # cubic: fast first, slow at the end
     assert len(set(s[:60])) == 6  # updated every 10 steps
     assert sparsity_at(5, 100, 0.8, schedule="oneshot") == 0.8
@@ -140,7 +140,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(clf, tmp_path):
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 10
     resumed, _ = _run(copy.deepcopy(clf), checkpoint_dir=tmp_path / "b", checkpoint_every=5,
                       resume=True)
-    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)
 
 

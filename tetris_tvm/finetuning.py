@@ -488,8 +488,8 @@ def finetune(
                                  f"it: {e}") from e
             if not bool(torch.isfinite(loss.detach())):
                 raise FloatingPointError(
-                    f"the loss became {float(loss.detach())} at step {step}; stopped without writing a "
-                    "checkpoint (the last one is kept). Lower lr or check the data."
+                    f"the loss became {float(loss.detach())} at step {step}; stopped without "
+                    "writing a checkpoint (the last one is kept). Lower lr or check the data."
                 )
             loss.backward()
             if clip > 0:
