@@ -196,3 +196,15 @@ def test_deploy_tutorial_help() -> None:
     assert proc.returncode == 0, proc.stderr
     for flag in ("--from", "--cross", "--out", "--small"):
         assert flag in proc.stdout
+
+
+def test_recover_accuracy_tutorial(tmp_path: Path) -> None:
+    _require_mnist()
+    proc = _run(TUTORIALS / "04_recover_accuracy.py", "--small", "--out", str(tmp_path))
+    assert proc.returncode == 0, f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    s = _summary(proc.stdout)
+    assert float(s["rel"]) <= 1e-4  # the compiled model is the fine-tuned masked model
+    assert int(s["gathers"]) == 0
+    assert float(s["kept"]) == pytest.approx(0.1, abs=0.01)
+    assert float(s["oneshot"]) > float(s["oneshot_plain"])  # recovery recovers
+    assert (tmp_path / "plan.npz").exists() and (tmp_path / "checkpoints").is_dir()

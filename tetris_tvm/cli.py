@@ -354,6 +354,80 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import copy
+    import json
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from . import quality as q
+    from .compiler import graph_planner
+    from .finetuning import FinetuneInterrupted, finetune
+
+    torch.set_num_threads(args.threads)
+    if args.model == "minilm":
+        from .zoo import load_minilm
+
+        model, tok = load_minilm()
+        data = q.minilm_training_batches(tok, batch=args.batch_size)
+        calibration = q.minilm_calibration(tok, n=256)
+        evaluator = q.EncoderEvaluator(model, tok)
+        evaluate: Any = evaluator.evaluate
+        dense = evaluator.dense
+        example = _example_inputs(args, model)
+        overrides: dict[str, Any] = {"pooler.*": {"skip": True}}
+    elif args.model == "mnist-cnn":
+        from .zoo import load_mnist_cnn
+
+        model = load_mnist_cnn()
+        data = q.mnist_training_batches(batch=args.batch_size)
+        calibration = q.mnist_calibration(n=1000)
+        _, (hx, hy) = q.mnist_split()
+
+        def evaluate(m: Any) -> dict[str, float]:
+            return {"accuracy": q.classifier_accuracy(m, hx, hy)}
+
+        dense = evaluate(model)
+        example = _example_inputs(args, model)
+        overrides = {}
+    else:
+        raise SystemExit("error: finetune runs on the zoo models (minilm, mnist-cnn); for your "
+                         "own model call tetris_tvm.finetune() with your data")
+    print("dense, held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in dense.items()))
+    planner = graph_planner(model, example, args.block, overrides=overrides)
+    start = time.perf_counter()
+    try:
+        trained, plan = finetune(
+            copy.deepcopy(model), data, args.sparsity, args.block, steps=args.steps,
+            lr=args.lr, prune_every=args.prune_every, ramp=args.ramp,
+            allocation=args.allocation, overrides=overrides, planner=planner,
+            calibration=calibration, evaluate=evaluate, eval_every=args.eval_every,
+            checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+            resume=args.resume, seed=args.seed,
+        )
+    except FinetuneInterrupted as e:
+        print(f"\n{e}; rerun the same command with --resume to continue")
+        return 130
+    took = time.perf_counter() - start
+    final = plan.settings["finetune"]["history"][-1] if plan.settings["finetune"]["history"] \
+        else {}
+    print(f"\nfine-tuned in {took:.0f} s; held-out: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in final.items() if k not in ("step",)))
+    if args.out:
+        plan.save(args.out)
+        print(f"plan with the fine-tuned weights written to {args.out}; compile it with "
+              f"'tetris-tvm compile --model {args.model} --plan {args.out}'")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"seconds": took, "dense": dense, **plan.settings["finetune"]}, indent=1,
+            default=float))
+    del trained
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tetris-tvm",
@@ -473,6 +547,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="residual-stream permutations, as for compile")
     _recovery_args(b, default_calibrate=512)
     b.set_defaults(func=_cmd_bench)
+
+    f = sub.add_parser(
+        "finetune",
+        help="prune a zoo model gradually while distilling from its dense self",
+        description="Gradual TETRIS pruning (cubic sparsity ramp, re-planned every "
+        "--prune-every steps with the compiler's folding constraints) with knowledge "
+        "distillation from the dense model, on the model's training split; held-out quality "
+        "is printed every --eval-every steps. Checkpoints go to --checkpoint-dir; Ctrl-C stops "
+        "after the current step and --resume continues. The plan written to --out carries the "
+        "fine-tuned weights: 'tetris-tvm compile --plan' builds exactly that model.",
+    )
+    model_args(f)
+    f.add_argument("--sparsity", type=_sparsity, default=0.5, help="target sparsity")
+    f.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    f.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    f.add_argument("--batch-size", type=int, default=32, help="training batch")
+    f.add_argument("--prune-every", type=int, default=50, help="steps between re-plannings")
+    f.add_argument("--ramp", type=float, default=0.6,
+                   help="fraction of the steps over which the sparsity ramps to the target")
+    f.add_argument("--allocation", choices=("uniform", "sensitivity"), default="sensitivity",
+                   help="per-layer target sparsities (see 'prune')")
+    f.add_argument("--eval-every", type=int, default=250, help="held-out evaluation interval")
+    f.add_argument("--checkpoint-dir", help="write checkpoints here")
+    f.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint interval")
+    f.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    f.add_argument("--seed", type=int, default=0, help="seed of the batch order and dropout")
+    f.add_argument("--threads", type=int, default=2, help="torch threads")
+    f.add_argument("--out", help="write the final plan (masks + fine-tuned weights) here")
+    f.add_argument("--json", help="write the run's settings and held-out history here")
+    f.set_defaults(func=_cmd_finetune)
 
     r = sub.add_parser(
         "report",

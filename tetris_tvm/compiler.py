@@ -519,8 +519,8 @@ class GraphPlanner:
         self.eligible, _ = _eligible_names(model)
         self.imported = import_model(copy.deepcopy(model).eval(), example_inputs)
 
-    def __call__(self, model: Any, sparsity: float, scores: Mapping[str, np.ndarray] | None
-                 ) -> Any:
+    def __call__(self, model: Any, sparsity: float, scores: Mapping[str, np.ndarray] | None,
+                 overrides: Mapping[str, Any] | None = None) -> Any:
         from .passes import TetrisPrune
 
         state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
@@ -530,8 +530,9 @@ class GraphPlanner:
                 weights[relax_name] = state[torch_name].astype(weights[relax_name].dtype)
         return TetrisPrune(
             None, weights, self.imported.torch_names, eligible=self.eligible,
-            sparsity=sparsity, block_size=self.block_size, overrides=self.overrides,
-            streams=self.streams, scores=scores,
+            sparsity=sparsity, block_size=self.block_size,
+            overrides={**(self.overrides or {}), **(overrides or {})},
+            streams=self.streams, scores=scores, progress=False,
         ).plan_module(self.imported.mod)
 
 
@@ -617,11 +618,13 @@ def _plan_imported(
             plan.settings["reconstruction"] = rows
     if plan is not None and plan.params:
         by_torch = {t: r for r, t in imported.torch_names.items()}
-        unknown = [n for n in plan.params if n not in by_torch]
+        unknown = [n for n in plan.params if n not in by_torch and n in plan]
         if unknown:
             raise ValueError(f"plan sets parameters the exported model does not have: "
                              f"{unknown[:5]}")
         for name, value in plan.params.items():
+            if name not in by_torch:
+                continue  # a parameter the exported graph does not use
             relax_name = by_torch[name]
             old = imported.weights[relax_name]
             if tuple(old.shape) != tuple(value.shape):

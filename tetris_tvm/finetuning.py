@@ -187,8 +187,9 @@ def distillation_loss(
 # planning and masks
 
 
-def _default_planner(block_size: Any, overrides: Mapping[str, Any] | None, method: str) -> Planner:
-    def plan(model: Any, sparsity: float, scores: Mapping[str, np.ndarray] | None) -> PruningPlan:
+def _default_planner(block_size: Any, method: str) -> Planner:
+    def plan(model: Any, sparsity: float, scores: Mapping[str, np.ndarray] | None,
+             overrides: Mapping[str, Any] | None = None) -> PruningPlan:
         return plan_layers(model, sparsity, block_size, method=method, overrides=overrides,
                            scores=scores)
 
@@ -295,6 +296,9 @@ def finetune(
     ramp: float = 0.6,
     prune_every: int = 50,
     importance: str = "activation",
+    allocation: str = "uniform",
+    reconstruct_first: bool = False,
+    calibration: Any = None,
     method: str = "tetris",
     overrides: Mapping[str, Any] | None = None,
     planner: Planner | None = None,
@@ -328,10 +332,20 @@ def finetune(
         schedule, initial_sparsity, ramp, prune_every: the sparsity ramp (:func:`sparsity_at`).
         importance: what each re-planning clusters (``"activation"`` uses a few training
             batches; ``"magnitude"`` is ``|W|``).
+        allocation: ``"uniform"`` (every layer follows the ramp to ``sparsity``) or
+            ``"sensitivity"``: per-layer targets chosen once on the dense model and a few
+            training batches (:mod:`tetris_tvm.allocation`; they meet ``sparsity`` over all
+            pruned weights), each layer ramping to its own.
+        reconstruct_first: refit the kept weights of the FIRST plan to the dense layers'
+            outputs (:mod:`tetris_tvm.reconstruct`, on a few training batches) before
+            training: with ``schedule="oneshot"`` training starts from the one-shot recovered
+            model instead of the plain masked one.
+        calibration: batches for the importance statistics, the allocation and the first
+            reconstruction (default: four batches spread over ``data``).
         method: ``"tetris"``, or ``"element"`` (unstructured; the accuracy anchor).
         overrides: per-layer overrides, as for :func:`tetris_tvm.prune`.
-        planner: ``planner(model, sparsity, scores) -> PruningPlan``; the default plans every
-            layer with free permutations. :func:`tetris_tvm.graph_planner` plans the way
+        planner: ``planner(model, sparsity, scores, overrides) -> PruningPlan``; the default
+            plans every layer with free permutations. :func:`tetris_tvm.graph_planner` plans the way
             ``compile`` does (permutations that fold away, no runtime gathers).
         lr, weight_decay, warmup, clip: AdamW, warmup fraction then linear decay, gradient
             norm clipping.
@@ -381,9 +395,22 @@ def finetune(
     for p in teacher.parameters():
         p.requires_grad_(False)
     names = [t[0] for t in select_layers(model, target, block_size, overrides)[0]]
-    planner = planner or _default_planner(block_size, overrides, method)
-    k = min(len(batches), cfg.importance_batches)
-    imp_batches = [_split_labels(batches[i * len(batches) // k])[0] for i in range(k)]
+    planner = planner or _default_planner(block_size, method)
+    if calibration is not None:
+        imp_batches = [_split_labels(b)[0] for b in as_batches(calibration)]
+    else:
+        k = min(len(batches), cfg.importance_batches)
+        imp_batches = [_split_labels(batches[i * len(batches) // k])[0] for i in range(k)]
+    layer_targets: dict[str, float] | None = None
+    if allocation not in ("uniform", "sensitivity"):
+        raise ValueError(f"allocation must be 'uniform' or 'sensitivity', got {allocation!r}")
+    if allocation == "sensitivity" and target > 0:
+        from .oneshot import prepare_recovery
+
+        layer_targets = prepare_recovery(
+            model.eval(), target, block_size, calibration=imp_batches, importance=importance,
+            allocation="sensitivity", reconstruct=True, method=method, overrides=overrides,
+        ).sparsities
 
     model.train()
     student = model
@@ -423,14 +450,26 @@ def finetune(
         new = None
         if main_rank:
             scores = _scores(model, imp_batches, names, importance)
-            new = planner(model, s, scores)
+            layer_overrides = dict(overrides or {})
+            for n, t in (layer_targets or {}).items():
+                layer_overrides[n] = {"sparsity": min(t * s / target, t)}
+            new = planner(model, s, scores, layer_overrides)
         if distributed:
             box = [new]
             dist.broadcast_object_list(box, src=0)
             new = box[0]
         if plan is not None:
             plan.remove()
-        new.apply(model)  # masks stay applied until the next plan
+        if reconstruct_first and plan is None:
+            from .reconstruct import reconstruct as reconstruct_plan
+
+            if main_rank:
+                new, _ = reconstruct_plan(teacher, new, imp_batches)
+            if distributed:
+                box = [new]
+                dist.broadcast_object_list(box, src=0)
+                new = box[0]
+        new.apply(model)  # masks stay applied until the next plan (sets refitted params)
         _enforce(model, new, optimizer)
         plan = new
         return new
@@ -526,6 +565,7 @@ def finetune(
     final = plan.with_params(params)
     final.settings.update(
         finetune={"steps": steps, "lr": lr, "schedule": schedule, "ramp": ramp,
+                  "allocation": allocation,
                   "prune_every": prune_every, "importance": importance, "seed": seed,
                   "final_loss": loss_value, "history": history, "world_size": world},
     )

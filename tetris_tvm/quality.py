@@ -45,6 +45,8 @@ __all__ = [
     "word_pairs",
     "mnist_split",
     "minilm_calibration",
+    "minilm_training_batches",
+    "mnist_training_batches",
     "mnist_calibration",
     "spearman",
     "sentence_embeddings",
@@ -198,6 +200,36 @@ def minilm_calibration(
         dict(tokenizer(picked[i : i + batch], padding=True, truncation=True, max_length=128,
                        return_tensors="pt"))
         for i in range(0, len(picked), batch)
+    ]
+
+
+def minilm_training_batches(
+    tokenizer: Any, batch: int = 32, max_length: int = 64, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The training side of :func:`text_split` (Lee background, chatterbot, Python docs) as
+    tokenised batches of similar length (little padding); :func:`tetris_tvm.finetune`
+    shuffles their order every epoch."""
+    sents = list(text_split().train)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(sents)
+    sents.sort(key=len)  # stable: equal lengths keep the shuffled order
+    return [
+        dict(tokenizer(sents[i : i + batch], padding=True, truncation=True,
+                       max_length=max_length, return_tensors="pt"))
+        for i in range(0, len(sents), batch)
+    ]
+
+
+def mnist_training_batches(batch: int = 64, seed: int = 0) -> list[tuple[Any, Any]]:
+    """The 4000 training images of :func:`mnist_split` as shuffled ``(images, labels)``
+    batches (labels drive the task loss next to distillation)."""
+    import torch
+
+    (x, y), _ = mnist_split()
+    idx = np.random.default_rng(seed).permutation(len(x))
+    return [
+        (torch.from_numpy(x[idx[i : i + batch]]), torch.from_numpy(y[idx[i : i + batch]]))
+        for i in range(0, len(idx) - batch + 1, batch)
     ]
 
 

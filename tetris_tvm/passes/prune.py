@@ -188,6 +188,7 @@ class TetrisPrune:
         overrides: Mapping[str, Any] | None = None,
         streams: str = "auto",
         scores: Mapping[str, np.ndarray] | None = None,
+        progress: bool = True,
     ) -> None:
         if streams not in STREAM_MODES:
             raise ValueError(f"streams must be one of {STREAM_MODES}, got {streams!r}")
@@ -203,6 +204,7 @@ class TetrisPrune:
         self.allow_gathers = allow_gathers
         self.overrides = overrides
         self.scores = dict(scores or {})
+        self.progress = progress
         self.plan: PruningPlan | None = None
         self.sites: list[LayerSite] = []
 
@@ -297,7 +299,8 @@ class TetrisPrune:
         const_of = an.const_of
         sites_in_order = [an.layers[b.var] for b in an.bindings if b.var in an.layers]
         todo = {s.out_var for s in sites_in_order}
-        progress = tqdm(total=len(todo), desc="TETRIS", unit="layer", disable=len(todo) < 4)
+        progress = tqdm(total=len(todo), desc="TETRIS", unit="layer",
+                        disable=len(todo) < 4 or not self.progress)
         for b in an.bindings:
             site = an.layers.get(b.var)
             if site is None:

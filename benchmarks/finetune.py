@@ -1,0 +1,151 @@
+"""Quality recovered by fine-tuning with distillation, and the speed of the same model.
+
+For each model, sparsity and block size: gradual pruning with distillation from the dense
+model (``tetris_tvm.finetune``: cubic ramp, sensitivity allocation, re-planned with the
+compiler's folding constraints), the held-out metrics every ``--eval-every`` steps (the
+curve), the wall time of training on this machine, and the compiled fine-tuned model's
+latency against dense torch eager and our dense build (interleaved, median). Element-wise
+pruning fine-tuned with the same recipe and budget is the anchor.
+
+Training data is the training side of the fixed splits only (MiniLM: Lee background,
+chatterbot and Python-docs sentences; MNIST: the 4000 training images); every metric is on
+the held-out side. Rows already in the JSON file are kept (the run resumes).
+
+    python benchmarks/finetune.py --only mnist-cnn
+    python benchmarks/finetune.py --only minilm --steps 1500 --configs 0.5:32 0.75:32
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import tetris_tvm  # noqa: E402
+from tetris_tvm import quality, zoo  # noqa: E402
+from tetris_tvm.bench import time_interleaved  # noqa: E402
+
+DEFAULTS = {
+    "minilm": {"configs": ["0.5:32", "0.75:32"], "steps": 1500, "lr": 1e-4, "batch": 32},
+    "mnist-cnn": {"configs": ["0.75:8", "0.9:8"], "steps": 1200, "lr": 5e-4, "batch": 64},
+}
+
+
+class Task:
+    def __init__(self, name: str, batch: int) -> None:
+        self.name = name
+        if name == "minilm":
+            self.model, tok = zoo.load_minilm()
+            self.data = quality.minilm_training_batches(tok, batch=batch)
+            self.calibration = quality.minilm_calibration(tok, n=256)
+            ev = quality.EncoderEvaluator(self.model, tok)
+            self.evaluate = ev.evaluate
+            self.dense = dict(ev.dense)
+            self.example = (zoo.minilm_inputs(tok, 8, 128),)
+            self.overrides: dict[str, Any] = {"pooler.*": {"skip": True}}
+        else:
+            self.model = zoo.load_mnist_cnn()
+            self.data = quality.mnist_training_batches(batch=batch)
+            self.calibration = quality.mnist_calibration(n=1000)
+            _, (hx, hy) = quality.mnist_split()
+            self.evaluate = lambda m: {"accuracy": quality.classifier_accuracy(m, hx, hy)}
+            self.dense = self.evaluate(self.model)
+            self.example = (torch.from_numpy(hx[:100]),)
+            self.overrides = {}
+
+
+def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_every: int,
+        dense_cm: Any, repeats: int) -> dict[str, Any]:
+    planner = None
+    if method == "tetris":
+        planner = tetris_tvm.graph_planner(task.model, task.example, (b, b),
+                                           overrides=task.overrides)
+    t0 = time.perf_counter()
+    model, plan = tetris_tvm.finetune(
+        copy.deepcopy(task.model), task.data, s, (b, b), steps=steps, lr=lr,
+        prune_every=max(steps // 30, 1), allocation="sensitivity", method=method,
+        overrides=task.overrides, planner=planner, calibration=task.calibration,
+        evaluate=task.evaluate, eval_every=eval_every, progress=False,
+    )
+    seconds = time.perf_counter() - t0
+    hist = plan.settings["finetune"]["history"]
+    row: dict[str, Any] = {"seconds": seconds, "steps": steps, "lr": lr, "history": hist,
+                           **{k: v for k, v in hist[-1].items() if k not in ("step",)}}
+    if method != "tetris":
+        return row  # unstructured: no block-sparse kernels to time
+    cm = tetris_tvm.compile(task.model, task.example, plan=plan)
+    plan.remove()
+    ref = plan.apply(copy.deepcopy(task.model), keep=False)
+    with torch.no_grad():
+        expect = ref(*task.example)
+    expect = (expect.last_hidden_state if hasattr(expect, "last_hidden_state") else expect).numpy()
+    got = cm.run_numpy(*task.example)[0]
+    args = [np.ascontiguousarray(x.numpy()) for x in task.example]
+    cm._ensure_vm()
+    dense_cm._ensure_vm()
+    eager = task.model.eval()
+
+    def torch_eager() -> None:
+        with torch.no_grad():
+            eager(*task.example)
+
+    times = time_interleaved({"torch": torch_eager, "dense": lambda: dense_cm.run_numpy(*args),
+                              "pruned": lambda: cm.run_numpy(*args)}, repeats=repeats)
+    row.update(max_rel_diff_to_reference=float(np.abs(got - expect).max() / np.abs(expect).max()),
+               runtime_gathers=cm.report.totals["runtime_gathers"],
+               weights_kept=cm.report.totals["weights_kept_fraction"],
+               ms_torch_eager=times["torch"] * 1e3, ms_ours_dense=times["dense"] * 1e3,
+               ms_pruned=times["pruned"] * 1e3, shape=[list(x.shape) for x in task.example])
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/finetune.json"))
+    ap.add_argument("--only", nargs="*", default=None, help="minilm and/or mnist-cnn")
+    ap.add_argument("--configs", nargs="*", default=None, help="sparsity:block, e.g. 0.5:32")
+    ap.add_argument("--methods", nargs="*", default=["tetris", "element"])
+    ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    ap.add_argument("--repeats", type=int, default=9, help="interleaved timing repeats")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
+    results.setdefault("rows", [])
+    done = {(r["model"], r["sparsity"], r["block"], r["method"]) for r in results["rows"]}
+    for name, d in DEFAULTS.items():
+        if args.only and name not in args.only:
+            continue
+        task = Task(name, d["batch"])
+        results.setdefault("dense", {})[name] = task.dense
+        dense_cm = tetris_tvm.compile(task.model, task.example, sparsity=0.0)
+        steps, lr = args.steps or d["steps"], args.lr or d["lr"]
+        for cfg in args.configs or d["configs"]:
+            s, b = float(cfg.split(":")[0]), int(cfg.split(":")[1])
+            for method in args.methods:
+                if (name, s, b, method) in done:
+                    continue
+                row = run(task, s, b, method, steps, lr, max(steps // 6, 1), dense_cm,
+                          args.repeats)
+                row.update(model=name, sparsity=s, block=b, method=method)
+                results["rows"].append(row)
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=1, default=float))
+                keys = [k for k in ("cosine", "pair_spearman", "wordsim353", "accuracy",
+                                    "seconds", "ms_pruned", "ms_torch_eager") if k in row]
+                print(f"{name} s={s} {b}x{b} {method}: "
+                      + ", ".join(f"{k} {row[k]:.3f}" for k in keys), flush=True)
+    print(f"written {args.json}")
+
+
+if __name__ == "__main__":
+    main()
