@@ -163,7 +163,74 @@ def tuning_tables() -> None:
                   f"{r['tune_s']:.0f} s")
 
 
+def _metrics(model: str) -> list[tuple[str, str]]:
+    if model == "minilm":
+        return [("cosine", "cosine"), ("pair_spearman", "pair Spearman"),
+                ("wordsim353", "WordSim353"), ("simlex999", "SimLex-999")]
+    return [("accuracy", "accuracy")]
+
+
+def quality_tables() -> None:
+    path = RESULTS / "quality.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    for model in ("minilm", "mnist-cnn"):
+        rows = [r for r in data["rows"] if r["model"] == model]
+        if not rows:
+            continue
+        metrics = _metrics(model)
+        dense = data.get("dense", {}).get(model, {})
+        configs = sorted({(r["sparsity"], r["block"]) for r in rows})
+        for s, b in configs:
+            print(f"\n{model}, {b}x{b} blocks, sparsity {s}, one-shot, held-out "
+                  f"(dense: {', '.join(f'{lab} {dense.get(k, 1.0):.3f}' for k, lab in metrics)})\n")
+            head = " | ".join(lab for _, lab in metrics)
+            print(f"| recipe | {head} | retained L1 | time (s) | ms (torch eager / pruned) |")
+            print("| --- |" + " --- |" * (len(metrics) + 3))
+            for r in rows:
+                if (r["sparsity"], r["block"]) != (s, b):
+                    continue
+                cells = " | ".join(f"{r[k]:.3f}" for k, _ in metrics)
+                ms = (f"{r['ms_torch_eager']:.1f} / {r['ms_pruned']:.1f}"
+                      if "ms_pruned" in r else "-")
+                print(f"| {r['recipe']} | {cells} | {r['retained_l1']:.3f} | "
+                      f"{r['seconds']:.0f} | {ms} |")
+
+
+def finetune_tables() -> None:
+    path = RESULTS / "finetune.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    for model in ("minilm", "mnist-cnn"):
+        rows = [r for r in data["rows"] if r["model"] == model]
+        if not rows:
+            continue
+        metrics = _metrics(model)
+        dense = data.get("dense", {}).get(model, {})
+        print(f"\n{model}, fine-tuned with distillation, held-out "
+              f"(dense: {', '.join(f'{lab} {dense.get(k, 1.0):.3f}' for k, lab in metrics)})\n")
+        head = " | ".join(lab for _, lab in metrics)
+        print(f"| sparsity, block | method | steps | train (min) | {head} | "
+              "ms torch eager | ms ours dense | ms pruned |")
+        print("| --- | --- | --- | --- |" + " --- |" * (len(metrics) + 3))
+        for r in rows:
+            cells = " | ".join(f"{r[k]:.3f}" for k, _ in metrics)
+            ms = " | ".join(f"{r[k]:.1f}" if k in r else "-"
+                            for k in ("ms_torch_eager", "ms_ours_dense", "ms_pruned"))
+            print(f"| {r['sparsity']}, {r['block']}x{r['block']} | {r['method']} | "
+                  f"{r['steps']} | {r['seconds'] / 60:.1f} | {cells} | {ms} |")
+        print("\nHeld-out curve (step: first metric)\n")
+        for r in rows:
+            k = metrics[0][0]
+            curve = ", ".join(f"{h['step']}: {h[k]:.3f}" for h in r["history"])
+            print(f"- {r['sparsity']} {r['block']}x{r['block']} {r['method']}: {curve}")
+
+
 if __name__ == "__main__":
+    quality_tables()
+    finetune_tables()
     reorder_table()
     models_table()
     kernels_table()

@@ -23,7 +23,7 @@ def run(*args, cwd=None, env=None):
     )
 
 
-@pytest.mark.parametrize("command", ["prune", "compile", "tune", "bench", "report"])
+@pytest.mark.parametrize("command", ["prune", "compile", "tune", "bench", "finetune", "report"])
 def test_help(command):
     res = run(command, "--help")
     assert res.returncode == 0 and "usage: tetris-tvm" in res.stdout
@@ -110,3 +110,24 @@ def test_tune_then_compile_with_the_records(tmp_path):
     assert f"tuned kernels {tuned}" in res.stdout
     res = run("compile", *common, "--tuning", str(tmp_path / "nothing"), env=env)
     assert res.returncode != 0 and "does not exist" in res.stderr
+
+
+def test_recovery_flags_on_a_user_model(tmp_path):
+    import torch
+
+    (tmp_path / "usermodel.py").write_text(FACTORY)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cal = tmp_path / "cal.pt"
+    torch.save([torch.randn(16, 32) for _ in range(3)], cal)
+    res = run("prune", "--model", "usermodel:make", "--block", "16", "--sparsity", "0.5",
+              "--calibration", str(cal), "--reconstruct", "--allocation", "sensitivity",
+              "--out", str(tmp_path / "p.npz"), "--quiet", env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "sparsity" in res.stdout
+    res = run("compile", "--model", "usermodel:make", "--input-shape", "4,32", "--block", "16",
+              "--plan", str(tmp_path / "p.npz"), env=env)
+    assert res.returncode == 0 and "runtime gathers" in res.stdout, res.stderr[-2000:]
+    res = run("prune", "--model", "usermodel:make", "--reconstruct", env=env)
+    assert res.returncode != 0 and "need calibration data" in res.stderr
+    res = run("prune", "--model", "usermodel:make", "--calibrate", "8", env=env)
+    assert res.returncode != 0 and "--calibration FILE" in res.stderr
