@@ -35,8 +35,8 @@ from tetris_tvm import quality, zoo  # noqa: E402
 from tetris_tvm.bench import time_interleaved  # noqa: E402
 
 DEFAULTS = {
-    "minilm": {"configs": ["0.5:32", "0.75:32"], "steps": 1500, "lr": 1e-4, "batch": 32},
-    "mnist-cnn": {"configs": ["0.75:8", "0.9:8"], "steps": 1200, "lr": 5e-4, "batch": 64},
+    "minilm": {"configs": ["0.5:32", "0.75:32"], "steps": 1200, "lr": 3e-4, "batch": 32},
+    "mnist-cnn": {"configs": ["0.75:8", "0.9:8"], "steps": 800, "lr": 5e-4, "batch": 64},
 }
 
 

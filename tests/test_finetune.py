@@ -85,10 +85,28 @@ def test_masks_hold_after_every_step_and_sparsity_follows_the_schedule(clf):
 
     model, plan = _run(clf, on_step=check, weight_decay=0.5)
     assert seen == list(range(1, 25))
+    assert plan.settings["finetune"]["permutations"] == "fixed"
     for lp in plan.values():
         assert lp.n_blocks - lp.kept_blocks == count_pruned_blocks(lp.n_blocks, 0.75)
     assert plan.settings["finetune"]["steps"] == 24
     assert "fc1.weight" in plan.params and "fc1.bias" in plan.params
+
+
+def test_fixed_permutations_keep_the_storage_order_while_masks_move(clf):
+    perms, masks = [], []
+
+    def record(step, model, plan):
+        perms.append({n: [p.copy() for p in lp.perms] for n, lp in plan.items()})
+        masks.append({n: lp.mask.copy() for n, lp in plan.items()})
+
+    _run(clf, steps=30, on_step=record)
+    for p in perms[1:]:
+        for n in p:
+            for a, b in zip(p[n], perms[0][n], strict=True):
+                np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(masks[5][n], masks[-1][n]) for n in masks[0])
+    with pytest.raises(ValueError, match="permutations must be"):
+        _run(clf, permutations="sometimes")
 
 
 def test_distillation_moves_the_student_toward_the_teacher(clf):

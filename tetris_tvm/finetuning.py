@@ -42,7 +42,7 @@ import numpy as np
 
 from .calibration import CalibrationBatch, as_batches, collect_grams, layer_modules
 from .importance import importance_scores
-from .plan import PruningPlan, plan_layers, select_layers
+from .plan import PruningPlan, plan_layers, remask_plan, select_layers
 from .reorder import _check_sparsity
 
 __all__ = ["finetune", "sparsity_at", "FinetuneInterrupted", "Planner", "FinetuneConfig"]
@@ -298,6 +298,8 @@ def finetune(
     importance: str = "activation",
     allocation: str = "uniform",
     reconstruct_first: bool = False,
+    permutations: str = "fixed",
+    dropout: bool = False,
     calibration: Any = None,
     method: str = "tetris",
     overrides: Mapping[str, Any] | None = None,
@@ -340,6 +342,15 @@ def finetune(
             outputs (:mod:`tetris_tvm.reconstruct`, on a few training batches) before
             training: with ``schedule="oneshot"`` training starts from the one-shot recovered
             model instead of the plain masked one.
+        permutations: ``"fixed"`` (default): the TETRIS permutations come from one plan at
+            the target sparsity made on the dense model; every pruning step then chooses the
+            blocks anew in that storage order (:func:`tetris_tvm.plan.remask_plan`), so the
+            masks follow the weights without reshuffling them. ``"replan"``: every pruning
+            step runs the whole TETRIS plan again (permutations too), which reshuffles which
+            weights share a block and prunes many trained weights at once.
+        dropout: train with the model's dropout active (``model.train()``); by default the
+            student trains in eval mode (no dropout, frozen batch-norm statistics), which
+            matches the teacher's outputs faster on a short budget.
         calibration: batches for the importance statistics, the allocation and the first
             reconstruction (default: four batches spread over ``data``).
         method: ``"tetris"``, or ``"element"`` (unstructured; the accuracy anchor).
@@ -376,6 +387,8 @@ def finetune(
     if not 0.0 < ramp <= 1.0:
         raise ValueError(f"ramp must be in (0, 1], got {ramp}")
     sparsity_at(0, steps, target, initial, ramp, prune_every, schedule)  # checks schedule
+    if permutations not in ("fixed", "replan"):
+        raise ValueError(f"permutations must be 'fixed' or 'replan', got {permutations!r}")
     batches = as_batches(data, "training data")
     cfg = FinetuneConfig(steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup,
                          clip=clip, temperature=temperature, task_weight=task_weight,
@@ -394,7 +407,9 @@ def finetune(
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    names = [t[0] for t in select_layers(model, target, block_size, overrides)[0]]
+    todo = select_layers(model, target, block_size, overrides)[0]
+    names = [t[0] for t in todo]
+    layer_final = {t[0]: float(t[2]) for t in todo}  # per-layer targets (overrides applied)
     planner = planner or _default_planner(block_size, method)
     if calibration is not None:
         imp_batches = [_split_labels(b)[0] for b in as_batches(calibration)]
@@ -411,8 +426,10 @@ def finetune(
             model.eval(), target, block_size, calibration=imp_batches, importance=importance,
             allocation="sensitivity", reconstruct=True, method=method, overrides=overrides,
         ).sparsities
+        layer_final.update(layer_targets or {})
+    layout: PruningPlan | None = None
 
-    model.train()
+    model.train(dropout)
     student = model
     if distributed:
         student = torch.nn.parallel.DistributedDataParallel(model)
@@ -440,20 +457,39 @@ def finetune(
         torch.set_rng_state(state["rng"])
         start, current_s, history = state["step"], state["sparsity"], state["history"]
         plan = _plan_from_state(state["plan"])
+        layout = _plan_from_state(state.get("layout"))
         if plan is not None:
             plan.apply(model)
         if main_rank and progress:
             print(f"resumed from {ckpt_dir / _CKPT} at step {start}", flush=True)
 
+    def layer_sparsities(s: float) -> dict[str, float]:
+        scale = s / target if target > 0 else 0.0
+        return {n: min(t * scale, t) for n, t in layer_final.items()}
+
     def replan(s: float) -> PruningPlan:
-        nonlocal plan
+        nonlocal plan, layout
         new = None
         if main_rank:
             scores = _scores(model, imp_batches, names, importance)
-            layer_overrides = dict(overrides or {})
-            for n, t in (layer_targets or {}).items():
-                layer_overrides[n] = {"sparsity": min(t * s / target, t)}
-            new = planner(model, s, scores, layer_overrides)
+            if permutations == "replan" or method == "element":
+                layer_overrides = dict(overrides or {})
+                for n, t in layer_sparsities(s).items():
+                    layer_overrides[n] = {"sparsity": t}
+                new = planner(model, s, scores, layer_overrides)
+            else:
+                params = dict(model.named_parameters())
+                current = {n: params[n].detach().cpu().float().numpy() for n in names}
+                if layout is None:  # the storage order, from one plan at the target
+                    final = dict(overrides or {})
+                    for n, t in layer_final.items():
+                        final[n] = {"sparsity": t}
+                    layout = planner(model, target, scores, final)
+                weights = {n: current[n] for n in layout}
+                importance_now = scores or {n: np.abs(w) for n, w in weights.items()}
+                sp = layer_sparsities(s)
+                new = remask_plan(layout, {n: importance_now[n] for n in layout},
+                                  {n: sp.get(n, s) for n in layout}, weights)
         if distributed:
             box = [new]
             dist.broadcast_object_list(box, src=0)
@@ -482,7 +518,7 @@ def finetune(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                 "step": step, "sparsity": current_s, "history": history,
-                "plan": _plan_state(plan),
+                "plan": _plan_state(plan), "layout": _plan_state(layout),
             })
         if distributed:
             dist.barrier()
@@ -495,7 +531,7 @@ def finetune(
         try:
             metrics = dict(evaluate(model))
         finally:
-            model.train()
+            model.train(dropout)
         history.append({"step": step, "sparsity": current_s, **metrics})
         text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         print(f"step {step}: sparsity {current_s:.3f}, {text}", flush=True)
@@ -565,7 +601,7 @@ def finetune(
     final = plan.with_params(params)
     final.settings.update(
         finetune={"steps": steps, "lr": lr, "schedule": schedule, "ramp": ramp,
-                  "allocation": allocation,
+                  "allocation": allocation, "permutations": permutations,
                   "prune_every": prune_every, "importance": importance, "seed": seed,
                   "final_loss": loss_value, "history": history, "world_size": world},
     )

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PruningPlan", "SkippedLayer", "plan_layers", "select_layers", "LayerOverride",
-    "eligible_layer", "clamp_block", "as_override", "with_retained",
+    "eligible_layer", "clamp_block", "as_override", "with_retained", "remask_plan",
 ]
 
 _FORMAT = "tetris-tvm-plan/1"
@@ -345,6 +345,39 @@ def select_layers(
             continue
         todo.append((wname, module.weight, s, b))
     return todo, skipped
+
+
+def remask_plan(
+    layout: PruningPlan,
+    importance: Mapping[str, np.ndarray],
+    sparsity: float | Mapping[str, float],
+    weights: Mapping[str, np.ndarray] | None = None,
+) -> PruningPlan:
+    """New block masks in the storage order of ``layout``: the E-step alone.
+
+    Every layer keeps ``layout``'s permutations and block sizes; its blocks are chosen anew
+    from ``importance`` (a map of the weight's shape, e.g. ``|W|`` of the current weights) at
+    ``sparsity`` (one value or one per layer). Gradual pruning uses this between TETRIS plans:
+    the permutations (and so what the compiler folds) stay, the masks follow the weights.
+    ``weights`` (default ``importance``) measure the retained L1.
+    """
+    layers = {}
+    for name, lp in layout.items():
+        s = sparsity[name] if isinstance(sparsity, Mapping) else sparsity
+        score = np.asarray(importance[name], dtype=np.float32)
+        if lp.method == "element":
+            new = prune_elementwise(score, s, name=name)
+        else:
+            pre = score[np.ix_(*lp.perms)]
+            stored = prune_weight(pre, lp.block_size[:2], s, reorder=False,
+                                  balanced=lp.balanced, name=name)
+            inverse = [np.argsort(p) for p in lp.perms]
+            new = replace(stored, mask=stored.mask[np.ix_(*inverse)], perms=lp.perms,
+                          block_size=lp.block_size, method=lp.method)
+        w = score if weights is None else weights[name]
+        layers[name] = with_retained(new, w)
+    return PruningPlan(layers=layers, skipped=list(layout.skipped),
+                       settings=dict(layout.settings), params=dict(layout.params))
 
 
 def plan_layers(
