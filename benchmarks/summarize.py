@@ -1,6 +1,7 @@
-"""Print the README's result tables (markdown) from the committed results files.
+"""Print the result tables of docs/ (markdown) from the committed results files.
 
-    python benchmarks/summarize.py
+    python benchmarks/summarize.py            # everything
+    python benchmarks/summarize.py quality    # docs/quality.md's tables only
 """
 
 from __future__ import annotations
@@ -229,8 +230,12 @@ def finetune_tables() -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
     quality_tables()
     finetune_tables()
+    if sys.argv[1:] == ["quality"]:
+        sys.exit(0)
     reorder_table()
     models_table()
     kernels_table()

@@ -39,7 +39,13 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
+# submodules reachable as attributes (``tetris_tvm.quality.text_split()``)
+_SUBMODULES = ("quality", "zoo", "calibration", "importance", "reconstruct", "allocation")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tetris_tvm.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tetris_tvm' has no attribute {name!r}")

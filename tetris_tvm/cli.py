@@ -560,8 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_args(f)
     f.add_argument("--sparsity", type=_sparsity, default=0.5, help="target sparsity")
-    f.add_argument("--steps", type=int, default=2000, help="optimizer steps")
-    f.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    f.add_argument("--steps", type=int, default=1200, help="optimizer steps")
+    f.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
     f.add_argument("--batch-size", type=int, default=32, help="training batch")
     f.add_argument("--prune-every", type=int, default=50, help="steps between re-plannings")
     f.add_argument("--ramp", type=float, default=0.6,

@@ -491,13 +491,13 @@ def plan_model(
     sparsity = _check_sparsity(sparsity, "plan_model")
     eligible, _ = _eligible_names(model)
     imported = import_model(model, example_inputs)
-    plan, _ = _plan_imported(
+    plan, prune_pass = _plan_imported(
         model, imported, None, eligible, sparsity, block_size,
         allow_gathers=allow_gathers, overrides=overrides, prune_options=prune_options,
         streams=streams, calibration=calibration, importance=importance,
         reconstruct=reconstruct, allocation=allocation, progress=progress,
     )
-    return plan
+    return plan if plan is not None else prune_pass.plan_module(imported.mod)
 
 
 class GraphPlanner:
