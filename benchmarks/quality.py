@@ -150,6 +150,8 @@ def main() -> None:
                     help="models to run (minilm, mnist-cnn); default both")
     ap.add_argument("--repeats", type=int, default=9, help="interleaved timing repeats")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
+    ap.add_argument("--configs", nargs="*", default=None,
+                    help="sparsity:block pairs to run, e.g. 0.5:32 (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
@@ -167,6 +169,8 @@ def main() -> None:
         results.setdefault("dense", {})[model_name] = w.dense_metrics
         dense_cm = None
         for s, b in configs:
+            if args.configs and f"{s}:{b}" not in args.configs:
+                continue
             todo = list(RECIPES) + ([] if args.no_compile else [("compiled", COMPILED)])
             for label, recipe in todo:
                 if (model_name, s, b, label) in done:

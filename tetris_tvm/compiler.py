@@ -606,6 +606,7 @@ def _plan_imported(
             overrides=overrides,
             streams=streams,
             scores=None if setup is None else setup.scores,
+            progress=progress,
         )
 
     if setup is not None:
