@@ -27,12 +27,11 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import tetris_tvm  # noqa: E402
 from tetris_tvm import quality, zoo  # noqa: E402
-from tetris_tvm.bench import time_interleaved  # noqa: E402
+from tetris_tvm.bench import check_and_time  # noqa: E402
 
 DEFAULTS = {
     "minilm": {"configs": ["0.5:32", "0.75:32"], "steps": 1200, "lr": 3e-4, "batch": 32},
@@ -84,27 +83,8 @@ def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_e
         return row  # unstructured: no block-sparse kernels to time
     cm = tetris_tvm.compile(task.model, task.example, plan=plan)
     plan.remove()
-    ref = plan.apply(copy.deepcopy(task.model), keep=False)
-    with torch.no_grad():
-        expect = ref(*task.example)
-    expect = (expect.last_hidden_state if hasattr(expect, "last_hidden_state") else expect).numpy()
-    got = cm.run_numpy(*task.example)[0]
-    args = [np.ascontiguousarray(x.numpy()) for x in task.example]
-    cm._ensure_vm()
-    dense_cm._ensure_vm()
-    eager = task.model.eval()
-
-    def torch_eager() -> None:
-        with torch.no_grad():
-            eager(*task.example)
-
-    times = time_interleaved({"torch": torch_eager, "dense": lambda: dense_cm.run_numpy(*args),
-                              "pruned": lambda: cm.run_numpy(*args)}, repeats=repeats)
-    row.update(max_rel_diff_to_reference=float(np.abs(got - expect).max() / np.abs(expect).max()),
-               runtime_gathers=cm.report.totals["runtime_gathers"],
-               weights_kept=cm.report.totals["weights_kept_fraction"],
-               ms_torch_eager=times["torch"] * 1e3, ms_ours_dense=times["dense"] * 1e3,
-               ms_pruned=times["pruned"] * 1e3, shape=[list(x.shape) for x in task.example])
+    reference = plan.apply(copy.deepcopy(task.model), keep=False)
+    row.update(check_and_time(cm, dense_cm, task.model, reference, task.example, repeats))
     return row
 
 

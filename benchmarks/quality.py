@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 import tetris_tvm  # noqa: E402
 from tetris_tvm import quality, zoo  # noqa: E402
-from tetris_tvm.bench import time_interleaved  # noqa: E402
+from tetris_tvm.bench import check_and_time  # noqa: E402
 
 RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("element-wise magnitude", {"method": "element"}),
@@ -111,29 +111,7 @@ def run_compiled(w: Workload, s: float, b: int, dense_cm: Any, repeats: int) -> 
     pruned = plan.apply(copy.deepcopy(w.model), keep=False)
     row = {"retained_l1": _kept_l1(plan), "seconds": took, **w.metrics(pruned)}
     cm = tetris_tvm.compile(w.model, w.example, plan=plan)
-    with torch.no_grad():
-        ref = pruned(*w.example)
-    ref = (ref.last_hidden_state if hasattr(ref, "last_hidden_state") else ref).numpy()
-    out = cm.run_numpy(*w.example)[0]
-    row["max_rel_diff_to_reference"] = float(np.abs(out - ref).max() / np.abs(ref).max())
-    args = [np.ascontiguousarray(x.numpy()) for x in w.example]
-    cm._ensure_vm()
-    dense_cm._ensure_vm()
-    eager = w.model.eval()
-
-    def torch_eager() -> None:
-        with torch.no_grad():
-            eager(*w.example)
-
-    times = time_interleaved(
-        {"torch": torch_eager, "dense": lambda: dense_cm.run_numpy(*args),
-         "pruned": lambda: cm.run_numpy(*args)},
-        repeats=repeats,
-    )
-    row.update(ms_torch_eager=times["torch"] * 1e3, ms_ours_dense=times["dense"] * 1e3,
-               ms_pruned=times["pruned"] * 1e3,
-               runtime_gathers=cm.report.totals["runtime_gathers"],
-               shape=[list(x.shape) for x in w.example])
+    row.update(check_and_time(cm, dense_cm, w.model, pruned, w.example, repeats))
     return row
 
 

@@ -171,6 +171,11 @@ def _metrics(model: str) -> list[tuple[str, str]]:
     return [("accuracy", "accuracy")]
 
 
+def _dense_note(data: dict, model: str, metrics: list[tuple[str, str]]) -> str:
+    dense = data.get("dense", {}).get(model, {})
+    return ", ".join(f"{lab} {dense.get(k, 1.0):.3f}" for k, lab in metrics)
+
+
 def quality_tables() -> None:
     path = RESULTS / "quality.json"
     if not path.exists():
@@ -181,11 +186,10 @@ def quality_tables() -> None:
         if not rows:
             continue
         metrics = _metrics(model)
-        dense = data.get("dense", {}).get(model, {})
         configs = sorted({(r["sparsity"], r["block"]) for r in rows})
         for s, b in configs:
             print(f"\n{model}, {b}x{b} blocks, sparsity {s}, one-shot, held-out "
-                  f"(dense: {', '.join(f'{lab} {dense.get(k, 1.0):.3f}' for k, lab in metrics)})\n")
+                  f"(dense: {_dense_note(data, model, metrics)})\n")
             head = " | ".join(lab for _, lab in metrics)
             print(f"| recipe | {head} | retained L1 | time (s) | ms (torch eager / pruned) |")
             print("| --- |" + " --- |" * (len(metrics) + 3))
@@ -209,9 +213,8 @@ def finetune_tables() -> None:
         if not rows:
             continue
         metrics = _metrics(model)
-        dense = data.get("dense", {}).get(model, {})
         print(f"\n{model}, fine-tuned with distillation, held-out "
-              f"(dense: {', '.join(f'{lab} {dense.get(k, 1.0):.3f}' for k, lab in metrics)})\n")
+              f"(dense: {_dense_note(data, model, metrics)})\n")
         head = " | ".join(lab for _, lab in metrics)
         print(f"| sparsity, block | method | steps | train (min) | {head} | "
               "ms torch eager | ms ours dense | ms pruned |")

@@ -15,13 +15,13 @@ the target to one block (exactly, counted in blocks, when all blocks have the sa
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .calibration import CalibrationBatch, run_batch
+from .calibration import CalibrationBatch, model_output, run_batch
 from .reorder import count_pruned_blocks
 
 __all__ = ["LayerCost", "ALLOCATIONS", "sparsity_grid", "measure_costs", "allocate",
@@ -48,22 +48,6 @@ def sparsity_grid(target: float) -> tuple[float, ...]:
                          round((3 + t) / 4, 4)} - {0.0}))
 
 
-def _first_tensor(out: Any) -> Any:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    if isinstance(out, Mapping):
-        out = list(out.values())
-    for item in out:
-        t = _first_tensor(item)
-        if t is not None:
-            return t
-    return None
-
-
 def output_error(
     model: Any, batches: Sequence[CalibrationBatch], dense_out: Sequence[Any]
 ) -> float:
@@ -71,7 +55,7 @@ def output_error(
     positions excluded when a batch has a token mask)."""
     err = ref = 0.0
     for i, (batch, d) in enumerate(zip(batches, dense_out, strict=True)):
-        y = _first_tensor(run_batch(model, batch, i)).float()
+        y = model_output(run_batch(model, batch, i)).float()
         diff = (y - d) ** 2
         base = d**2
         if batch.token_mask is not None and tuple(y.shape[:2]) == tuple(batch.token_mask.shape):
@@ -101,7 +85,7 @@ def measure_costs(
 
     work = copy.deepcopy(model).eval()
     params = dict(work.named_parameters())
-    dense_out = [_first_tensor(run_batch(work, b, i)).float() for i, b in enumerate(batches)]
+    dense_out = [model_output(run_batch(work, b, i)).float() for i, b in enumerate(batches)]
     it: Any = names
     if progress:
         from tqdm.auto import tqdm

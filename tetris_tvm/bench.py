@@ -7,13 +7,14 @@ Timing follows design.md: everything compared is run in one process, interleaved
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "time_interleaved",
+    "check_and_time",
     "median_interleaved",
     "mean_pool",
     "embedding_quality",
@@ -55,6 +56,46 @@ def time_interleaved(
         return sample
 
     return median_interleaved({k: wall(f) for k, f in fns.items()}, repeats, warmup)
+
+
+def check_and_time(
+    cm: Any, dense_cm: Any, model: Any, reference: Any, inputs: Sequence[Any], repeats: int = 9
+) -> dict[str, Any]:
+    """A compiled pruned model against its masked torch ``reference`` and, interleaved in
+    this process, against dense torch eager (``model``) and our dense build ``dense_cm``.
+
+    Returns ``max_rel_diff_to_reference``, ``runtime_gathers``, ``weights_kept`` and the
+    median milliseconds ``ms_torch_eager``, ``ms_ours_dense``, ``ms_pruned``.
+    """
+    import torch
+
+    from .calibration import model_output
+
+    with torch.no_grad():
+        expect = model_output(reference(*inputs)).numpy()
+    got = cm.run_numpy(*inputs)[0]
+    args = [np.ascontiguousarray(x.numpy()) for x in inputs]
+    eager = model.eval()
+
+    def torch_eager() -> None:
+        with torch.no_grad():
+            eager(*inputs)
+
+    times = time_interleaved(
+        {"torch": torch_eager, "dense": lambda: dense_cm.run_numpy(*args),
+         "pruned": lambda: cm.run_numpy(*args)},
+        repeats=repeats,
+    )
+    totals = cm.report.totals
+    return {
+        "max_rel_diff_to_reference": float(np.abs(got - expect).max() / np.abs(expect).max()),
+        "runtime_gathers": totals["runtime_gathers"],
+        "weights_kept": totals["weights_kept_fraction"],
+        "ms_torch_eager": times["torch"] * 1e3,
+        "ms_ours_dense": times["dense"] * 1e3,
+        "ms_pruned": times["pruned"] * 1e3,
+        "shape": [list(x.shape) for x in inputs],
+    }
 
 
 def mean_pool(hidden: np.ndarray, input_ids: np.ndarray, pad_id: int = 0) -> np.ndarray:

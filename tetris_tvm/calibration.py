@@ -30,6 +30,7 @@ __all__ = [
     "run_batch",
     "capture_inputs",
     "layer_stages",
+    "model_output",
 ]
 
 
@@ -174,6 +175,24 @@ class InputGram:
         """Mean square of every input column (bias column excluded)."""
         d = np.diag(self.gram) / max(self.rows, 1)
         return d[:-1] if self.has_bias else d
+
+
+def model_output(out: Any) -> Any:
+    """The tensor a model's output stands for: itself, ``last_hidden_state`` (Hugging Face
+    encoders), ``logits``, or the first tensor of a tuple, list or dict."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    for attr in ("last_hidden_state", "logits"):
+        if getattr(out, attr, None) is not None:
+            return getattr(out, attr)
+    items = list(out.values()) if isinstance(out, Mapping) else list(out)
+    for item in items:
+        found = model_output(item)
+        if found is not None:
+            return found
+    return None
 
 
 class _StopForward(Exception):

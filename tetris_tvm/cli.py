@@ -289,9 +289,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         args.calibrate, args.reconstruct, args.allocation = 0, False, "uniform"
     recovery = _recovery(args)
 
-    def first(out: Any) -> Any:
-        out = out.last_hidden_state if hasattr(out, "last_hidden_state") else out
-        return out[0] if isinstance(out, tuple) else out
+    from .calibration import model_output as first
 
     def torch_out() -> np.ndarray:
         with torch.no_grad():

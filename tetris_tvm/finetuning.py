@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import CalibrationBatch, as_batches, collect_grams, layer_modules
-from .importance import importance_scores
+from .calibration import CalibrationBatch, as_batches, model_output
+from .importance import layer_importance
 from .plan import PruningPlan, plan_layers, remask_plan, select_layers
 from .reorder import _check_sparsity
 
@@ -136,20 +136,6 @@ def _shard(batch: CalibrationBatch, labels: Any, rank: int, world: int) -> tuple
     return CalibrationBatch(args, kwargs, mask), None if labels is None else labels[lo:hi]
 
 
-def _output(out: Any) -> Any:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "last_hidden_state"):
-        return out.last_hidden_state
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, Mapping):
-        out = list(out.values())
-    return _output(out[0])
-
-
 def distillation_loss(
     student: Any, teacher: Any, batch: CalibrationBatch, labels: Any, cfg: FinetuneConfig
 ) -> Any:
@@ -157,9 +143,9 @@ def distillation_loss(
     import torch
     import torch.nn.functional as F
 
-    s = _output(student(*batch.args, **batch.kwargs)).float()
+    s = model_output(student(*batch.args, **batch.kwargs)).float()
     with torch.no_grad():
-        t = _output(teacher(*batch.args, **batch.kwargs)).float()
+        t = model_output(teacher(*batch.args, **batch.kwargs)).float()
     if s.shape != t.shape:
         raise ValueError(f"student output {tuple(s.shape)} != teacher output {tuple(t.shape)}")
     if s.ndim == 3:  # (batch, seq, hidden): an encoder
@@ -201,15 +187,7 @@ def _scores(
 ) -> dict[str, np.ndarray] | None:
     if importance == "magnitude":
         return None
-    was_training = model.training
-    model.eval()
-    try:
-        grams = collect_grams(model, batches, layer_modules(model, names))
-    finally:
-        model.train(was_training)
-    params = dict(model.named_parameters())
-    return {n: importance_scores(params[n].detach().cpu().float().numpy(), grams[n], importance)
-            for n in names}
+    return layer_importance(model, batches, names, importance)[1]
 
 
 def _enforce(model: Any, plan: PruningPlan, optimizer: Any = None) -> None:
@@ -541,7 +519,6 @@ def finetune(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=start, desc="fine-tuning", unit="step")
-    order_rng_seed = seed
     loss_value = float("nan")
     with _StopFlag() as stop:
         for step in range(start, steps):
@@ -550,14 +527,12 @@ def finetune(
                 current_s = s
                 replan(s)
             epoch, pos = divmod(step, len(batches))
-            order = np.random.default_rng([order_rng_seed, epoch]).permutation(len(batches))
+            order = np.random.default_rng([seed, epoch]).permutation(len(batches))
             batch, labels = _split_labels(batches[int(order[pos])])
             batch, labels = _shard(batch, labels, rank, world)
             optimizer.zero_grad(set_to_none=True)
             try:
                 loss = distillation_loss(student, teacher, batch, labels, cfg)
-            except ValueError:
-                raise
             except RuntimeError as e:
                 raise ValueError(f"training batch {int(order[pos])}: the model could not run "
                                  f"it: {e}") from e

@@ -18,11 +18,14 @@ window position); TETRIS sums the window inside a block as before.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
-from .calibration import InputGram
+from .calibration import CalibrationBatch, InputGram, collect_grams, layer_modules
 
-__all__ = ["IMPORTANCE", "importance_scores"]
+__all__ = ["IMPORTANCE", "importance_scores", "layer_importance"]
 
 IMPORTANCE: tuple[str, ...] = ("magnitude", "activation", "hessian")
 
@@ -67,3 +70,27 @@ def importance_scores(
     scale = scale.reshape(w.shape[1:])
     out = np.abs(w) * scale if kind == "activation" else w * w * scale
     return out.astype(np.float32)
+
+
+def layer_importance(
+    model: Any,
+    batches: Sequence[CalibrationBatch],
+    names: Sequence[str],
+    kind: str = "activation",
+    damp: float = 0.01,
+    progress: bool = False,
+) -> tuple[dict[str, InputGram], dict[str, np.ndarray]]:
+    """Input Gram matrices of the named layers over ``batches`` (the model run in eval mode,
+    its mode restored after) and the importance scores of their CURRENT weights."""
+    was_training = model.training
+    model.eval()
+    try:
+        grams = collect_grams(model, batches, layer_modules(model, names), progress=progress)
+    finally:
+        model.train(was_training)
+    params = dict(model.named_parameters())
+    scores = {
+        n: importance_scores(params[n].detach().cpu().float().numpy(), grams[n], kind, damp)
+        for n in names
+    }
+    return grams, scores

@@ -14,13 +14,14 @@ closer to the dense one, each optional and each measured in ``docs/quality.md``:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .allocation import ALLOCATIONS, allocate, measure_costs, sparsity_grid
-from .calibration import CalibrationBatch, InputGram, as_batches, collect_grams, layer_modules
-from .importance import IMPORTANCE, importance_scores
+from .calibration import CalibrationBatch, InputGram, as_batches, layer_modules
+from .importance import IMPORTANCE, layer_importance
 from .plan import PruningPlan, clamp_block, plan_layers, select_layers
 from .reconstruct import reconstruct as reconstruct_plan
 from .reconstruct import refit_rows
@@ -29,31 +30,20 @@ from .reorder import _check_sparsity, prune_elementwise, prune_weight
 __all__ = ["prune", "RecoverySetup", "prepare_recovery"]
 
 
+@dataclass
 class RecoverySetup:
-    """What calibration gives a planner: checked batches, input statistics, importance
-    scores and (with ``allocation="sensitivity"``) per-layer sparsities.
+    """What calibration gives a planner: checked batches, importance scores and (with
+    ``allocation="sensitivity"``) per-layer sparsities.
 
     Shared by :func:`prune` (free permutations) and :func:`tetris_tvm.compile` (permutations
     the graph can fold away), so both plan from the same measurements.
     """
 
-    def __init__(
-        self,
-        batches: list[CalibrationBatch] | None,
-        grams: Mapping[str, InputGram],
-        scores: dict[str, np.ndarray] | None,
-        sparsities: dict[str, float] | None,
-        importance: str,
-        allocation: str,
-        damp: float,
-    ) -> None:
-        self.batches = batches
-        self.grams = grams
-        self.scores = scores
-        self.sparsities = sparsities
-        self.importance = importance
-        self.allocation = allocation
-        self.damp = damp
+    batches: list[CalibrationBatch] | None
+    scores: dict[str, np.ndarray] | None
+    sparsities: dict[str, float] | None
+    importance: str
+    allocation: str
 
     def overrides(self, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         """The user's overrides with the allocated sparsities added (they win)."""
@@ -124,14 +114,13 @@ def prepare_recovery(
         if needs:
             raise ValueError(f"{', '.join(needs)} needs calibration data: pass calibration=[...]"
                              " (example inputs the model accepts)")
-        return RecoverySetup(None, {}, None, None, importance, allocation, damp)
+        return RecoverySetup(None, None, None, importance, allocation)
     batches = as_batches(calibration)
     todo, _ = select_layers(model, sparsity, block_size, overrides)
     names = [t[0] for t in todo]
     modules = layer_modules(model, names)
-    grams = collect_grams(model, batches, modules, progress=progress)
+    grams, scores = layer_importance(model, batches, names, importance, damp, progress)
     weights = {n: w.detach().cpu().float().numpy() for n, w, _, _ in todo}
-    scores = {n: importance_scores(weights[n], grams[n], importance, damp) for n in names}
     sparsities = None
     if allocation == "sensitivity":
         blocks = {n: clamp_block(b, weights[n].shape) for n, _, _, b in todo}
@@ -155,7 +144,7 @@ def prepare_recovery(
             sparsity_grid(sparsity), refit=refit, progress=progress,
         )
         sparsities = allocate(costs, sparsity)
-    return RecoverySetup(batches, grams, scores, sparsities, importance, allocation, damp)
+    return RecoverySetup(batches, scores, sparsities, importance, allocation)
 
 
 def prune(

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 import tetris_tvm  # noqa: E402
 from tetris_tvm import quality, zoo  # noqa: E402
-from tetris_tvm.bench import time_interleaved  # noqa: E402
+from tetris_tvm.bench import check_and_time  # noqa: E402
 
 
 def main() -> None:
@@ -104,33 +104,19 @@ def main() -> None:
     dense_cm = tetris_tvm.compile(cnn, example, sparsity=0.0)
     plan.remove()
     reference = plan.apply(copy.deepcopy(cnn), keep=False)
-    with torch.no_grad():
-        ref = reference(*example).numpy()
-    got = cm.run_numpy(*example)[0]
-    rel = float(np.abs(got - ref).max() / np.abs(ref).max())
+    r = check_and_time(cm, dense_cm, cnn, reference, example, repeats=5 if args.small else 15)
     compiled_acc = float((np.concatenate(
         [cm.run_numpy(torch.from_numpy(hx[i:i + 100]))[0] for i in range(0, len(hy) - 99, 100)]
     ).argmax(1) == hy[: len(hy) // 100 * 100]).mean())
-    x = np.ascontiguousarray(example[0].numpy())
-    cm._ensure_vm()
-    dense_cm._ensure_vm()
-
-    def eager() -> None:
-        with torch.no_grad():
-            cnn(*example)
-
-    times = time_interleaved({"torch": eager, "dense": lambda: dense_cm.run_numpy(x),
-                              "pruned": lambda: cm.run_numpy(x)}, repeats=5 if args.small else 15)
+    rel, gathers, kept = r["max_rel_diff_to_reference"], r["runtime_gathers"], r["weights_kept"]
     print(f"compiled = masked reference to {rel:.1e}; compiled accuracy {compiled_acc:.4f}; "
-          f"runtime gathers {cm.report.totals['runtime_gathers']}")
-    print(f"batch 100: torch eager {times['torch'] * 1e3:.2f} ms, ours dense "
-          f"{times['dense'] * 1e3:.2f} ms, ours pruned {times['pruned'] * 1e3:.2f} ms "
-          f"({times['torch'] / times['pruned']:.2f}x torch)")
-    kept = cm.report.totals["weights_kept_fraction"]
+          f"runtime gathers {gathers}")
+    print(f"batch 100: torch eager {r['ms_torch_eager']:.2f} ms, ours dense "
+          f"{r['ms_ours_dense']:.2f} ms, ours pruned {r['ms_pruned']:.2f} ms "
+          f"({r['ms_torch_eager'] / r['ms_pruned']:.2f}x torch eager, "
+          f"{r['ms_ours_dense'] / r['ms_pruned']:.2f}x our dense)")
     print(f"SUMMARY oneshot_plain={acc_plain:.4f} oneshot={acc_oneshot:.4f} finetuned={acc_ft:.4f} "
-          f"compiled={compiled_acc:.4f} rel={rel:.2e} kept={kept:.4f} "
-          f"gathers={cm.report.totals['runtime_gathers']}")
-
+          f"compiled={compiled_acc:.4f} rel={rel:.2e} kept={kept:.4f} gathers={gathers}")
 
 if __name__ == "__main__":
     main()
