@@ -2,10 +2,10 @@
 
 For each model, sparsity and block size: gradual pruning with distillation from the dense
 model (``tetris_tvm.finetune``: cubic ramp, sensitivity allocation, re-planned with the
-compiler's folding constraints), the held-out metrics every ``--eval-every`` steps (the
-curve), the wall time of training on this machine, and the compiled fine-tuned model's
-latency against dense torch eager and our dense build (interleaved, median). Element-wise
-pruning fine-tuned with the same recipe and budget is the anchor.
+compiler's folding constraints; optionally intermediate-layer distillation), the held-out
+metrics every sixth of the steps (the curve), the wall time of training on this machine,
+and the compiled fine-tuned model's latency against dense torch eager and our dense build
+(interleaved, median). Element-wise pruning fine-tuned with the same budget is the anchor.
 
 Training data is the training side of the fixed splits only (MiniLM: Lee background,
 chatterbot and Python-docs sentences; MNIST: the 4000 training images); every metric is on
@@ -13,6 +13,8 @@ the held-out side. Rows already in the JSON file are kept (the run resumes).
 
     python benchmarks/finetune.py --only mnist-cnn
     python benchmarks/finetune.py --only minilm --steps 1500 --configs 0.5:32 0.75:32
+    python benchmarks/finetune.py --only minilm --steps 2400 --hidden-layers auto \
+        --methods tetris --configs 0.5:32
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Task:
 
 
 def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_every: int,
-        dense_cm: Any, repeats: int) -> dict[str, Any]:
+        dense_cm: Any, repeats: int, hidden: str | None, allocation: str) -> dict[str, Any]:
     planner = None
     if method == "tetris":
         planner = tetris_tvm.graph_planner(task.model, task.example, (b, b),
@@ -71,13 +73,14 @@ def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_e
     t0 = time.perf_counter()
     model, plan = tetris_tvm.finetune(
         copy.deepcopy(task.model), task.data, s, (b, b), steps=steps, lr=lr,
-        prune_every=max(steps // 30, 1), allocation="sensitivity", method=method,
+        prune_every=max(steps // 30, 1), allocation=allocation, method=method,
         overrides=task.overrides, planner=planner, calibration=task.calibration,
-        evaluate=task.evaluate, eval_every=eval_every, progress=False,
+        evaluate=task.evaluate, eval_every=eval_every, progress=False, hidden_layers=hidden,
     )
     seconds = time.perf_counter() - t0
     hist = plan.settings["finetune"]["history"]
     row: dict[str, Any] = {"seconds": seconds, "steps": steps, "lr": lr, "history": hist,
+                           "hidden_layers": hidden, "allocation": allocation,
                            **{k: v for k, v in hist[-1].items() if k not in ("step",)}}
     if method != "tetris":
         return row  # unstructured: no block-sparse kernels to time
@@ -86,6 +89,12 @@ def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_e
     reference = plan.apply(copy.deepcopy(task.model), keep=False)
     row.update(check_and_time(cm, dense_cm, task.model, reference, task.example, repeats))
     return row
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    """What makes a row: model, sparsity, block, method and the recipe."""
+    return (r["model"], r["sparsity"], r["block"], r["method"], r["steps"],
+            r.get("hidden_layers"), r.get("allocation", "sensitivity"))
 
 
 def main() -> None:
@@ -97,11 +106,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate")
     ap.add_argument("--repeats", type=int, default=9, help="interleaved timing repeats")
+    ap.add_argument("--hidden-layers", default=None,
+                    help="also distil these modules' outputs ('auto': the transformer blocks)")
+    ap.add_argument("--allocation", default=None,
+                    help="per-layer sparsities: sensitivity (TETRIS default) or uniform "
+                         "(element-wise default: its sensitivity refit is too slow)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
     results.setdefault("rows", [])
-    done = {(r["model"], r["sparsity"], r["block"], r["method"]) for r in results["rows"]}
+    done = {_key(r) for r in results["rows"]}
     for name, d in DEFAULTS.items():
         if args.only and name not in args.only:
             continue
@@ -112,10 +126,13 @@ def main() -> None:
         for cfg in args.configs or d["configs"]:
             s, b = float(cfg.split(":")[0]), int(cfg.split(":")[1])
             for method in args.methods:
-                if (name, s, b, method) in done:
+                allocation = args.allocation or ("uniform" if method == "element"
+                                                 else "sensitivity")
+                key = (name, s, b, method, steps, args.hidden_layers, allocation)
+                if key in done:
                     continue
                 row = run(task, s, b, method, steps, lr, max(steps // 6, 1), dense_cm,
-                          args.repeats)
+                          args.repeats, args.hidden_layers, allocation)
                 row.update(model=name, sparsity=s, block=b, method=method)
                 results["rows"].append(row)
                 args.json.parent.mkdir(parents=True, exist_ok=True)

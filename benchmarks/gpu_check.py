@@ -102,7 +102,7 @@ class Case:
 def make_weight(case: Case, rng: np.random.Generator):
     """``(BSRMatrix, dense masked weight float32)`` for ``case``."""
     from tetris_tvm.bench import random_block_mask
-    from tetris_tvm.schedules import BSRMatrix
+    from tetris_tvm.kernels import BSRMatrix
 
     b = case.block
     mask = random_block_mask((case.n // b, case.k // b), case.sparsity, rng)
@@ -115,7 +115,7 @@ def make_weight(case: Case, rng: np.random.Generator):
 
 def build_func(case: Case, bsr, bias: bool = False, activation: str | None = None):
     """The PrimFunc and its constant arguments for ``case``."""
-    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.kernels import compute as K
     from tetris_tvm.schedules.cuda import block_sparse_linear_fp16, half_weight_args
 
     bias_arr = None
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         bsr, _ = make_weight(case, rng)
         mask = bsr.block_mask
         mask[3] = False  # an empty block-row
-        from tetris_tvm.schedules import BSRMatrix
+        from tetris_tvm.kernels import BSRMatrix
 
         bsr = BSRMatrix.from_dense(bsr.to_dense(), 32, mask)
         func, consts, bias = build_func(case, bsr, bias=True, activation="gelu")
@@ -520,11 +520,11 @@ class ConvAndSpaceCheck:
 
     def build(self, rng: np.random.Generator) -> None:
         from tetris_tvm.bench import random_block_mask
-        from tetris_tvm.schedules import BSRMatrix
-        from tetris_tvm.schedules import kernels as K
+        from tetris_tvm.kernels import BSRMatrix
+        from tetris_tvm.kernels import compute as K
+        from tetris_tvm.kernels.half import half_weight_args
         from tetris_tvm.schedules.cuda import BlockSparseMatmul, block_sparse_linear_fp16
         from tetris_tvm.schedules.cuda.build import compile_cuda
-        from tetris_tvm.schedules.cuda.kernels import half_weight_args
         from tetris_tvm.schedules.cuda.space import linear_configs
 
         convs = self.CONVS[:1] if self.quick else self.CONVS

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from tetris_tvm.bench import median_interleaved, random_block_mask  # noqa: E402
-from tetris_tvm.schedules import BSRMatrix  # noqa: E402
+from tetris_tvm.kernels import BSRMatrix  # noqa: E402
 from tetris_tvm.schedules import build as B  # noqa: E402
 
 THREADS = int(os.environ["TVM_NUM_THREADS"])

@@ -82,7 +82,7 @@ def contiguous_schedules():
 
 def layer_operands(model, plan, name: str, block: int, m: int):
     """``(w, permuted masked weight, its BSR form, a random x of m rows)`` of one layer."""
-    from tetris_tvm.schedules import BSRMatrix
+    from tetris_tvm.kernels import BSRMatrix
 
     lp = plan[name]
     w = dict(model.named_parameters())[name].detach().numpy()
@@ -104,7 +104,7 @@ def kernel_rows(model, plan, block: int, m: int, repeats: int) -> list[dict]:
     import tvm
     from tvm import s_tir
 
-    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.kernels import compute as K
     from tetris_tvm.schedules.build import default_target
     from tetris_tvm.schedules.cpu.block_sparse_matmul import schedule_linear
 

@@ -2,7 +2,7 @@
 
 With many rows (MiniLM at batch 8: 8 x 128 = 1024), ``tetris_tvm.compile`` cuts the rows of
 each block-sparse linear into chunks (``linear_row_chunk`` in
-``tetris_tvm/schedules/kernels.py``) and runs the chunks in parallel.  This script measures,
+``tetris_tvm/kernels/compute.py``) and runs the chunks in parallel.  This script measures,
 on all-MiniLM-L6-v2's TETRIS plans, both layouts interleaved in one process (median):
 
 1. kernels: a few layers at M = 1024, chunked vs one chunk;
@@ -32,12 +32,12 @@ from tetris_tvm.bench import median_interleaved  # noqa: E402
 
 def one_chunk():
     """Every linear kernel built with its rows in one chunk (the ablation measured here)."""
-    return mock.patch("tetris_tvm.schedules.kernels.linear_row_chunk", return_value=None)
+    return mock.patch("tetris_tvm.kernels.compute.linear_row_chunk", return_value=None)
 
 
 def kernel_rows(model, plan, block: int, m: int, repeats: int) -> list[dict]:
     """Chunked and one-chunk kernels of a few layers, interleaved."""
-    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.kernels import compute as K
     from tetris_tvm.schedules.build import build_block_sparse_linear
 
     chunk = K.linear_row_chunk(m)

@@ -36,8 +36,8 @@ import tetris_tvm  # noqa: E402
 from tetris_tvm import zoo  # noqa: E402
 from tetris_tvm.bench import random_block_mask, time_interleaved  # noqa: E402
 from tetris_tvm.compiler import resolve_target  # noqa: E402
-from tetris_tvm.schedules import BSRMatrix  # noqa: E402
-from tetris_tvm.schedules import kernels as K  # noqa: E402
+from tetris_tvm.kernels import BSRMatrix  # noqa: E402
+from tetris_tvm.kernels import compute as K  # noqa: E402
 from tetris_tvm.tuning import KernelTask, tune, tune_tasks  # noqa: E402
 
 LINEAR_SHAPES = [(768, 3072), (3072, 768), (4096, 4096)]  # (in, out), as benchmarks/kernels.py

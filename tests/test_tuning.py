@@ -23,13 +23,11 @@ from tetris_tvm.tuning import (
     ArgumentFactory,
     KernelTask,
     TuningDirectory,
-    _Checker,
-    _Device,
-    _select,
     tasks_from_module,
     tune,
     tune_tasks,
 )
+from tetris_tvm.tuning.measure import Checker, Device, select_record
 
 SPARSITY, BLOCK = 0.5, (16, 16)
 
@@ -42,8 +40,8 @@ def mlp(d=64, hidden=128):
 
 
 def local_checker(task, target):
-    """A _Checker measuring on this machine with the task's own index arrays."""
-    return _Checker(task, target, _Device(target, None),
+    """A Checker measuring on this machine with the task's own index arrays."""
+    return Checker(task, target, Device(target, None),
                     ArgumentFactory({task.signature: task.index_args}))
 
 
@@ -101,8 +99,8 @@ def test_rerun_resumes_instead_of_starting_over(tuned):
 def test_checker_rejects_a_wrong_kernel():
     import tvm
 
-    from tetris_tvm.schedules import kernels as K
-    from tetris_tvm.schedules.bsr import BSRMatrix
+    from tetris_tvm.kernels import compute as K
+    from tetris_tvm.kernels.bsr import BSRMatrix
 
     rng = np.random.default_rng(0)
     bsr = BSRMatrix.from_dense(rng.standard_normal((48, 64)).astype("f4"), (16, 16),
@@ -120,7 +118,7 @@ def test_checker_rejects_a_wrong_kernel():
 
 
 def test_a_wrong_fastest_record_is_skipped(tuned, monkeypatch, tmp_path):
-    """_select keeps the first record that passes the check, never a failing faster one."""
+    """select_record keeps the first record that passes the check, never a failing faster one."""
     model, x, work, _ = tuned
     lowered = lower_model(model, (x,), sparsity=SPARSITY, block_size=BLOCK)
     task = next(t for t in tasks_from_module(lowered.mod, lowered.target)
@@ -139,7 +137,7 @@ def test_a_wrong_fastest_record_is_skipped(tuned, monkeypatch, tmp_path):
 
     monkeypatch.setattr(checker, "check", fastest_is_wrong)
     scratch = TuningDirectory(tmp_path, target).create().selected_database()
-    result = _select(checker, raw, scratch, top_k=8, trials=len(records))
+    result = select_record(checker, raw, scratch, top_k=8, trials=len(records))
     assert result.rejected == 1
     assert len(calls) == 3  # default, the wrong fastest, the second fastest (kept)
     assert result.tuned_us is not None
@@ -341,8 +339,8 @@ def test_ctrl_c_is_seen_by_the_watcher_and_twice_aborts(tmp_path):
     script = tmp_path / "stop.py"
     script.write_text(textwrap.dedent("""
         import os, signal, time
-        from tetris_tvm.tuning import _StopOnCtrlC
-        with _StopOnCtrlC("WORKDIR") as stop:
+        from tetris_tvm.tuning.interrupt import StopOnCtrlC
+        with StopOnCtrlC("WORKDIR") as stop:
             os.kill(os.getpid(), signal.SIGINT)
             deadline = time.time() + 20
             while not stop.requested and time.time() < deadline:
@@ -400,8 +398,8 @@ def test_cross_export_links_candidates_for_another_architecture(tmp_path):
 
     import tvm
 
-    from tetris_tvm.schedules import kernels as K
-    from tetris_tvm.schedules.bsr import BSRMatrix
+    from tetris_tvm.kernels import compute as K
+    from tetris_tvm.kernels.bsr import BSRMatrix
     from tetris_tvm.tuning import CrossExport
 
     cc = shutil.which("aarch64-linux-gnu-g++") or shutil.which("aarch64-linux-gnu-gcc")

@@ -21,6 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from .runtime import (
+    META_SUFFIX,
+    LoadedModel,
+    ModelRunner,
+    flatten_tensors,
+    load,
+    use_all_cores,
+)
+from .schedules.database import apply_tuning
+from .schedules.pipeline import default_rules, lowering_pipeline, schedule_module
+from .schedules.targets import resolve_target
+
 __all__ = [
     "compile",
     "CompiledModel",
@@ -37,71 +49,6 @@ __all__ = [
     "Report",
     "use_all_cores",
 ]
-
-_META_SUFFIX = ".tetris.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# threads
-
-
-def use_all_cores() -> None:
-    """Make TVM's CPU thread pool use every core this process may run on.
-
-    On this project's 2-vCPU machines TVM's runtime defaulted to ONE worker thread (half the
-    speed of a 2-thread torch). ``TVM_NUM_THREADS`` is read when the pool is first created,
-    so this runs before anything executes a kernel (compile's constant folding included); a
-    value the user already set wins.
-    """
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-
-
-# ---------------------------------------------------------------------------------------------
-# targets
-
-
-def resolve_target(target: Any) -> Any:
-    """A ``tvm.target.Target`` from ``"llvm"``, ``"cuda"``, a JSON dict or a Target.
-
-    ``"llvm"`` is this host (its CPU and core count, which MetaSchedule needs); ``"cuda"`` is an
-    sm_90 GPU with the attributes dlight and MetaSchedule read.
-    """
-    from tvm.target import Target
-
-    if isinstance(target, Target):
-        return target
-    if isinstance(target, str):
-        if target == "llvm":
-            from .schedules.build import default_target
-
-            return default_target()
-        if target == "cuda":
-            return Target(cuda_target_dict())
-        raise ValueError(
-            f"unknown target {target!r}: use 'llvm', 'cuda' or a JSON dict such as "
-            '{"kind": "llvm", "mcpu": "znver3", "num-cores": 2}'
-        )
-    if isinstance(target, Mapping):
-        spec = dict(target)
-        if spec.get("kind") == "llvm" and "num-cores" not in spec:
-            spec["num-cores"] = len(os.sched_getaffinity(0))
-        if spec.get("kind") == "cuda":
-            spec = {**cuda_target_dict(str(spec.get("arch", "sm_90"))), **spec}
-        return Target(spec)
-    raise ValueError(f"target must be a string, dict or tvm Target, got {type(target)}")
-
-
-def cuda_target_dict(arch: str = "sm_90") -> dict[str, Any]:
-    """A CUDA target with the limits dlight / MetaSchedule need (H100/H200-class defaults)."""
-    return {
-        "kind": "cuda",
-        "arch": arch,
-        "max_threads_per_block": 1024,
-        "max_shared_memory_per_block": 49152,
-        "thread_warp_size": 32,
-        "registers_per_block": 65536,
-    }
-
 
 # ---------------------------------------------------------------------------------------------
 # the report
@@ -177,51 +124,10 @@ class Report:
 
 
 # ---------------------------------------------------------------------------------------------
-# running a compiled module
+# the compiled model
 
 
-def _to_tvm(x: Any, device: Any) -> Any:
-    import tvm
-
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().cpu().contiguous().numpy()
-    return tvm.runtime.tensor(np.ascontiguousarray(x), device)
-
-
-def _flatten_outputs(out: Any) -> list[np.ndarray]:
-    if hasattr(out, "numpy"):
-        return [out.numpy()]
-    return [o for item in out for o in _flatten_outputs(item)]
-
-
-class _Runner:
-    """Shared by CompiledModel and LoadedModel: a Relax VM and the calling convention."""
-
-    def __init__(self, executable: Any, device_name: str, meta: Mapping[str, Any]) -> None:
-        use_all_cores()
-        import tvm
-        from tvm import relax
-
-        self.device = tvm.device(device_name, 0)
-        self.vm = relax.VirtualMachine(executable, self.device)
-        self.meta = dict(meta)
-
-    def run_numpy(self, *inputs: Any) -> list[np.ndarray]:
-        n = len(self.meta["input_names"])
-        if len(inputs) != n:
-            raise ValueError(f"expected {n} inputs ({', '.join(self.meta['input_names'])}), "
-                             f"got {len(inputs)}")
-        args = [_to_tvm(x, self.device) for x in inputs]
-        return _flatten_outputs(self.vm["main"](*args))
-
-    def benchmark(self, *inputs: Any, number: int = 5, repeat: int = 5) -> float:
-        """Median seconds per call (TVM's time_evaluator)."""
-        args = [_to_tvm(x, self.device) for x in inputs]
-        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return float(timer(*args).median)
-
-
-class CompiledModel(_Runner):
+class CompiledModel(ModelRunner):
     """A compiled model: call it like the torch module (torch tensors or numpy in, torch out)."""
 
     def __init__(
@@ -245,20 +151,23 @@ class CompiledModel(_Runner):
 
     def _ensure_vm(self) -> None:
         if not self._vm_ready:
-            _Runner.__init__(self, self.executable, self._device_name, self._meta)
+            ModelRunner.__init__(self, self.executable, self._device_name, self._meta)
             self._vm_ready = True
 
     def __call__(self, *inputs: Any) -> Any:
         import torch
 
         self._ensure_vm()
-        outs = [torch.from_numpy(o) for o in self.run_numpy(*inputs)]
+        tensors = flatten_tensors(self.run_tvm(*inputs))
+        if self._device_name == "cpu":  # the VM's fresh outputs, shared, not copied
+            outs = [torch.from_dlpack(t) for t in tensors]
+        else:
+            outs = [torch.from_numpy(t.numpy()) for t in tensors]
         return tuple(outs) if self.meta["output_is_tuple"] or len(outs) > 1 else outs[0]
 
-    def run_numpy(self, *inputs: Any) -> list[np.ndarray]:
-        """Run on numpy (or torch) inputs, return the flat list of numpy outputs."""
+    def run_tvm(self, *inputs: Any) -> Any:
         self._ensure_vm()
-        return super().run_numpy(*inputs)
+        return super().run_tvm(*inputs)
 
     def benchmark(self, *inputs: Any, number: int = 5, repeat: int = 5) -> float:
         self._ensure_vm()
@@ -291,31 +200,8 @@ class CompiledModel(_Runner):
         else:
             self.executable.export_library(str(path))
         meta = {**self._meta, "target": str(self.target), "report": self.report.to_dict()}
-        Path(str(path) + _META_SUFFIX).write_text(json.dumps(meta, indent=1, default=str))
+        Path(str(path) + META_SUFFIX).write_text(json.dumps(meta, indent=1, default=str))
         return path
-
-
-class LoadedModel(_Runner):
-    """An exported model loaded back: numpy (or torch) in, numpy out; needs no torch."""
-
-    def __call__(self, *inputs: Any) -> Any:
-        outs = self.run_numpy(*inputs)
-        return tuple(outs) if self.meta["output_is_tuple"] or len(outs) > 1 else outs[0]
-
-
-def load(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel:
-    """Load a library written by :meth:`CompiledModel.export` (works without torch)."""
-    import tvm
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such compiled model")
-    meta_path = Path(str(path) + _META_SUFFIX)
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    meta.setdefault("input_names", ["input"])
-    meta.setdefault("output_is_tuple", False)
-    lib = tvm.runtime.load_module(str(path))
-    return LoadedModel(lib, device, meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,54 +228,10 @@ def _eligible_names(model: Any) -> tuple[set[str] | None, list[dict[str, str]]]:
     return names, skipped
 
 
-def default_rules(target: Any) -> list[Any]:
-    """The dlight rules that schedule every kernel for ``target``: ours first, then TVM's."""
-    from tvm.s_tir import dlight as dl
-
-    if target.kind.name == "cuda":
-        from .schedules import cuda as cuda_rules
-
-        return [*cuda_rules.default_rules(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    from .schedules.cpu import default_rules as cpu_rules
-    from .schedules.cpu.fallback import Fallback
-    from .schedules.cpu.row_reduction import RowReduction
-
-    return [*cpu_rules(), dl.cpu.GEMV(), RowReduction(), Fallback(), dl.cpu.Reduction()]
 
 
-def lowering_pipeline() -> Any:
-    """The passes after LowerBlockSparse up to unscheduled TensorIR (what tuning sees)."""
-    import tvm
-    from tvm import relax
-
-    return tvm.transform.Sequential(
-        [
-            relax.transform.DeadCodeElimination(),
-            relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(),
-        ]
-    )
 
 
-def schedule_pipeline(target: Any) -> Any:
-    """The passes after LowerBlockSparse: legalize, fuse, default schedules for ``target``."""
-    import tvm
-    from tvm.s_tir import dlight as dl
-
-    from .schedules.cpu import ExpandOperandPrefetch
-
-    return tvm.transform.Sequential(
-        [
-            lowering_pipeline(),
-            dl.ApplyDefaultSchedule(*default_rules(target)),
-            ExpandOperandPrefetch(),
-        ]
-    )
 
 
 @dataclass
@@ -431,15 +273,15 @@ def lower_model(
     use_all_cores()
     from tvm import relax
 
-    from .frontend import _max_batch, bind_weights, import_model
-    from .passes import FastActivations, FoldPermutations, LowerBlockSparse
-    from .reorder import _check_sparsity
+    from .frontend import bind_weights, import_model, max_batch
+    from .passes import ClipGatherIndices, FastActivations, FoldPermutations, LowerBlockSparse
+    from .reorder import check_sparsity
 
-    sparsity = _check_sparsity(sparsity, "compile")
+    sparsity = check_sparsity(sparsity, "compile")
     tgt = resolve_target(target)
     # checks dtype before the slow steps; CPU schedules run row chunks in parallel
     lower = LowerBlockSparse(dtype=dtype, row_chunks=tgt.kind.name == "llvm")
-    _max_batch(dynamic_batch)  # checks an int bound
+    max_batch(dynamic_batch)  # checks an int bound
     eligible, skipped = _eligible_names(model)
     imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)
     plan, prune_pass = _plan_imported(
@@ -455,12 +297,14 @@ def lower_model(
     mod = relax.transform.DeadCodeElimination()(mod)
     mod = lower(mod)
     mod = FastActivations()(mod)
+    mod = ClipGatherIndices()(mod)
     with tgt:
         mod = lowering_pipeline()(mod)
     plan = prune_pass.plan
     report = _report(plan, lower.layers, fold.runtime_gathers, skipped)
     report.streams = list(prune_pass.stream_report)
-    meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple}
+    meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple,
+            "inputs": imported.input_specs}
     return LoweredModel(mod, tgt, plan, report, meta)
 
 
@@ -486,9 +330,9 @@ def plan_model(
     then builds exactly this model; ``plan.apply(copy)`` is its torch reference, e.g. to
     measure quality."""
     from .frontend import import_model
-    from .reorder import _check_sparsity
+    from .reorder import check_sparsity
 
-    sparsity = _check_sparsity(sparsity, "plan_model")
+    sparsity = check_sparsity(sparsity, "plan_model")
     eligible, _ = _eligible_names(model)
     imported = import_model(model, example_inputs)
     plan, prune_pass = _plan_imported(
@@ -698,9 +542,6 @@ def compile(  # noqa: A001 - the public name of the API contract
         progress: show progress bars for the recovery steps.
     """
     import tvm
-    from tvm.s_tir import dlight as dl
-
-    from .schedules.cpu import ExpandOperandPrefetch
 
     lowered = lower_model(
         model, example_inputs, target, sparsity, block_size, plan,
@@ -711,14 +552,10 @@ def compile(  # noqa: A001 - the public name of the API contract
         progress=progress,
     )
     tgt, mod = lowered.target, lowered.mod
-    with tgt:
-        if tuning is not None:
-            from .tuning import apply_tuning
-
-            mod, tuned = apply_tuning(mod, tgt, tuning, fallback=tuning_fallback)
-            lowered.report.tuned_kernels = tuned
-        mod = dl.ApplyDefaultSchedule(*default_rules(tgt))(mod)
-    mod = ExpandOperandPrefetch()(mod)  # tuned and default schedules alike
+    if tuning is not None:
+        mod, tuned = apply_tuning(mod, tgt, tuning, fallback=tuning_fallback)
+        lowered.report.tuned_kernels = tuned
+    mod = schedule_module(mod, tgt)  # the rest: default schedules; then build-time marks
     executable = tvm.compile(mod, target=tgt)
     return CompiledModel(executable, tgt, lowered.plan, lowered.report, lowered.meta, ir=mod)
 

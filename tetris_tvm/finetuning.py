@@ -43,7 +43,7 @@ import numpy as np
 from .calibration import CalibrationBatch, as_batches, model_output
 from .importance import layer_importance
 from .plan import PruningPlan, plan_layers, remask_plan, select_layers
-from .reorder import _check_sparsity
+from .reorder import check_sparsity
 
 __all__ = ["finetune", "sparsity_at", "FinetuneInterrupted", "Planner", "FinetuneConfig"]
 
@@ -98,6 +98,7 @@ class FinetuneConfig:
     importance: str = "activation"
     importance_batches: int = 4
     seed: int = 0
+    hidden_weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -136,10 +137,75 @@ def _shard(batch: CalibrationBatch, labels: Any, rank: int, world: int) -> tuple
     return CalibrationBatch(args, kwargs, mask), None if labels is None else labels[lo:hi]
 
 
+def hidden_modules(model: Any, hidden_layers: str | Sequence[str] | None) -> list[str]:
+    """Names of the modules whose outputs are distilled besides the model's output.
+
+    ``None``: none. ``"auto"``: the blocks of the model's longest ``nn.ModuleList`` (a
+    transformer's layers). Otherwise ``fnmatch`` patterns of module names
+    (``"encoder.layer.?"``); a pattern that matches nothing is an error.
+    """
+    import fnmatch
+
+    import torch
+
+    if hidden_layers is None:
+        return []
+    if hidden_layers == "auto":
+        lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
+        if not lists:
+            raise ValueError("hidden_layers='auto' needs a model with an nn.ModuleList of "
+                             "blocks; name the modules with patterns instead")
+        name, blocks = max(lists, key=lambda t: len(t[1]))
+        return [f"{name}.{i}" if name else str(i) for i in range(len(blocks))]
+    patterns = [hidden_layers] if isinstance(hidden_layers, str) else list(hidden_layers)
+    names = [n for n, _ in model.named_modules() if n]
+    out: list[str] = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise ValueError(f"hidden_layers pattern {pat!r} matches no module of the model")
+        out += [n for n in hits if n not in out]
+    return out
+
+
+class _Taps:
+    """Forward hooks that keep the first tensor output of named modules, per forward call."""
+
+    def __init__(self, model: Any, names: Sequence[str]) -> None:
+        modules = dict(model.named_modules())
+        self.outputs: dict[str, Any] = {}
+        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def keep(_module: Any, _inputs: Any, output: Any) -> None:
+            while isinstance(output, (tuple, list)) and output:
+                output = output[0]
+            self.outputs[name] = output
+
+        return keep
+
+    def take(self) -> dict[str, Any]:
+        out, self.outputs = self.outputs, {}
+        return out
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _masked_nmse(s: Any, t: Any, mask: Any) -> Any:
+    """MSE of ``s`` against ``t`` over the tokens in ``mask``, over ``t``'s mean square."""
+    m = mask.unsqueeze(-1).float()
+    n = (m.sum() * s.shape[-1]).clamp(min=1.0)
+    return ((((s - t) ** 2) * m).sum() / n) / ((((t**2) * m).sum() / n).clamp(min=1e-8))
+
+
 def distillation_loss(
-    student: Any, teacher: Any, batch: CalibrationBatch, labels: Any, cfg: FinetuneConfig
+    student: Any, teacher: Any, batch: CalibrationBatch, labels: Any, cfg: FinetuneConfig,
+    taps: tuple[_Taps, _Taps] | None = None,
 ) -> Any:
-    """The distillation loss of one batch (see the module docstring)."""
+    """The distillation loss of one batch (see the module docstring); ``taps`` (student's,
+    teacher's) add the normalised MSE of intermediate outputs, weighted ``cfg.hidden_weight``."""
     import torch
     import torch.nn.functional as F
 
@@ -148,13 +214,35 @@ def distillation_loss(
         t = model_output(teacher(*batch.args, **batch.kwargs)).float()
     if s.shape != t.shape:
         raise ValueError(f"student output {tuple(s.shape)} != teacher output {tuple(t.shape)}")
+    hidden = None
+    if taps is not None:
+        hs, ht = taps[0].take(), taps[1].take()
+        terms = []
+        for name, t_out in ht.items():
+            s_out = hs[name].float()
+            t_out = t_out.float()
+            if (s_out.ndim == 3 and batch.token_mask is not None
+                    and tuple(batch.token_mask.shape) == tuple(s_out.shape[:2])):
+                terms.append(_masked_nmse(s_out, t_out, batch.token_mask))
+            else:
+                terms.append(F.mse_loss(s_out, t_out) / t_out.pow(2).mean().clamp(min=1e-8))
+        if terms:
+            hidden = cfg.hidden_weight * torch.stack(terms).mean()
+    loss = _output_loss(s, t, batch, labels, cfg)
+    return loss if hidden is None else loss + hidden
+
+
+def _output_loss(s: Any, t: Any, batch: CalibrationBatch, labels: Any,
+                 cfg: FinetuneConfig) -> Any:
+    import torch
+    import torch.nn.functional as F
+
     if s.ndim == 3:  # (batch, seq, hidden): an encoder
         mask = batch.token_mask
         if mask is None or tuple(mask.shape) != tuple(s.shape[:2]):
             mask = torch.ones(s.shape[:2], dtype=torch.bool)
+        mse = _masked_nmse(s, t, mask)
         m = mask.unsqueeze(-1).float()
-        mse = (((s - t) ** 2) * m).sum() / (m.sum() * s.shape[-1]).clamp(min=1.0)
-        mse = mse / (((t**2) * m).sum() / (m.sum() * s.shape[-1]).clamp(min=1.0)).clamp(min=1e-8)
         ps = (s * m).sum(1) / m.sum(1).clamp(min=1.0)
         pt = (t * m).sum(1) / m.sum(1).clamp(min=1.0)
         cos = 1.0 - F.cosine_similarity(ps, pt, dim=-1).mean()
@@ -233,6 +321,20 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+class _closing:
+    """Removes the hooks of a pair of taps however the loop ends."""
+
+    def __init__(self, taps: tuple[_Taps, _Taps] | None) -> None:
+        self.taps = taps
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: Any) -> None:
+        for t in self.taps or ():
+            t.close()
+
+
 def _save(path: Path, state: dict[str, Any]) -> None:
     import torch
 
@@ -288,6 +390,8 @@ def finetune(
     clip: float = 1.0,
     temperature: float = 2.0,
     task_weight: float = 0.5,
+    hidden_layers: str | Sequence[str] | None = None,
+    hidden_weight: float = 1.0,
     evaluate: Callable[[Any], Mapping[str, float]] | None = None,
     eval_every: int = 0,
     checkpoint_dir: str | Path | None = None,
@@ -339,6 +443,10 @@ def finetune(
         lr, weight_decay, warmup, clip: AdamW, warmup fraction then linear decay, gradient
             norm clipping.
         temperature, task_weight: logit distillation temperature; weight of the label loss.
+        hidden_layers, hidden_weight: also distil these modules' outputs (normalised MSE,
+            mean over the modules, times ``hidden_weight``): ``"auto"`` for a transformer's
+            blocks, or module-name patterns (:func:`hidden_modules`). Intermediate targets
+            give every layer its own signal, which helps most when whole blocks are pruned.
         evaluate: ``evaluate(model) -> metrics`` on held-out data, run every ``eval_every``
             steps and at the end; results are printed and kept in ``plan.settings``.
         checkpoint_dir, checkpoint_every, resume: checkpoints (model, optimizer, schedule,
@@ -356,8 +464,8 @@ def finetune(
     """
     import torch
 
-    target = _check_sparsity(sparsity, "finetune")
-    initial = _check_sparsity(initial_sparsity, "finetune initial_sparsity")
+    target = check_sparsity(sparsity, "finetune")
+    initial = check_sparsity(initial_sparsity, "finetune initial_sparsity")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if prune_every < 1:
@@ -371,7 +479,8 @@ def finetune(
     cfg = FinetuneConfig(steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup,
                          clip=clip, temperature=temperature, task_weight=task_weight,
                          initial_sparsity=initial, ramp=ramp, prune_every=prune_every,
-                         schedule=schedule, importance=importance, seed=seed)
+                         schedule=schedule, importance=importance, seed=seed,
+                         hidden_weight=hidden_weight)
     dist = torch.distributed if torch.distributed.is_available() else None
     distributed = dist is not None and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
@@ -385,6 +494,7 @@ def finetune(
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    tapped = hidden_modules(model, hidden_layers)
     todo = select_layers(model, target, block_size, overrides)[0]
     names = [t[0] for t in todo]
     layer_final = {t[0]: float(t[2]) for t in todo}  # per-layer targets (overrides applied)
@@ -520,7 +630,8 @@ def finetune(
 
         bar = tqdm(total=steps, initial=start, desc="fine-tuning", unit="step")
     loss_value = float("nan")
-    with _StopFlag() as stop:
+    taps = (_Taps(model, tapped), _Taps(teacher, tapped)) if tapped else None
+    with _StopFlag() as stop, _closing(taps):
         for step in range(start, steps):
             s = sparsity_at(step, steps, target, initial, ramp, prune_every, schedule)
             if s != current_s or plan is None:
@@ -532,7 +643,7 @@ def finetune(
             batch, labels = _shard(batch, labels, rank, world)
             optimizer.zero_grad(set_to_none=True)
             try:
-                loss = distillation_loss(student, teacher, batch, labels, cfg)
+                loss = distillation_loss(student, teacher, batch, labels, cfg, taps)
             except RuntimeError as e:
                 raise ValueError(f"training batch {int(order[pos])}: the model could not run "
                                  f"it: {e}") from e
@@ -578,6 +689,7 @@ def finetune(
         finetune={"steps": steps, "lr": lr, "schedule": schedule, "ramp": ramp,
                   "allocation": allocation, "permutations": permutations,
                   "prune_every": prune_every, "importance": importance, "seed": seed,
+                  "hidden_layers": tapped, "hidden_weight": hidden_weight,
                   "final_loss": loss_value, "history": history, "world_size": world},
     )
     plan.remove()

@@ -10,12 +10,14 @@ module; :func:`bind_weights` turns whatever weights are left into constants at t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ImportedModel", "import_model", "bind_weights", "to_torch_inputs"]
+from ._compat import quiet_torch_export
+
+__all__ = ["ImportedModel", "import_model", "bind_weights", "max_batch", "to_torch_inputs"]
 
 
 @dataclass
@@ -28,6 +30,8 @@ class ImportedModel:
         torch_names: Relax parameter name -> torch ``state_dict`` name (``"fc1.weight"``).
         input_names: names of the model inputs, in order.
         output_is_tuple: whether the torch model returned a tuple/list.
+        input_specs: per input, its name, shape (None for the dynamic batch), dtype and the
+            batch bound (:class:`tetris_tvm.runtime.InputSpec`'s dict form).
     """
 
     mod: Any
@@ -35,6 +39,7 @@ class ImportedModel:
     torch_names: dict[str, str]
     input_names: list[str]
     output_is_tuple: bool = False
+    input_specs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def to_torch_inputs(example_inputs: Any) -> tuple[Any, ...]:
@@ -55,7 +60,7 @@ def to_torch_inputs(example_inputs: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _max_batch(dynamic_batch: bool | int) -> int | None:
+def max_batch(dynamic_batch: bool | int) -> int | None:
     """The largest batch of a ``dynamic_batch`` option (None: unbounded or not dynamic)."""
     if isinstance(dynamic_batch, bool):
         return None
@@ -93,11 +98,11 @@ def import_model(
         model = model.eval()
         dynamic_shapes = None
         if dynamic_batch:
-            largest = _max_batch(dynamic_batch)
+            largest = max_batch(dynamic_batch)
             batch = torch.export.Dim("batch", min=1, max=largest or 1 << 16)
             dynamic_shapes = tuple({0: batch} for _ in inputs)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), quiet_torch_export():
                 exported = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes)
         except Exception as e:  # torch raises many kinds; all mean "could not export"
             raise RuntimeError(
@@ -107,12 +112,14 @@ def import_model(
                 "forward() takes only tensors."
             ) from e
 
-    mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    with quiet_torch_export():  # TVM's importer runs torch's decompositions
+        mod = from_exported_program(exported, keep_params_as_input=True,
+                                    unwrap_unit_return_tuple=True)
     from tvm import relax
 
     mod, params = relax.frontend.detach_params(mod)
     func = mod["main"]
-    if dynamic_batch and not _max_batch(dynamic_batch) and func.attrs is not None:
+    if dynamic_batch and not max_batch(dynamic_batch) and func.attrs is not None:
         # no bound: memory is allocated per call (a planner bound of 65536 rows would
         # reserve tens of GB for a transformer's activations)
         if "tir_var_upper_bound" in func.attrs:
@@ -139,9 +146,19 @@ def import_model(
         weights[name] = value.numpy()
         torch_names[name] = relax_to_torch.get(name, name)
     input_names = [v.name for v in func.params[:num_input]]
+    specs = [_input_spec(v, max_batch(dynamic_batch) if dynamic_batch else None)
+             for v in func.params[:num_input]]
     out_spec = exported.call_spec.out_spec
     is_tuple = out_spec is not None and out_spec.num_leaves > 1
-    return ImportedModel(mod, weights, torch_names, input_names, bool(is_tuple))
+    return ImportedModel(mod, weights, torch_names, input_names, bool(is_tuple), specs)
+
+
+def _input_spec(var: Any, bound: int | None) -> dict[str, Any]:
+    from tvm import tirx
+
+    sinfo = var.ty
+    shape = [int(d) if isinstance(d, tirx.IntImm) else None for d in sinfo.shape.values]
+    return {"name": var.name, "shape": shape, "dtype": str(sinfo.dtype), "max_dim": bound}
 
 
 def bind_weights(mod: Any, weights: dict[str, np.ndarray]) -> Any:

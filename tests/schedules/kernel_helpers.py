@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import tvm
 
-from tetris_tvm.schedules import BSRMatrix
+from tetris_tvm.kernels import BSRMatrix
 from tetris_tvm.schedules.build import CompiledKernel, default_target
 
 

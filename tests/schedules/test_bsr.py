@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tetris_tvm.schedules import BSRMatrix
+from tetris_tvm.kernels import BSRMatrix
 
 
 def test_round_trip_with_padding():

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_helpers import assert_close, cpu_target, run_poisoned
 
-from tetris_tvm.schedules import BSRMatrix
+from tetris_tvm.kernels import BSRMatrix
 from tetris_tvm.schedules.build import build_block_sparse_conv2d, build_dense_conv2d
 
 
@@ -60,7 +60,7 @@ def test_block_sparse_conv2d(x_shape, cout, k, stride, padding, dilation, blk, s
 
 
 def test_few_block_rows_cut_the_pixels_into_parallel_chunks():
-    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.kernels import compute as K
 
     rng = np.random.default_rng(0)
     bsr, _ = conv_bsr(rng, 16, 8, 3, 8, 8, 0.5)
@@ -110,9 +110,9 @@ def test_half_conv_matches_the_float32_conv_on_cpu(dtype, tol, stride):
     import tvm
     from kernel_helpers import random_bsr
 
-    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.kernels import compute as K
+    from tetris_tvm.kernels.half import _numpy_dtype, half_weight_args
     from tetris_tvm.schedules.build import compile_prim_func
-    from tetris_tvm.schedules.cuda.kernels import _numpy_dtype, half_weight_args
 
     rng = np.random.default_rng(3)
     bsr = random_bsr(rng, (32, 32 * 9), (16, 16 * 9), 0.0, empty_rows=(1,))

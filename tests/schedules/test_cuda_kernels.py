@@ -14,7 +14,7 @@ from kernel_helpers import random_bsr
 from scipy.special import erf
 from tvm import relax
 
-from tetris_tvm.schedules import kernels as K
+from tetris_tvm.kernels import compute as K
 from tetris_tvm.schedules.cuda import (
     BlockSparseConv2d,
     BlockSparseMatmul,
@@ -24,10 +24,10 @@ from tetris_tvm.schedules.cuda import (
     dense_rules,
     half_weight_args,
     linear_tile,
-    rules_for,
-    schedule_module,
 )
 from tetris_tvm.schedules.cuda.build import CudaKernel, compile_cuda, cuda_source, nvcc_compile
+from tetris_tvm.schedules.pipeline import default_rules as pipeline_rules
+from tetris_tvm.schedules.pipeline import schedule_module
 
 ARCHS = ("sm_80", "sm_90")
 HAS_GPU = tvm.cuda(0).exist
@@ -64,8 +64,8 @@ def test_rules_match_only_cuda_and_their_kernels():
     assert BlockSparseMatmul().apply(lin, llvm, False) is None
     assert BlockSparseConv2d().apply(conv, cuda, False) is not None
     assert BlockSparseConv2d().apply(lin, cuda, False) is None
-    assert len(rules_for(cuda)) == len(default_rules()) + len(dense_rules())
-    assert not any(type(r).__module__.endswith("cuda") for r in rules_for(llvm))
+    assert len(pipeline_rules(cuda)) == len(default_rules()) + len(dense_rules())
+    assert not any(".cuda." in type(r).__module__ for r in pipeline_rules(llvm))
 
 
 def test_cuda_target_has_dlight_attributes():

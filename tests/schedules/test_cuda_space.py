@@ -6,7 +6,7 @@ import pytest
 import tvm
 from kernel_helpers import random_bsr
 
-from tetris_tvm.schedules import kernels as K
+from tetris_tvm.kernels import compute as K
 from tetris_tvm.schedules.cuda import (
     BlockSparseConv2d,
     BlockSparseMatmul,
@@ -94,7 +94,7 @@ def test_every_design_space_builds_for_sm90(case):
 
 
 def test_tuning_uses_the_cuda_spaces():
-    from tetris_tvm.tuning import _space, _space_size
+    from tetris_tvm.tuning.search import _space, _space_size
 
     class Task:
         kind = "block-sparse"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_helpers import assert_close, cpu_target, random_bsr, run_poisoned
 
-from tetris_tvm.schedules import BSRMatrix
+from tetris_tvm.kernels import BSRMatrix
 from tetris_tvm.schedules.build import build_block_sparse_linear, build_dense_linear
 
 
@@ -121,7 +121,7 @@ def test_symbolic_rows_one_kernel_for_every_batch():
     import tvm
     from tvm import tirx
 
-    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.kernels import compute as K
     from tetris_tvm.schedules.build import compile_prim_func
 
     rng = np.random.default_rng(5)
@@ -163,7 +163,7 @@ def test_block_rows_are_dealt_round_robin_to_the_threads(cores, n_rows):
 @pytest.mark.parametrize("rows,want", [(1024, 128), (256, 128), (300, 100), (128, None),
                                        (257, None)])
 def test_row_chunk_rule(rows, want):
-    from tetris_tvm.schedules.kernels import linear_row_chunk
+    from tetris_tvm.kernels.compute import linear_row_chunk
 
     assert linear_row_chunk(rows) == want
 
@@ -201,7 +201,7 @@ def test_row_chunked_linear(x_shape, n, block, sparsity, empty, use_bias, act, f
 
 
 def test_row_chunk_must_divide_static_rows():
-    from tetris_tvm.schedules import kernels as K
+    from tetris_tvm.kernels import compute as K
 
     bsr = random_bsr(np.random.default_rng(0), (32, 32), (16, 16), 0.5)
     with pytest.raises(ValueError, match="row_chunk"):

@@ -8,10 +8,11 @@ import tvm
 from kernel_helpers import assert_close, cpu_target, random_bsr
 from tvm import tirx
 
-from tetris_tvm.schedules import kernels as K
+from tetris_tvm.kernels import compute as K
+from tetris_tvm.schedules.analysis import fresh_schedule
 from tetris_tvm.schedules.build import schedule_module
 from tetris_tvm.schedules.cpu import ExpandOperandPrefetch, schedule_linear
-from tetris_tvm.schedules.cpu._common import fresh_schedule, linear_tile
+from tetris_tvm.schedules.cpu._common import linear_tile
 from tetris_tvm.schedules.cpu.prefetch import PREFETCH_ATTR, prefetches_operand
 
 

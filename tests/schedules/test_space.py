@@ -7,7 +7,7 @@ import tvm_ffi
 from kernel_helpers import assert_close, cpu_target, random_bsr
 from tvm import s_tir
 
-from tetris_tvm.schedules import kernels as K
+from tetris_tvm.kernels import compute as K
 from tetris_tvm.schedules.cpu import BlockSparseConv2d, BlockSparseMatmul
 from tetris_tvm.schedules.cpu._common import linear_tile
 from tetris_tvm.schedules.cpu.block_sparse_matmul import schedule_linear

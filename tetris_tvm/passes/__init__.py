@@ -4,8 +4,10 @@
 - :class:`FoldPermutations` -- push, compose, cancel and absorb the channel gathers.
 - :class:`LowerBlockSparse` -- composites -> ``call_tir`` to block-sparse TensorIR kernels.
 - :class:`FastActivations` -- vectorisable GELU / softmax / exp for what stays outside.
+- :class:`ClipGatherIndices` -- gathers clip their indices (no segfault on a bad token id).
 """
 
+from .checked_gathers import ClipGatherIndices
 from .fast_math import FastActivations
 from .fold_permutations import FoldPermutations
 from .lower import LowerBlockSparse, LoweredLayer
@@ -14,6 +16,7 @@ from .prune import COMPOSITE_CONV2D, COMPOSITE_LINEAR, LayerSite, TetrisPrune
 __all__ = [
     "COMPOSITE_CONV2D",
     "COMPOSITE_LINEAR",
+    "ClipGatherIndices",
     "FastActivations",
     "FoldPermutations",
     "LayerSite",

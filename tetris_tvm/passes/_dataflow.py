@@ -15,7 +15,7 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-from ..schedules.kernels import shape_dims
+from ..kernels.compute import shape_dims
 
 __all__ = [
     "op_name",
@@ -28,6 +28,7 @@ __all__ = [
     "use_lists",
     "Rewriter",
     "channel_axis",
+    "mutate_functions",
 ]
 
 
@@ -214,3 +215,12 @@ class _null:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def mutate_functions(mod: tvm.IRModule, mutator_class: Any) -> tvm.IRModule:
+    """Run a ``PyExprMutator`` class over every Relax function of ``mod`` (a new module)."""
+    rewriter = mutator_class(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get()

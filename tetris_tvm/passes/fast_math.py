@@ -17,6 +17,8 @@ import tvm
 from tvm import relax, te, topi
 from tvm.relax import PyExprMutator, expr_functor
 
+from ._dataflow import mutate_functions
+
 __all__ = ["FastActivations"]
 
 
@@ -65,8 +67,4 @@ class FastActivations:
     """Rewrite float32 GELU / softmax / exp / erf / tanh to TVM's vectorisable fast versions."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        return mutate_functions(mod, _Rewriter)

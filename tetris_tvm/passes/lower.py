@@ -3,7 +3,7 @@
 For every call of a ``tetris.linear`` / ``tetris.conv2d`` composite the pass packs the
 composite's constant weight (already masked and in permuted storage order) as BSR (or the
 static blocked-ELL form when every block-row keeps the same number of blocks), builds the
-TensorIR kernel of :mod:`tetris_tvm.schedules.kernels` for the call's shapes, and emits
+TensorIR kernel of :mod:`tetris_tvm.kernels.compute` for the call's shapes, and emits
 ``call_tir(kernel, [x, *weight constants, bias?])``. A following per-channel bias add and a
 relu/gelu on it are fused into the kernel's epilogue when nothing else uses the intermediate
 values. Layers that kept almost everything (density above ``dense_above``) use the dense kernel
@@ -20,9 +20,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..schedules import kernels as K
-from ..schedules.bsr import BSRMatrix
-from ..schedules.kernels import shape_dims
+from ..kernels import compute as K
+from ..kernels.bsr import BSRMatrix
+from ..kernels.compute import shape_dims
 from ._dataflow import (
     const_value,
     is_const,
@@ -110,8 +110,8 @@ class LowerBlockSparse:
             operands, float32 accumulation), with casts of ``x`` and ``y`` around it; layers
             kept dense stay float32, and so do all layers with a dynamic batch.
         row_chunks: cut the rows of float32 block-sparse linears into chunks by
-            :func:`..schedules.kernels.linear_row_chunk` (CPU targets: their schedule runs the
-            chunks in parallel).
+            :func:`tetris_tvm.kernels.compute.linear_row_chunk` (CPU targets: their schedule
+            runs the chunks in parallel).
 
     After running, :attr:`layers` lists what each layer became.
     """
@@ -123,7 +123,7 @@ class LowerBlockSparse:
         dtype: str = "float32",
         row_chunks: bool = False,
     ) -> None:
-        from ..schedules.cuda.kernels import HALF_DTYPES
+        from ..kernels.half import HALF_DTYPES
 
         if dtype not in ("float32", *HALF_DTYPES):
             raise ValueError(f"dtype must be 'float32' or one of {HALF_DTYPES}, got {dtype!r}")
@@ -243,7 +243,7 @@ class LowerBlockSparse:
                 consts = [K.pack_dense_weight(w, 16)]
                 kernel = "dense_linear"
             elif self._half(bsr, x_shape):
-                from ..schedules.cuda.kernels import block_sparse_linear_fp16
+                from ..kernels.half import block_sparse_linear_fp16
 
                 return self._lower_half(
                     bb, layer, x, out_shape, bsr, bias, act, block, "linear", tuple(bsr.shape),
@@ -318,7 +318,7 @@ class LowerBlockSparse:
         self, bb, layer, x, out_shape, bsr, bias, act, block, kind, shape, func
     ) -> Any:
         """Call the half kernel ``func`` between casts of ``x`` and ``y``."""
-        from ..schedules.cuda.kernels import half_weight_args
+        from ..kernels.half import half_weight_args
 
         kernel = f"{func.attrs[K.KERNEL_ATTR]}_{self.dtype}"
         gv = self._add_kernel(bb, func, kernel, layer, kind, shape, block, bsr, bias, act)

@@ -32,9 +32,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..kernels.compute import shape_dims
 from ..plan import PruningPlan, with_retained
 from ..reorder import JointMember, LayerPlan, prune_joint, prune_weight
-from ..schedules.kernels import shape_dims
 from ._dataflow import (
     const_lookup,
     main_bindings,

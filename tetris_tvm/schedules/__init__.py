@@ -1,29 +1,11 @@
-"""Block-sparse TensorIR kernels and their default schedules, per target.
+"""Schedules for the tetris kernels (:mod:`tetris_tvm.kernels`) and the dense ops, per target.
 
-- :mod:`.bsr` -- :class:`BSRMatrix` (the weight storage);
-- :mod:`.kernels` -- PrimFunc builders (block-sparse / dense linear and conv2d);
-- :mod:`.cpu` -- dlight-style CPU schedule rules (``default_rules()``);
-- :mod:`.build` -- compile a kernel for a weight and call it on numpy arrays.
+- :mod:`.pipeline` -- the one entry point: default rules per target, ``schedule_module``, the
+  Relax schedule pipeline, and the tuning spaces the rules offer;
+- :mod:`.rule` -- :class:`~.rule.KernelRule`, the base of every tetris kernel rule;
+- :mod:`.cpu` / :mod:`.cuda` -- dlight-style rules per target;
+- :mod:`.targets` -- what ``"llvm"`` and ``"cuda"`` mean;
+- :mod:`.database` -- tuning records on disk, applied at compile time;
+- :mod:`.build` -- compile one kernel for a weight and call it on numpy arrays (tests,
+  benchmarks, and users who want a single kernel).
 """
-
-from .bsr import BSRMatrix
-from .kernels import (
-    block_sparse_conv2d,
-    block_sparse_linear,
-    conv2d_weight_args,
-    dense_conv2d,
-    dense_linear,
-    linear_weight_args,
-    pack_dense_weight,
-)
-
-__all__ = [
-    "BSRMatrix",
-    "block_sparse_conv2d",
-    "block_sparse_linear",
-    "conv2d_weight_args",
-    "dense_conv2d",
-    "dense_linear",
-    "linear_weight_args",
-    "pack_dense_weight",
-]

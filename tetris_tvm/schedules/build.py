@@ -5,7 +5,6 @@ Used by the tests and benchmarks; the compiler passes use :mod:`.kernels` direct
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,8 +12,10 @@ import tvm
 from tvm import tirx
 from tvm.target import Target
 
-from . import kernels as K
-from .bsr import BSRMatrix
+from ..kernels import compute as K
+from ..kernels.bsr import BSRMatrix
+from .pipeline import schedule_module
+from .targets import default_target
 
 __all__ = [
     "CompiledKernel",
@@ -24,28 +25,10 @@ __all__ = [
     "build_dense_linear",
     "compile_prim_func",
     "default_target",
+    "schedule_module",
 ]
 
 
-def default_target(num_cores: int | None = None) -> Target:
-    """An llvm target for this machine's CPU (``num-cores`` from ``TVM_NUM_THREADS`` or cores)."""
-    from tvm.target import codegen
-
-    if num_cores is None:
-        num_cores = int(os.environ.get("TVM_NUM_THREADS", "0")) or os.cpu_count() or 1
-    return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": num_cores})
-
-
-def schedule_module(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Apply the tetris CPU rules (then dlight's generic CPU rules) to every PrimFunc of ``mod``
-    and expand what they mark for building (:class:`.cpu.ExpandOperandPrefetch`)."""
-    from tvm.s_tir import dlight as dl
-
-    from .cpu import ExpandOperandPrefetch, default_rules
-
-    with target:
-        mod = dl.ApplyDefaultSchedule(*default_rules(), dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
-    return ExpandOperandPrefetch()(mod)
 
 
 def compile_prim_func(func: tirx.PrimFunc, target: Target | None = None) -> tvm.runtime.Module:

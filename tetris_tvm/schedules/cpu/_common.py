@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import tvm
+from typing import Any
+
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..kernels import KERNEL_ATTR
+from ..analysis import loop_extent
+from ..rule import KernelRule
 
 # below this many bytes an allocation inside a parallel loop is a stack alloca (TVM's
 # kMaxStackAlloca is 1024); "local" scope always goes through TVMBackendAllocWorkspace on CPU,
 # which LLVM cannot keep in registers, so accumulators use "global" scope small enough for this.
-_STACK_BYTES = 1024
+STACK_BYTES = 1024
 
-
-def kernel_kind(func: tirx.PrimFunc) -> str | None:
-    """The ``tetris.kernel`` attribute of ``func`` (None for other functions)."""
-    if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
-        return None
-    kind = func.attrs.get(KERNEL_ATTR)
-    return None if kind is None else str(kind)
+UNROLL_STEPS = (0, 16, 64)
+"""Values tuning samples for ``pragma_auto_unroll_max_step`` on a register-tile loop."""
 
 
 def normalized(rule, func, target: Target):  # noqa: ANN001, ANN201 - dlight types
@@ -90,14 +87,6 @@ def vector_registers(target: Target) -> int:
     return 32 if vector_lanes(target) in (16, 4) else 16
 
 
-def fresh_schedule(func: tirx.PrimFunc) -> s_tir.Schedule:
-    """A Schedule on a deep copy of ``func``.
-
-    In TVM 0.27 some primitives (split after parallel) were seen to mutate the scheduled
-    PrimFunc in place, corrupting the caller's copy; scheduling a copy keeps ``func`` intact.
-    """
-    copy = tvm.ir.load_json(tvm.ir.save_json(func))
-    return s_tir.Schedule(tvm.IRModule({"main": copy}))
 
 
 def register_tile(rows: int, cols: int, target: Target, max_rows: int = 8) -> int:
@@ -113,7 +102,7 @@ def register_tile(rows: int, cols: int, target: Target, max_rows: int = 8) -> in
     vecs = max(1, -(-cols // lanes))
     budget = vector_registers(target) - vecs - 1
     tile = max(1, min(max_rows, budget // vecs, rows))
-    while tile > 1 and tile * cols * 4 >= _STACK_BYTES:
+    while tile > 1 and tile * cols * 4 >= STACK_BYTES:
         tile -= 1
     return tile
 
@@ -132,15 +121,8 @@ def linear_tile(rows: int, bn: int, target: Target) -> tuple[int, int]:
     return register_tile(rows, cols, target), cols
 
 
-def loop_extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:
-    """Constant extent of ``loop`` or None."""
-    extent = sch.get(loop).extent
-    return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
-def child_blocks(sch: s_tir.Schedule, parent: s_tir.schedule.SBlockRV) -> dict:
-    """Direct child blocks of ``parent`` by name."""
-    return {sch.get(b).name_hint: b for b in sch.get_child_blocks(parent)}
 
 
 def schedule_pad(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, skip: int = 0) -> None:
@@ -201,3 +183,25 @@ def touches_bool(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     """
     stmt = sch.get(block)
     return any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes])
+
+
+def sample_unroll(space: s_tir.Schedule, tile_loop: s_tir.schedule.LoopRV | None) -> None:
+    """Tuning's one structure-neutral decision: the auto-unroll step of the tile loop."""
+    if tile_loop is None or (loop_extent(space, tile_loop) or 2) <= 1:
+        return
+    n = len(UNROLL_STEPS)
+    step = space.sample_categorical(list(UNROLL_STEPS), [1.0 / n] * n)
+    space.annotate(tile_loop, "pragma_auto_unroll_max_step", step)
+
+
+class CPUKernelRule(KernelRule):
+    """A CPU tetris kernel rule: configurations are keyword arguments of the scheduler, and
+    each design space samples the auto-unroll step of the tile loop the scheduler returns."""
+
+    target_kind = "llvm"
+
+    def schedule(self, sch: s_tir.Schedule, target: Target, config: Any = None) -> Any:
+        return type(self).scheduler(sch, target, **(config or {}))
+
+    def finish_space(self, space: s_tir.Schedule, target: Target, scheduled: Any) -> None:
+        sample_unroll(space, scheduled)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
+from ...kernels.compute import LINEAR_KINDS
+from ..analysis import child_blocks, kernel_kind, loop_extent
 from ._common import (
-    child_blocks,
-    fresh_schedule,
-    is_cpu,
-    kernel_kind,
+    STACK_BYTES,
+    CPUKernelRule,
     linear_tile,
-    loop_extent,
     loops_below,
     parallel_cyclic,
     schedule_pad,
@@ -132,24 +132,45 @@ def schedule_linear(
     return mo
 
 
-class BlockSparseMatmul(CPUScheduleRule):
-    """dlight rule for the ``bsr_linear`` / ``ell_linear`` kernels (block-sparse ``x @ W.T``)."""
+def linear_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
+    """Register tiles (rows x columns) x unrolled in-block reduction; the rule table's first.
 
-    kinds: tuple[str, ...] = ("bsr_linear", "ell_linear")
+    Columns: the whole block width, or two vectors of it when that divides the block; a
+    one-row tile always spans the whole width.  Sparse kernels also get the rule table's tile
+    with the operand prefetch (:mod:`.prefetch`) the other way round.
+    """
+    rows = tile_rows_domain(func)
+    bn = int(func.attrs["tetris.block"][0])
+    default = linear_tile(rows, bn, target)
+    half = 2 * vector_lanes(target)
+    widths = [bn] + ([half] if half < bn and bn % half == 0 else [])
+    tiles = [default] + [
+        (t, c)
+        for c in widths
+        for t in (1, 2, 3, 4, 6, 8)
+        if (t, c) != default and t <= rows and t * c * 4 < STACK_BYTES and (t > 1 or c == bn)
+    ]
+    bk = int(func.attrs["tetris.block"][1])
+    sparse = kernel_kind(func) != "dense_linear"
+    if not sparse:  # block = (bn, K); the reduction steps through K
+        bk = dense_k_step(bk)
+    configs = [
+        {"tile_rows": t, "tile_cols": c, "unroll_k": u}
+        for t, c in tiles
+        for u in (None, not unrolls_k(bk, t, c, target))
+    ]
+    if sparse:  # the rule table's tile with the operand prefetch flipped
+        flipped = not prefetches_operand(rows, bk, target)
+        configs.insert(1, {**configs[0], "prefetch": flipped})
+    return configs
 
-    def apply(
-        self, func: tirx.PrimFunc, target: Target, tunable: bool
-    ) -> s_tir.Schedule | list[s_tir.Schedule] | None:
-        """Schedule ``func`` if it is one of :attr:`kinds` on a CPU target, else None.
 
-        ``tunable=True`` returns the tuning design spaces (:mod:`.space`) instead.
-        """
-        if not is_cpu(target) or kernel_kind(func) not in self.kinds:
-            return None
-        if tunable:
-            from .space import design_spaces
+class BlockSparseMatmul(CPUKernelRule):
+    """dlight rule for the ``bsr_linear`` / ``ell_linear`` kernels (block-sparse ``x @ W.T``)
+    and the packed ``dense_linear`` one (the same register-tiled schedule: the fair dense
+    baseline). Tuning tries register tiles x unrolled in-block reduction (:func:`linear_configs`)
+    with a sampled auto-unroll step."""
 
-            return design_spaces(s_tir.Schedule(func), target)
-        sch = fresh_schedule(func)
-        schedule_linear(sch, target)
-        return sch
+    kinds: tuple[str, ...] = LINEAR_KINDS
+    scheduler = staticmethod(schedule_linear)
+    config_space = staticmethod(linear_configs)

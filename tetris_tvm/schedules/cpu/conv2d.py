@@ -7,15 +7,16 @@ output pixels, the pixel axis is vectorised and each weight value is broadcast.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
+from ...kernels.compute import CONV_KINDS
+from ..analysis import child_blocks, kernel_kind
 from ._common import (
-    child_blocks,
-    fresh_schedule,
-    is_cpu,
-    kernel_kind,
+    STACK_BYTES,
+    CPUKernelRule,
     loops_below,
     schedule_pad,
     unroll_vectorize_tile,
@@ -105,24 +106,25 @@ def schedule_conv2d(
     return lpo
 
 
-class BlockSparseConv2d(CPUScheduleRule):
-    """dlight rule for the ``bsr_conv2d`` / ``ell_conv2d`` / ``dense_conv2d`` kernels."""
+def conv_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
+    """Channel x pixel register tiles; the rule-table default first."""
+    bn = int(func.attrs["tetris.block"][0])
+    pixels = int(func.attrs["tetris.rows"])
+    lanes = vector_lanes(target)
+    default = conv_tile(bn, pixels, target)
+    tiles = [default]
+    for pv in (lanes, 2 * lanes):
+        for ct in (1, 2, 4, 6, 8, 12):
+            if bn % ct == 0 and (ct, pv) != default and ct * pv * 4 < 4 * STACK_BYTES:
+                tiles.append((ct, pv))
+    return [{"tile": t} for t in tiles]
 
-    kinds: tuple[str, ...] = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
 
-    def apply(
-        self, func: tirx.PrimFunc, target: Target, tunable: bool
-    ) -> s_tir.Schedule | list[s_tir.Schedule] | None:
-        """Schedule ``func`` if it is one of :attr:`kinds` on a CPU target, else None.
+class BlockSparseConv2d(CPUKernelRule):
+    """dlight rule for the ``bsr_conv2d`` / ``ell_conv2d`` / ``dense_conv2d`` kernels. Tuning
+    tries channel x pixel register tiles (:func:`conv_configs`) with a sampled auto-unroll
+    step."""
 
-        ``tunable=True`` returns the tuning design spaces (:mod:`.space`) instead.
-        """
-        if not is_cpu(target) or kernel_kind(func) not in self.kinds:
-            return None
-        if tunable:
-            from .space import design_spaces
-
-            return design_spaces(s_tir.Schedule(func), target)
-        sch = fresh_schedule(func)
-        schedule_conv2d(sch, target)
-        return sch
+    kinds: tuple[str, ...] = CONV_KINDS
+    scheduler = staticmethod(schedule_conv2d)
+    config_space = staticmethod(conv_configs)

@@ -7,14 +7,8 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.s_tir.dlight.gpu.matmul import IterKind, detect_iter_traits
 from tvm.target import Target
 
-from ._common import (
-    fresh_schedule,
-    is_cpu,
-    kernel_kind,
-    loop_extent,
-    register_tile,
-    vector_lanes,
-)
+from ..analysis import fresh_schedule, kernel_kind, loop_extent
+from ._common import is_cpu, register_tile, vector_lanes
 from .block_sparse_matmul import schedule_linear
 
 

@@ -11,20 +11,18 @@ reductions, elementwise) for a CUDA target::
     with target:
         mod = dl.ApplyDefaultSchedule(*cuda.default_rules(), *cuda.dense_rules())(mod)
 
-The compiler should pick these rules when ``target.kind.name == "cuda"`` (and the CPU rules of
-:mod:`..cpu` for ``llvm``); :func:`rules_for` does that choice.  Each rule returns None on other
-targets and other kernels, so mixing both sets is harmless.
+:func:`tetris_tvm.schedules.pipeline.default_rules` picks these for CUDA targets (and the CPU
+rules of :mod:`..cpu` for ``llvm``); each rule returns None on other targets and other kernels.
 """
 
 from __future__ import annotations
 
 from tvm.s_tir.dlight.base import ScheduleRule
-from tvm.target import Target
 
+from ...kernels.half import HALF_DTYPES, block_sparse_linear_fp16, half_weight_args
 from ._common import cuda_target, is_cuda
 from .block_sparse_matmul import BlockSparseMatmul, LinearTile, linear_tile, schedule_linear
 from .conv2d import BlockSparseConv2d, schedule_conv2d
-from .kernels import HALF_DTYPES, block_sparse_linear_fp16, half_weight_args
 
 __all__ = [
     "HALF_DTYPES",
@@ -38,10 +36,8 @@ __all__ = [
     "half_weight_args",
     "is_cuda",
     "linear_tile",
-    "rules_for",
     "schedule_conv2d",
     "schedule_linear",
-    "schedule_module",
 ]
 
 
@@ -66,25 +62,3 @@ def dense_rules() -> list[ScheduleRule]:
         dl.gpu.GeneralReduction(),
         dl.gpu.Fallback(),
     ]
-
-
-def rules_for(target: Target) -> list[ScheduleRule]:
-    """Every rule to try for ``target``: tetris rules first, then the generic dense ones."""
-    if is_cuda(target):
-        return [*default_rules(), *dense_rules()]
-    from tvm.s_tir import dlight as dl
-
-    from ..cpu import default_rules as cpu_rules
-
-    return [*cpu_rules(), dl.cpu.GEMV(), dl.cpu.Reduction()]
-
-
-def schedule_module(mod, target: Target):
-    """Apply :func:`rules_for` ``target`` to every PrimFunc of ``mod`` (returns a new module)."""
-    from tvm.s_tir import dlight as dl
-
-    from ..cpu import ExpandOperandPrefetch
-
-    with target:
-        mod = dl.ApplyDefaultSchedule(*rules_for(target))(mod)
-    return ExpandOperandPrefetch()(mod)  # CPU rules mark loops for it; a no-op on CUDA

@@ -5,9 +5,11 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..cpu._common import child_blocks, fresh_schedule, kernel_kind, loop_extent
+from ..analysis import child_blocks, fresh_schedule, kernel_kind, loop_extent
 
 __all__ = [
+    "SHARED_BYTES",
+    "dtype_bytes",
     "bind_elementwise",
     "child_blocks",
     "cuda_target",
@@ -105,3 +107,11 @@ def bind_elementwise(
     bx, tx = sch.split(fused, [None, min(threads, extent)])
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
+
+
+SHARED_BYTES = 48 * 1024
+"""Static shared memory a thread block may use without opting in."""
+
+
+def dtype_bytes(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2

@@ -1,6 +1,6 @@
 """CUDA schedule for the linear kernels: block-sparse (BSR / blocked-ELL) and packed dense.
 
-Kernel structure (see :mod:`tetris_tvm.schedules.kernels`): an outer block ``row`` per output
+Kernel structure (see :mod:`tetris_tvm.kernels.compute`): an outer block ``row`` per output
 block-row holding a reduction block ``update`` (``acc[m, i] += x[m, col(j, k)] * w[j, k, i]``
 over the kept blocks ``j`` and their ``bk`` inputs ``k``) and an epilogue block ``store``.
 
@@ -29,16 +29,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.target import Target
 
+from ...kernels.compute import LINEAR_KINDS
+from ..rule import KernelRule
 from ._common import (
+    SHARED_BYTES,
     bind_elementwise,
     child_blocks,
-    fresh_schedule,
-    is_cuda,
+    dtype_bytes,
     kernel_dtype,
-    kernel_kind,
     largest_divisor,
     loop_extent,
     max_threads,
@@ -46,7 +46,9 @@ from ._common import (
     unroll_loops,
 )
 
-__all__ = ["BlockSparseMatmul", "LinearTile", "linear_tile", "schedule_linear"]
+__all__ = [
+    "BlockSparseMatmul", "LinearTile", "linear_configs", "linear_tile", "schedule_linear",
+]
 
 
 @dataclass(frozen=True)
@@ -203,26 +205,56 @@ def schedule_linear(sch: s_tir.Schedule, target: Target, tile: LinearTile | None
         unroll_loops(sch, [bm, bi])
 
 
-class BlockSparseMatmul(GPUScheduleRule):
+def linear_configs(func: tirx.PrimFunc, target: Target) -> list[LinearTile]:
+    """Tile configurations for a linear kernel, the rule table's first.
+
+    CUDA cores: thread-block rows (divisors of M up to 128), outputs per thread (1-8 rows x 1-4
+    columns) and the unrolled reduction step; WMMA (float16 kernels): thread-block rows (a
+    multiple of 16 dividing M) x 16x16 fragments per warp.
+    """
+    rows = int(func.attrs["tetris.rows"])
+    bn, bk = (int(v) for v in func.attrs["tetris.block"])
+    dtype = kernel_dtype(func)
+    limit = max_threads(target)
+    nbytes = dtype_bytes(dtype)
+    configs = [linear_tile(rows, bn, bk, dtype, target)]
+
+    def add(tile: LinearTile) -> None:
+        staged = (tile.tile_m * (bk + 1) + bk * bn) * nbytes
+        if tile not in configs and staged <= SHARED_BYTES:
+            configs.append(tile)
+
+    if configs[0].tensor_core:
+        for tile_m in (32, 64, 128):
+            for wm in (1, 2, 4):
+                for wn in (1, 2, 4):
+                    if rows % tile_m or tile_m % (16 * wm) or bn % (16 * wn):
+                        continue
+                    if (tile_m // (16 * wm)) * (bn // (16 * wn)) * 32 <= limit:
+                        add(LinearTile(tile_m, 1, 1, 16, True, wm, wn))
+    steps = sorted({largest_divisor(bk, 4), largest_divisor(bk, 8), largest_divisor(bk, 16)})
+    for tile_m in sorted({largest_divisor(rows, cap) for cap in (16, 32, 64, 128)}):
+        for thread_m in (1, 2, 4, 8):
+            for thread_n in (1, 2, 4):
+                if tile_m % thread_m or bn % thread_n:
+                    continue
+                threads = (tile_m // thread_m) * (bn // thread_n)
+                if not 32 <= threads <= limit and not (threads < 32 and tile_m == rows == 1):
+                    continue
+                for k_step in steps:
+                    add(LinearTile(tile_m, thread_m, thread_n, k_step))
+    return configs
+
+
+class BlockSparseMatmul(KernelRule):
     """dlight rule for the ``bsr_linear`` / ``ell_linear`` / ``dense_linear`` kernels on CUDA.
 
-    Accepts the float32 kernels of :mod:`tetris_tvm.schedules.kernels` and the float16 /
+    Accepts the float32 kernels of :mod:`tetris_tvm.kernels.compute` and the float16 /
     bfloat16 ones of :func:`tetris_tvm.schedules.cuda.block_sparse_linear_fp16`.
     """
 
-    kinds: tuple[str, ...] = ("bsr_linear", "ell_linear", "dense_linear")
-
-    def apply(
-        self, func: tirx.PrimFunc, target: Target, tunable: bool
-    ) -> s_tir.Schedule | list[s_tir.Schedule] | None:
-        """Schedule ``func`` if it is one of :attr:`kinds` on a CUDA target, else None
-        (``tunable=True``: the tuning design spaces of :mod:`.space`)."""
-        if not is_cuda(target) or kernel_kind(func) not in self.kinds:
-            return None
-        if tunable:
-            from .space import design_spaces
-
-            return design_spaces(s_tir.Schedule(func), target)
-        sch = fresh_schedule(func)
-        schedule_linear(sch, target)
-        return sch
+    kinds: tuple[str, ...] = LINEAR_KINDS
+    target_kind = "cuda"
+    config_errors = (s_tir.ScheduleError, RuntimeError)  # TVM's checks raise RuntimeErrors
+    scheduler = staticmethod(schedule_linear)
+    config_space = staticmethod(linear_configs)

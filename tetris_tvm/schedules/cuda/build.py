@@ -9,7 +9,8 @@ import tvm
 from tvm import tirx
 from tvm.target import Target
 
-from . import cuda_target, schedule_module
+from ..pipeline import schedule_module
+from . import cuda_target
 
 __all__ = ["CudaKernel", "compile_cuda", "cuda_source", "ensure_cuda_compiler", "nvcc_compile"]
 

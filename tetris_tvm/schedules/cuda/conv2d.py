@@ -15,22 +15,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.target import Target
 
+from ...kernels.compute import CONV_KINDS
+from ..rule import KernelRule
 from ._common import (
     bind_elementwise,
     child_blocks,
-    fresh_schedule,
-    is_cuda,
     kernel_kind,
     largest_divisor,
     loop_extent,
+    max_threads,
     read_index,
     unroll_loops,
 )
 
-__all__ = ["BlockSparseConv2d", "ConvTile", "conv_tile", "schedule_conv2d"]
+__all__ = ["BlockSparseConv2d", "ConvTile", "conv_configs", "conv_tile", "schedule_conv2d"]
 
 
 @dataclass(frozen=True)
@@ -120,22 +120,30 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target, tile: ConvTile | None =
     unroll_loops(sch, [bc, bp])
 
 
-class BlockSparseConv2d(GPUScheduleRule):
+def conv_configs(func: tirx.PrimFunc, target: Target) -> list[ConvTile]:
+    """Tile configurations for a conv kernel (pixels per thread block, channels x pixels per
+    thread), the rule table's first."""
+    bn = int(func.attrs["tetris.block"][0])
+    pixels = int(func.attrs["tetris.rows"])
+    limit = max_threads(target)
+    configs = [conv_tile(bn, pixels)]
+    for tile_p in sorted({largest_divisor(pixels, cap) for cap in (32, 64, 128, 256)}):
+        for tp in (1, 2, 4, 8):
+            for tc in (1, 2, 4):
+                if tile_p % tp or bn % tc:
+                    continue
+                threads = (bn // tc) * (tile_p // tp)
+                tile = ConvTile(tile_p, tp, tc)
+                if 32 <= threads <= limit and tile not in configs:
+                    configs.append(tile)
+    return configs
+
+
+class BlockSparseConv2d(KernelRule):
     """dlight rule for the ``bsr_conv2d`` / ``ell_conv2d`` / ``dense_conv2d`` kernels on CUDA."""
 
-    kinds: tuple[str, ...] = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
-
-    def apply(
-        self, func: tirx.PrimFunc, target: Target, tunable: bool
-    ) -> s_tir.Schedule | list[s_tir.Schedule] | None:
-        """Schedule ``func`` if it is one of :attr:`kinds` on a CUDA target, else None
-        (``tunable=True``: the tuning design spaces of :mod:`.space`)."""
-        if not is_cuda(target) or kernel_kind(func) not in self.kinds:
-            return None
-        if tunable:
-            from .space import design_spaces
-
-            return design_spaces(s_tir.Schedule(func), target)
-        sch = fresh_schedule(func)
-        schedule_conv2d(sch, target)
-        return sch
+    kinds: tuple[str, ...] = CONV_KINDS
+    target_kind = "cuda"
+    config_errors = (s_tir.ScheduleError, RuntimeError)  # TVM's checks raise RuntimeErrors
+    scheduler = staticmethod(schedule_conv2d)
+    config_space = staticmethod(conv_configs)

@@ -34,8 +34,11 @@ from .bsr import BSRMatrix
 
 __all__ = [
     "ACTIVATIONS",
+    "CONV_KINDS",
     "KERNEL_ATTR",
+    "LINEAR_KINDS",
     "Conv2dGeometry",
+    "apply_activation",
     "block_sparse_conv2d",
     "block_sparse_linear",
     "conv2d_weight_args",
@@ -50,6 +53,11 @@ __all__ = [
 KERNEL_ATTR = "tetris.kernel"
 """PrimFunc attribute naming the kernel kind (``bsr_linear``, ``ell_linear``, ``dense_linear``,
 ``bsr_conv2d``, ``ell_conv2d``, ``dense_conv2d``)."""
+
+LINEAR_KINDS = ("bsr_linear", "ell_linear", "dense_linear")
+"""Kernel kinds of the linear builders (block-sparse CSR-like, ELL-padded, packed dense)."""
+CONV_KINDS = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
+"""Kernel kinds of the conv2d builders."""
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
 """Fused epilogues: ``gelu`` is the erf form (torch default), ``gelu_tanh`` the tanh form."""
@@ -137,7 +145,7 @@ def fast_erf(v: tirx.Expr) -> tirx.Expr:
     return x * _horner(x2, _ERF_NUM) / _horner(x2, _ERF_DEN)
 
 
-def _activate(v: tirx.Expr, activation: str | None) -> tirx.Expr:
+def apply_activation(v: tirx.Expr, activation: str | None) -> tirx.Expr:
     if activation is None:
         return v
     if activation == "relu":
@@ -258,7 +266,7 @@ def _store_value(acc_val, weight: _Weight, vnb, bias_val, activation):
         acc_val = T.if_then_else(nonempty, acc_val, _f32(0.0))
     if bias_val is not None:
         acc_val = acc_val + bias_val
-    return _activate(acc_val, activation)
+    return apply_activation(acc_val, activation)
 
 
 def _linear_common(
@@ -297,7 +305,7 @@ def _linear_common(
     nbk = _ceil_div(k, bk) if fmt != "dense" else 1
     kp = nbk * bk if fmt != "dense" else k
     nb = _ceil_div(n, bn)
-    _activate(_f32(0.0), activation)  # validate early
+    apply_activation(_f32(0.0), activation)  # validate early
     with IRBuilder() as ib:
         with TB.prim_func(s_tir=True):
             TB.func_name(name)
@@ -553,7 +561,7 @@ def _conv_common(
     qc = q // pc
     # rows of the padded input: every tap of every computed column must stay in bounds
     pad_rows = max(hp + 1, _ceil_div(q + (geo.kh - 1) * dh * wp + (geo.kw - 1) * dw, wp))
-    _activate(_f32(0.0), activation)
+    apply_activation(_f32(0.0), activation)
     with IRBuilder() as ib:
         with TB.prim_func(s_tir=True):
             TB.func_name(name)

@@ -1,6 +1,6 @@
 """Half-precision (float16 / bfloat16) block-sparse linear kernels for the CUDA rules.
 
-:func:`tetris_tvm.schedules.kernels.block_sparse_linear` builds float32 kernels only; GPUs want
+:func:`tetris_tvm.kernels.compute.block_sparse_linear` builds float32 kernels only; GPUs want
 16-bit operands (tensor cores).  :func:`block_sparse_linear_fp16` builds the same kernel -- same
 block names (``row`` / ``update`` / ``store``), same ``tetris.*`` attributes, same argument order
 ``(x, *linear_weight_args(weight, bias, fmt), y)`` -- with ``dtype`` inputs, bias and output and a
@@ -13,7 +13,7 @@ float32 accumulator (the epilogue runs in float32 and casts once)::
 
 Restriction (documented, checked): ``K % bk == 0`` and ``N % bn == 0`` (no padding blocks),
 which holds for the transformer / CNN layer sizes this project targets.  The weight arrays are
-the float32 ones of :func:`~tetris_tvm.schedules.kernels.linear_weight_args` cast to ``dtype``
+the float32 ones of :func:`~tetris_tvm.kernels.compute.linear_weight_args` cast to ``dtype``
 (:func:`half_weight_args`).
 """
 
@@ -27,8 +27,8 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as TB
 
-from ..bsr import BSRMatrix
-from ..kernels import KERNEL_ATTR, _activate, linear_weight_args, weight_format
+from .bsr import BSRMatrix
+from .compute import KERNEL_ATTR, apply_activation, linear_weight_args, weight_format
 
 __all__ = ["HALF_DTYPES", "block_sparse_linear_fp16", "half_weight_args"]
 
@@ -79,7 +79,7 @@ def block_sparse_linear_fp16(
 ) -> tirx.PrimFunc:
     """``y[..., N] = act(x[..., K] @ W.T + bias)`` in ``dtype`` with float32 accumulation.
 
-    Same contract as :func:`tetris_tvm.schedules.kernels.block_sparse_linear` (``fmt``:
+    Same contract as :func:`tetris_tvm.kernels.compute.block_sparse_linear` (``fmt``:
     ``"bsr"``, ``"ell"`` or ``"auto"``); arguments ``(x, *half_weight_args(weight, bias, fmt,
     dtype), y)``.  The PrimFunc carries ``"tetris.dtype" = dtype`` besides the usual attributes.
     """
@@ -98,7 +98,7 @@ def block_sparse_linear_fp16(
     nb = n // bn
     nnzb = weight.nnzb
     width = weight.ell_width if fmt == "ell" else 0
-    _activate(tirx.const(0.0, F32), activation)  # validate early
+    apply_activation(tirx.const(0.0, F32), activation)  # validate early
     with IRBuilder() as ib:
         with TB.prim_func(s_tir=True):
             TB.func_name(name)
@@ -163,7 +163,7 @@ def block_sparse_linear_fp16(
                             if b is not None:
                                 val = val + T.Cast(F32, b[vnb * bn + vi])
                             T.buffer_store(
-                                yf, T.Cast(dtype, _activate(val, activation)),
+                                yf, T.Cast(dtype, apply_activation(val, activation)),
                                 [vm, vnb * bn + vi],
                             )
     return ib.get()
