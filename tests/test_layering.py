@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("compute definitions", ("kernels",)),
     ("frontend and passes", ("frontend", "passes")),
     ("schedules", ("schedules",)),
-    ("compiler", ("runtime", "compiler", "bench", "peers")),
+    ("compiler", ("runtime", "compiler", "bench", "peers", "deploy")),
     ("tuning and cli", ("tuning", "cli", "__main__")),
 ]
 

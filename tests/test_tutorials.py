@@ -175,7 +175,8 @@ def test_deploy_tutorial(tmp_path: Path) -> None:
     import shutil
 
     _require_mnist()
-    cross = shutil.which("aarch64-linux-gnu-g++") or shutil.which("aarch64-linux-gnu-gcc")
+    cross = shutil.which("aarch64-linux-gnu-g++")
+    qemu = shutil.which("qemu-aarch64")
     proc = _run(DEPLOY_TUTORIAL, "--small", "--out", str(tmp_path), *(["--cross"] if cross else []))
     assert proc.returncode == 0, (
         f"tutorial failed (exit {proc.returncode})\n--- stdout\n{proc.stdout}\n"
@@ -186,7 +187,11 @@ def test_deploy_tutorial(tmp_path: Path) -> None:
     assert s["device_agrees"] == "True"
     assert float(s["accuracy"]) > 0.3  # one-shot 75% block pruning of a 0.99 CNN: about 0.6
     assert Path(s["so"]).exists() and (tmp_path / "mnist_cnn.so.tetris.json").exists()
-    assert s["arm"] == ("aarch64" if cross else "skipped")
+    assert s["arm"] == ("skipped" if not cross else
+                        "aarch64-ran" if qemu else "aarch64-built")
+    if shutil.which("c++") or shutil.which("g++"):
+        assert "(host): model" in proc.stdout and "same labels" in proc.stdout
+        assert (tmp_path / "bundle" / "run_model").exists()
     for batch in (1, 7, 64):
         assert f"batch {batch:3d}: output ({batch}, 10)" in proc.stdout
 

@@ -201,6 +201,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.out:
         path = cm.export(args.out, cross_compiler=args.cross_compiler)
         print(f"\nwritten {path} (+ {path.name}.tetris.json)")
+    if args.bundle:
+        folder = cm.export_bundle(args.bundle, cross_compiler=args.cross_compiler,
+                                  runtime_dir=args.runtime_dir)
+        print(f"\ndeploy bundle written to {folder}: copy it to the device and run "
+              f"./run_model model.so <inputs.npy> there (see {folder / 'README.txt'})")
     if args.save_plan:
         cm.plan.save(args.save_plan)
         print(f"plan written to {args.save_plan}")
@@ -499,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "accumulation; everything else stays float32); half types suit CUDA")
     c.add_argument("--out", help="export the compiled model to this .so")
     c.add_argument("--cross-compiler", help="e.g. aarch64-linux-gnu-gcc (with a matching --target)")
+    c.add_argument("--bundle", metavar="DIR",
+                   help="write a deploy bundle: the model, the TVM runtime for the target's "
+                   "architecture and a C++ runner (no Python on the device)")
+    c.add_argument("--runtime-dir", metavar="DIR",
+                   help="for --bundle: the device's libtvm_runtime.so / libtvm_ffi.so (or the "
+                   "apache-tvm wheels); default: this machine's TVM, or pip download")
     c.add_argument("--save-plan", help="write the plan used to this .npz")
     _recovery_args(c)
     c.set_defaults(func=_cmd_compile)

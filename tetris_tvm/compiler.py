@@ -184,6 +184,20 @@ class CompiledModel(ModelRunner):
 
         return walk(self.executable.mod)
 
+    def meta_inputs(self) -> list[dict[str, Any]]:
+        """Per input: name, shape (None: dynamic), dtype and batch bound."""
+        return [dict(d) for d in self._meta.get("inputs", [])]
+
+    def export_bundle(self, directory: str | os.PathLike[str], cross_compiler: str | None = None,
+                      runtime_dir: str | os.PathLike[str] | None = None,
+                      download: bool = True) -> Path:
+        """A folder to copy to the device and run there without Python: the model, the TVM
+        runtime for its architecture and a C++ runner (:func:`tetris_tvm.deploy.export_bundle`)."""
+        from .deploy import export_bundle
+
+        return export_bundle(self, directory, cross_compiler=cross_compiler,
+                             runtime_dir=runtime_dir, download=download)
+
     def export(self, path: str | os.PathLike[str], cross_compiler: str | None = None) -> Path:
         """Write a deployable shared library (and a small ``.tetris.json`` beside it).
 

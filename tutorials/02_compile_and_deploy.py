@@ -10,8 +10,11 @@ What a deployment needs from ``tetris_tvm.compile``, on the pretrained MNIST CNN
    output layout);
 4. load that file in a fresh Python in which ``import torch`` fails, and classify images of
    two batch sizes from numpy arrays: what runs on the device is TVM's runtime and our kernels;
-5. with ``--cross``, also build it for a 64-bit ARM board (needs ``aarch64-linux-gnu-g++``;
-   ``apt-get install g++-aarch64-linux-gnu``) and check the library is an AArch64 ELF file.
+5. write a deploy bundle (``cm.export_bundle``): the library, TVM's runtime libraries and a
+   small C++ runner, to copy to a device and run with no Python there; run it here;
+6. with ``--cross``, the same for a 64-bit ARM board (needs ``aarch64-linux-gnu-g++``;
+   ``apt-get install g++-aarch64-linux-gnu``), run under ``qemu-aarch64`` when it is installed
+   (``apt-get install qemu-user``).
 
 Run it from the repository root::
 
@@ -43,7 +46,6 @@ import tetris_tvm  # noqa: E402
 from tetris_tvm import zoo  # noqa: E402
 
 AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 4}
-EM_AARCH64 = 183  # ELF e_machine of a 64-bit ARM library
 
 # what the device runs: no torch (it is made unimportable), only tetris_tvm.load and numpy
 DEVICE_SCRIPT = """
@@ -137,20 +139,41 @@ def main(argv: list[str] | None = None) -> int:
     print(f"without torch: batches {sorted(device)} classified, "
           f"{'same labels as in this process' if agrees else 'LABELS DIFFER'}")
 
-    # 5. a library for an ARM board
+    # 5. a deploy bundle: the model, TVM's runtime and a C++ runner; no Python on the device
+    bundles = {}
+    if shutil.which("c++") or shutil.which("g++"):
+        bundles["host"] = (cm.export_bundle(out / "bundle"), [])
     arm = "skipped"
-    if args.cross:
-        cc = shutil.which("aarch64-linux-gnu-g++") or shutil.which("aarch64-linux-gnu-gcc")
+    if args.cross:  # 6. the same for a 64-bit ARM board, run under emulation when possible
+        cc = shutil.which("aarch64-linux-gnu-g++")
         if cc is None:
             print("--cross: no aarch64-linux-gnu-g++ here (apt-get install g++-aarch64-linux-gnu)")
         else:
             cm_arm = tetris_tvm.compile(model, (example,), target=AARCH64, plan=cm.plan,
                                         dynamic_batch=True)
-            path = cm_arm.export(out / "mnist_cnn_aarch64.so", cross_compiler=cc)
-            header = path.read_bytes()[:20]
-            is_arm = header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183
-            arm = "aarch64" if is_arm else "wrong-architecture"
-            print(f"cross-compiled {path}: {'an AArch64 ELF library' if is_arm else arm}")
+            folder = cm_arm.export_bundle(out / "bundle_aarch64", cross_compiler=cc)
+            arm = "aarch64-built"
+            if shutil.which("qemu-aarch64"):
+                qemu = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
+                bundles["aarch64 (qemu)"] = (folder, qemu)
+            else:
+                print("--cross: no qemu-aarch64 to run it here (apt-get install qemu-user)")
+    for where, (folder, prefix) in bundles.items():
+        np.save(folder / "images.npy", images[:32])
+        run = subprocess.run([*prefix, "./run_model", "model.so", "--runs", "5", "images.npy"],
+                             cwd=folder, capture_output=True, text=True, timeout=600)
+        if run.returncode != 0:
+            print(run.stderr[-3000:], file=sys.stderr)
+            return 1
+        same = np.load(folder / "output0.npy").argmax(1).tolist() == predictions[:32].tolist()
+        agrees = agrees and same
+        if where.startswith("aarch64"):
+            arm = "aarch64-ran" if same else "aarch64-labels-differ"
+        sizes = json.loads((folder / "bundle.json").read_text())["bytes"]
+        runtime_mib = (sizes["libtvm_runtime.so"] + sizes["libtvm_ffi.so"]) / 2**20
+        print(f"bundle {folder} ({where}): model {sizes['model.so'] / 1024:.0f} KiB, runtime "
+              f"{runtime_mib:.1f} MiB; {'same labels' if same else 'LABELS DIFFER'}; "
+              f"{run.stdout.strip().splitlines()[-1]}")
 
     print(f"SUMMARY max_rel_diff={worst:.3e} accuracy={accuracy:.4f} device_agrees={agrees} "
           f"so={so} arm={arm}")
