@@ -142,6 +142,70 @@ def test_encoder_outputs_use_the_hidden_state_loss():
     assert np.isfinite(plan.settings["finetune"]["final_loss"])
 
 
+class Stack(nn.Module):
+    """Three blocks in a ModuleList, like a transformer's layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(32, 32) for _ in range(3))
+        self.head = nn.Linear(32, 8)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = torch.relu(b(x))
+        return self.head(x)
+
+
+def test_hidden_layer_modules_auto_and_by_pattern():
+    from tetris_tvm.finetuning import hidden_modules
+
+    m = Stack()
+    assert hidden_modules(m, None) == []
+    assert hidden_modules(m, "auto") == ["blocks.0", "blocks.1", "blocks.2"]
+    assert hidden_modules(m, ["blocks.?", "head"]) == ["blocks.0", "blocks.1", "blocks.2", "head"]
+    with pytest.raises(ValueError, match="matches no module"):
+        hidden_modules(m, "encoder.*")
+    with pytest.raises(ValueError, match="needs a model with an nn.ModuleList"):
+        hidden_modules(Classifier(), "auto")
+
+
+def test_hidden_layer_distillation_adds_the_intermediate_error():
+    """The loss with taps = output loss + weight * mean normalised MSE of the blocks' outputs,
+    and training with them leaves no hook behind."""
+    from tetris_tvm.calibration import as_batches
+    from tetris_tvm.finetuning import FinetuneConfig, _Taps, distillation_loss, hidden_modules
+
+    torch.manual_seed(0)
+    teacher = Stack().eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.blocks[1].weight.mul_(0.5)  # only block 1 and what follows differ
+    batch = as_batches([torch.randn(16, 32)])[0]
+    names = hidden_modules(student, "auto")
+    cfg = FinetuneConfig(steps=1, hidden_weight=2.0)
+    plain = distillation_loss(student, teacher, batch, None, cfg)
+    taps = (_Taps(student, names), _Taps(teacher, names))
+    with_taps = distillation_loss(student, teacher, batch, None, cfg, taps)
+    with torch.no_grad():
+        outs_s, outs_t, xs, xt = [], [], batch.args[0], batch.args[0]
+        for bs, bt in zip(student.blocks, teacher.blocks, strict=True):
+            ys, yt = bs(xs), bt(xt)  # a block's own output (the ReLU is outside it)
+            outs_s.append(ys)
+            outs_t.append(yt)
+            xs, xt = torch.relu(ys), torch.relu(yt)
+        terms = [((a - b) ** 2).mean() / (b**2).mean() for a, b in zip(outs_s, outs_t, strict=True)]
+        expected = plain + 2.0 * torch.stack(terms).mean()
+    assert float(terms[0]) == 0.0 and float(terms[1]) > 0
+    torch.testing.assert_close(with_taps.detach(), expected, rtol=1e-5, atol=1e-6)
+    for t in taps:
+        t.close()
+    model, plan = tetris_tvm.finetune(Stack(), _data(labels=False), 0.5, (8, 8), steps=8,
+                                      prune_every=2, lr=1e-3, progress=False,
+                                      hidden_layers="auto")
+    assert plan.settings["finetune"]["hidden_layers"] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert all(not m._forward_hooks for m in model.modules())
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(clf, tmp_path):
     full, _ = _run(copy.deepcopy(clf), checkpoint_dir=tmp_path / "a", checkpoint_every=5)
 

@@ -88,6 +88,24 @@ def test_compile_applies_only_checked_records(tuned):
     assert_close(cm(x), masked_reference(model, cm.plan, x))
 
 
+def test_tuned_build_after_tune_in_the_same_process_is_not_slower(tuned):
+    """A build compiled right after tune() in the same process runs like a default build.
+
+    A ratio with a generous margin (a tuned kernel never replaces a faster default, so the
+    tuned build should be about as fast or faster); it guards against a process-level
+    slowdown (once seen: 40x) rather than timing anything precisely.
+    """
+    from tetris_tvm.bench import time_interleaved
+
+    model, x, work, _ = tuned
+    default = tetris_tvm.compile(model, (x,), sparsity=SPARSITY, block_size=BLOCK)
+    tuned_cm = tetris_tvm.compile(model, (x,), sparsity=SPARSITY, block_size=BLOCK, tuning=work)
+    xn = x.numpy()
+    times = time_interleaved({"default": lambda: default.run_numpy(xn),
+                              "tuned": lambda: tuned_cm.run_numpy(xn)}, repeats=51, warmup=5)
+    assert times["tuned"] <= 3.0 * times["default"], times
+
+
 def test_rerun_resumes_instead_of_starting_over(tuned):
     model, x, work, first = tuned
     again = tune(model, (x,), work_dir=work, trials=6, sparsity=SPARSITY, block_size=BLOCK,

@@ -319,6 +319,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     dense = torch_out()
     rows = []
     fns: dict[str, Any] = {"torch eager (dense)": torch_out}
+    peer_names: list[str] = []
+    if args.peers:
+        from . import peers
+
+        for name, reason in peers.available().items():
+            if reason is not None:
+                print(f"{name}: skipped ({reason})")
+                continue
+            print(f"preparing {name} (dense) ...", flush=True)
+            fns[f"{name} (dense)"] = peers.runner(name, model, inputs, threads=args.threads)
+            peer_names.append(f"{name} (dense)")
     if recovery:
         print(f"quality recovery: {len(recovery['calibration'])} calibration batches, "
               f"reconstruct={recovery['reconstruct']}, allocation={recovery['allocation']}")
@@ -349,11 +360,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"\n{'variant':<22} {'ms':>8} {'speedup':>8}  quality on {where}")
     dq = ", ".join(f"{k} {dense_quality[k]:.3f}" for k in names) if evaluate else "-"
     print(f"{'torch eager (dense)':<22} {base * 1e3:>8.1f} {1.0:>8.2f}  {dq}")
+    for name in peer_names:
+        print(f"{name:<22} {times[name] * 1e3:>8.1f} {base / times[name]:>8.2f}  {dq}")
     for s, quality, kept, rel in rows:
         t = times[f"tetris-tvm s={s}"]
         name = f"tetris-tvm s={s}"
         print(f"{name:<22} {t * 1e3:>8.1f} {base / t:>8.2f}  {quality} "
               f"(weights kept {kept:.2f}; compiled = reference to {rel:.1e})")
+    if peer_names:
+        best = min(peer_names, key=lambda k: times[k])
+        print(f"\nspeedups above are over torch eager; the best dense peer is {best} "
+              f"({times[best] * 1e3:.1f} ms)")
     return 0
 
 
@@ -551,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sparsity", type=_sparsity, nargs="+", default=[0.0, 0.5, 0.75],
                    help="sparsities to compile (0 = dense through the same path)")
     b.add_argument("--repeats", type=int, default=7, help="interleaved repeats")
+    b.add_argument("--peers", action="store_true",
+                   help="also time ONNX Runtime and OpenVINO (dense, float32; pip install -e "
+                   "\".[peers]\")")
     b.add_argument("--threads", type=int, default=2, help="torch threads")
     b.add_argument("--streams", choices=("auto", "shared", "separate"), default="auto",
                    help="residual-stream permutations, as for compile")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,9 @@ def onnxruntime_runner(model: Any, example_inputs: Any, threads: int = 2,
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     names = [f"input{i}" for i in range(len(inputs))]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.13 deprecates the TorchScript exporter; the torch.export one needs onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model.eval(), inputs, str(path), input_names=names, opset_version=17,
                           dynamo=False)
     options = ort.SessionOptions()
@@ -86,7 +89,8 @@ def openvino_runner(model: Any, example_inputs: Any, threads: int = 2,
     import torch
 
     inputs = _inputs(example_inputs)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO traces with torch.jit
         converted = ov.convert_model(model.eval(), example_input=inputs)
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     if precision is not None:
