@@ -285,10 +285,12 @@ def lower_model(
     rules and :func:`tetris_tvm.tune` work on.
     """
     use_all_cores()
+    import tvm
     from tvm import relax
 
-    from .frontend import bind_weights, import_model, max_batch
+    from .frontend import BindWeights, import_model, max_batch
     from .passes import ClipGatherIndices, FastActivations, FoldPermutations, LowerBlockSparse
+    from .passes.lower import lowered_layers
     from .reorder import check_sparsity
 
     sparsity = check_sparsity(sparsity, "compile")
@@ -304,18 +306,24 @@ def lower_model(
         streams=streams, calibration=calibration, importance=importance,
         reconstruct=reconstruct, allocation=allocation, progress=progress,
     )
-    mod = prune_pass(imported.mod)
-    mod = bind_weights(mod, imported.weights)
-    fold = FoldPermutations()
-    mod = fold(mod)
-    mod = relax.transform.DeadCodeElimination()(mod)
-    mod = lower(mod)
-    mod = FastActivations()(mod)
-    mod = ClipGatherIndices()(mod)
+    passes = tvm.transform.Sequential(
+        [
+            prune_pass,  # reorder + block-prune, with the plan computed or given
+            BindWeights(imported.weights),
+            FoldPermutations(),
+            relax.transform.DeadCodeElimination(),
+            lower,
+            FastActivations(),
+            ClipGatherIndices(),
+            lowering_pipeline(),
+        ],
+        name="tetris_lower",
+    )
     with tgt:
-        mod = lowering_pipeline()(mod)
+        mod = passes(imported.mod)
     plan = prune_pass.plan
-    report = _report(plan, lower.layers, fold.runtime_gathers, skipped)
+    gathers = mod.attrs.get("tetris.runtime_gathers") if mod.attrs is not None else None
+    report = _report(plan, lowered_layers(mod), int(gathers or 0), skipped)
     report.streams = list(prune_pass.stream_report)
     meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple,
             "inputs": imported.input_specs}

@@ -17,7 +17,10 @@ import numpy as np
 
 from ._compat import quiet_torch_export
 
-__all__ = ["ImportedModel", "import_model", "bind_weights", "max_batch", "to_torch_inputs"]
+__all__ = [
+    "BindWeights", "ImportedModel", "import_model", "bind_weights", "max_batch",
+    "to_torch_inputs",
+]
 
 
 @dataclass
@@ -163,11 +166,29 @@ def _input_spec(var: Any, bound: int | None) -> dict[str, Any]:
 
 def bind_weights(mod: Any, weights: dict[str, np.ndarray]) -> Any:
     """Bind the named weight parameters of ``main`` as constants (BindParams)."""
+    return BindWeights(weights)(mod)
+
+
+def _bind_weights_pass() -> Any:
     import tvm
     from tvm import relax
 
-    func = mod["main"]
-    present = {v.name for v in func.params}
-    bind = {k: tvm.runtime.tensor(v) for k, v in weights.items() if k in present}
-    mod = relax.transform.BindParams("main", bind)(mod)
-    return mod
+    @tvm.transform.module_pass(opt_level=0, name="BindWeights")
+    class BindWeightsPass:
+        """Bind the weights still parameters of ``main`` as constants (BindParams), whichever
+        of them earlier passes left (a pruned layer's weight may already be a constant)."""
+
+        def __init__(self, weights: dict[str, np.ndarray]) -> None:
+            self.weights = weights
+
+        def transform_module(self, mod: Any, _ctx: Any) -> Any:
+            present = {v.name for v in mod["main"].params}
+            bind = {k: tvm.runtime.tensor(v) for k, v in self.weights.items() if k in present}
+            return relax.transform.BindParams("main", bind)(mod)
+
+    return BindWeightsPass
+
+
+def BindWeights(weights: dict[str, np.ndarray]) -> Any:  # noqa: N802 - a Pass, named as one
+    """A Pass binding the named weight parameters of ``main`` as constants."""
+    return _bind_weights_pass()(weights)

@@ -12,8 +12,9 @@ of the same family instead. The composites are removed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,10 @@ from ._dataflow import (
 )
 from .prune import COMPOSITE_CONV2D, COMPOSITE_LINEAR
 
-__all__ = ["LowerBlockSparse", "LoweredLayer"]
+__all__ = ["LOWERED_ATTR", "LowerBlockSparse", "LoweredLayer", "lowered_layers"]
+
+LOWERED_ATTR = "tetris.lowered_layers"
+"""Module attribute where LowerBlockSparse records its layers (JSON, see lowered_layers)."""
 
 _ACTIVATIONS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"}
 
@@ -218,7 +222,7 @@ class LowerBlockSparse:
         for name in comps:
             gv = new.get_global_var(name)
             new = _without(new, gv)
-        return new
+        return new.with_attr(LOWERED_ATTR, json.dumps([asdict(la) for la in self.layers]))
 
     def _lower(
         self,
@@ -343,6 +347,17 @@ class LowerBlockSparse:
             )
         )
         return gv
+
+
+def lowered_layers(mod: tvm.IRModule) -> list[LoweredLayer]:
+    """What LowerBlockSparse recorded in ``mod`` (its ``tetris.lowered_layers`` attribute),
+    also after later passes; empty when it lowered nothing."""
+    attrs = mod.attrs
+    text = None if attrs is None else attrs.get(LOWERED_ATTR)
+    if text is None:
+        return []
+    return [LoweredLayer(**{**d, "shape": tuple(d["shape"]), "block": tuple(d["block"])})
+            for d in json.loads(str(text))]
 
 
 def _const(array: np.ndarray) -> relax.Constant:
