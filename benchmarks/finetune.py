@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 import tetris_tvm  # noqa: E402
-from tetris_tvm import quality, zoo  # noqa: E402
+from tetris_tvm import peers, quality, zoo  # noqa: E402
 from tetris_tvm.bench import check_and_time  # noqa: E402
 
 DEFAULTS = {
@@ -65,7 +65,8 @@ class Task:
 
 
 def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_every: int,
-        dense_cm: Any, repeats: int, hidden: str | None, allocation: str) -> dict[str, Any]:
+        dense_cm: Any, repeats: int, hidden: str | None, allocation: str,
+        peer_runners: dict[str, Any], plan_dir: Path) -> dict[str, Any]:
     planner = None
     if method == "tetris":
         planner = tetris_tvm.graph_planner(task.model, task.example, (b, b),
@@ -84,10 +85,15 @@ def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_e
                            **{k: v for k, v in hist[-1].items() if k not in ("step",)}}
     if method != "tetris":
         return row  # unstructured: no block-sparse kernels to time
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = plan_dir / f"{task.name}_s{s}_b{b}_{steps}steps.npz"
+    plan.save(plan_path)  # the fine-tuned model: masks and weights (not committed: large)
+    row["plan_file"] = str(plan_path)
     cm = tetris_tvm.compile(task.model, task.example, plan=plan)
     plan.remove()
     reference = plan.apply(copy.deepcopy(task.model), keep=False)
-    row.update(check_and_time(cm, dense_cm, task.model, reference, task.example, repeats))
+    row.update(check_and_time(cm, dense_cm, task.model, reference, task.example, repeats,
+                              peers=peer_runners))
     return row
 
 
@@ -106,6 +112,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate")
     ap.add_argument("--repeats", type=int, default=9, help="interleaved timing repeats")
+    ap.add_argument("--peers", action="store_true",
+                    help="also time ONNX Runtime and OpenVINO (dense) next to the compiled model")
+    ap.add_argument("--plans", type=Path, default=Path("benchmarks/out/finetuned_plans"),
+                    help="where the fine-tuned plans are saved (not committed)")
     ap.add_argument("--hidden-layers", default=None,
                     help="also distil these modules' outputs ('auto': the transformer blocks)")
     ap.add_argument("--allocation", default=None,
@@ -122,6 +132,12 @@ def main() -> None:
         task = Task(name, d["batch"])
         results.setdefault("dense", {})[name] = task.dense
         dense_cm = tetris_tvm.compile(task.model, task.example, sparsity=0.0)
+        peer_runners = {}
+        for peer, reason in (peers.available().items() if args.peers else ()):
+            if reason is None:
+                peer_runners[peer] = peers.runner(peer, task.model, task.example)
+            else:
+                print(f"{peer}: skipped ({reason})", flush=True)
         steps, lr = args.steps or d["steps"], args.lr or d["lr"]
         for cfg in args.configs or d["configs"]:
             s, b = float(cfg.split(":")[0]), int(cfg.split(":")[1])
@@ -132,7 +148,8 @@ def main() -> None:
                 if key in done:
                     continue
                 row = run(task, s, b, method, steps, lr, max(steps // 6, 1), dense_cm,
-                          args.repeats, args.hidden_layers, allocation)
+                          args.repeats, args.hidden_layers, allocation, peer_runners,
+                          args.plans)
                 row.update(model=name, sparsity=s, block=b, method=method)
                 results["rows"].append(row)
                 args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -59,13 +59,16 @@ def time_interleaved(
 
 
 def check_and_time(
-    cm: Any, dense_cm: Any, model: Any, reference: Any, inputs: Sequence[Any], repeats: int = 9
+    cm: Any, dense_cm: Any, model: Any, reference: Any, inputs: Sequence[Any], repeats: int = 9,
+    peers: Mapping[str, Callable[[], Any]] | None = None,
 ) -> dict[str, Any]:
     """A compiled pruned model against its masked torch ``reference`` and, interleaved in
-    this process, against dense torch eager (``model``) and our dense build ``dense_cm``.
+    this process, against dense torch eager (``model``), our dense build ``dense_cm`` and
+    the given dense ``peers`` (name -> runner, :mod:`tetris_tvm.peers`).
 
     Returns ``max_rel_diff_to_reference``, ``runtime_gathers``, ``weights_kept`` and the
-    median milliseconds ``ms_torch_eager``, ``ms_ours_dense``, ``ms_pruned``.
+    median milliseconds ``ms_torch_eager``, ``ms_ours_dense``, ``ms_pruned`` and
+    ``ms_<peer>`` for each peer.
     """
     import torch
 
@@ -81,13 +84,13 @@ def check_and_time(
         with torch.no_grad():
             eager(*inputs)
 
-    times = time_interleaved(
-        {"torch": torch_eager, "dense": lambda: dense_cm.run_numpy(*args),
-         "pruned": lambda: cm.run_numpy(*args)},
-        repeats=repeats,
-    )
+    fns = {"torch": torch_eager, "dense": lambda: dense_cm.run_numpy(*args),
+           "pruned": lambda: cm.run_numpy(*args), **{f"peer:{k}": f for k, f in
+                                                    (peers or {}).items()}}
+    times = time_interleaved(fns, repeats=repeats)
     totals = cm.report.totals
     return {
+        **{f"ms_{k[5:]}": v * 1e3 for k, v in times.items() if k.startswith("peer:")},
         "max_rel_diff_to_reference": float(np.abs(got - expect).max() / np.abs(expect).max()),
         "runtime_gathers": totals["runtime_gathers"],
         "weights_kept": totals["weights_kept_fraction"],

@@ -43,6 +43,24 @@ def available() -> dict[str, str | None]:
     return out
 
 
+def _plain(model: Any) -> Any:
+    """``model`` as a module of positional tensors to its first output tensor (what the
+    exporters and converters take; a Hugging Face model returns a ModelOutput)."""
+    import torch
+
+    from .calibration import model_output
+
+    class Plain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *xs: Any) -> Any:
+            return model_output(self.inner(*xs))
+
+    return Plain().eval()
+
+
 def _inputs(example_inputs: Any) -> tuple[Any, ...]:
     import torch
 
@@ -65,8 +83,8 @@ def onnxruntime_runner(model: Any, example_inputs: Any, threads: int = 2,
     with torch.no_grad(), warnings.catch_warnings():
         # torch 2.13 deprecates the TorchScript exporter; the torch.export one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model.eval(), inputs, str(path), input_names=names, opset_version=17,
-                          dynamo=False)
+        torch.onnx.export(_plain(model), inputs, str(path), input_names=names,
+                          opset_version=17, dynamo=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -91,7 +109,7 @@ def openvino_runner(model: Any, example_inputs: Any, threads: int = 2,
     inputs = _inputs(example_inputs)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO traces with torch.jit
-        converted = ov.convert_model(model.eval(), example_input=inputs)
+        converted = ov.convert_model(_plain(model), example_input=inputs)
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
