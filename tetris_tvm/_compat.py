@@ -8,11 +8,17 @@ and delete what the new version fixed. Pins: ``apache-tvm==0.27.0.post1``,
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["deep_copy", "import_tensor_intrinsics", "quiet_torch_export"]
+__all__ = [
+    "deep_copy", "import_tensor_intrinsics", "quiet_torch_export", "quiet_vm_serialization",
+]
 
 
 @contextlib.contextmanager
@@ -71,3 +77,37 @@ def import_tensor_intrinsics() -> None:
         import tvm.s_tir.tensor_intrin  # noqa: F401
     finally:
         inspect.stack = original
+
+
+_SCOPE_NOISE = re.compile(r"executable\.cc:\d+: Warning: Scope (Saving|Loaded):\s*$")
+
+
+@contextlib.contextmanager
+def quiet_vm_serialization() -> Iterator[None]:
+    """Drop the ``Warning: Scope Saving:`` / ``Scope Loaded:`` lines TVM prints.
+
+    TVM 0.27: the Relax VM executable logs one such line (with an empty scope) per storage
+    scope whenever it is saved or loaded, i.e. on every ``export`` and ``load``. They are
+    written by C++ to file descriptor 2, so the descriptor is captured for the duration of
+    the call and every other line is passed on to ``sys.stderr`` unchanged.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace")
+            kept = [line for line in text.splitlines(keepends=True)
+                    if not _SCOPE_NOISE.search(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()

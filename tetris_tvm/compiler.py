@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ._compat import quiet_vm_serialization
 from .runtime import (
     META_SUFFIX,
     LoadedModel,
@@ -207,12 +208,14 @@ class CompiledModel(ModelRunner):
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if cross_compiler:
-            from tvm.support import cc
+        with quiet_vm_serialization():
+            if cross_compiler:
+                from tvm.support import cc
 
-            self.executable.export_library(str(path), fcompile=cc.cross_compiler(cross_compiler))
-        else:
-            self.executable.export_library(str(path))
+                self.executable.export_library(str(path),
+                                               fcompile=cc.cross_compiler(cross_compiler))
+            else:
+                self.executable.export_library(str(path))
         meta = {**self._meta, "target": str(self.target), "report": self.report.to_dict()}
         Path(str(path) + META_SUFFIX).write_text(json.dumps(meta, indent=1, default=str))
         return path

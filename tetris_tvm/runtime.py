@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ._compat import quiet_vm_serialization
+
 __all__ = [
     "META_SUFFIX", "InputSpec", "LoadedModel", "ModelRunner", "flatten_tensors", "load",
     "use_all_cores",
@@ -187,14 +189,16 @@ def load(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel:
     meta.setdefault("input_names", ["input"])
     meta.setdefault("output_is_tuple", False)
     try:
-        lib = tvm.runtime.load_module(str(path))
+        with quiet_vm_serialization():
+            lib = tvm.runtime.load_module(str(path))
     except Exception as e:  # noqa: BLE001 - TVM raises InternalError / TVMError / OSError
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not a loadable compiled model ({first}); it may be "
                          "truncated, or built for another architecture (export again, or "
                          "cross-compile for this machine)") from None
     try:
-        return LoadedModel(lib, device, meta)
+        with quiet_vm_serialization():
+            return LoadedModel(lib, device, meta)
     except Exception as e:  # noqa: BLE001 - a library without a Relax VM entry point
         raise ValueError(f"{path}: a shared library, but not a model tetris-tvm exported "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
