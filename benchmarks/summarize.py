@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tetris_tvm.bench import quality_text
-
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -63,20 +61,50 @@ def models_table() -> None:
     if not path.exists():
         return
     data = json.loads(path.read_text())
-    print("\n| model | batch | torch eager dense | s=0 (ours) | s=0.5 | s=0.75 | s=0.9 |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for case in data["cases"]:
-        shape = case["batch"] if "seq" not in case else f"{case['batch']} x {case['seq']}"
+    cases = data["cases"]
+    if not cases or "best_dense_ms" not in cases[0]:
+        return
+    sparse = sorted({k for c in cases for k in c["variants"] if k.startswith("ours s=")})
+    dense = ["torch eager", "onnxruntime", "openvino", "ours dense"]
+    print(f"\nMedian ms, interleaved in one process, 2 threads ({data['meta']['processor']}); "
+          "in brackets the speedup over the best dense runtime of the row\n")
+    print("| model | batch | block | " + " | ".join(dense + sparse) + " |")
+    print("| --- | --- | --- |" + " --- |" * (len(dense) + len(sparse)))
+    for c in cases:
         cells = []
-        for key in ("s=0.0", "s=0.5", "s=0.75", "s=0.9"):
-            v = case["variants"].get(key)
-            cells.append("-" if v is None else f"{v['ms']:.1f} ms ({v['speedup_vs_torch']:.2f}x)")
-        head = f"| {case['model']} | {shape} | {case['torch_ms']:.1f} ms | "
-        print(head + " | ".join(cells) + " |")
-    print("\nquality:")
-    for case in data["cases"]:
-        for key, v in case["variants"].items():
-            print(f"  {case['model']} b{case['batch']} {key}: {quality_text(case['model'], v)}")
+        for k in dense + sparse:
+            v = c["variants"].get(k)
+            cells.append("-" if v is None else
+                         f"{v['ms']:.2f} ({v['speedup_vs_best_dense']:.2f}x)")
+        print(f"| {c['model']} | {c['batch']} | {c['block']}x{c['block']} | "
+              + " | ".join(cells) + " |")
+    print("\nCompile (or export / convert) seconds\n")
+    print("| model | batch | " + " | ".join(dense[1:] + sparse) + " |")
+    print("| --- | --- |" + " --- |" * (len(dense) - 1 + len(sparse)))
+    for c in cases:
+        cells = [f"{c['variants'][k]['compile_s']:.1f}" if k in c["variants"] else "-"
+                 for k in dense[1:] + sparse]
+        print(f"| {c['model']} | {c['batch']} | " + " | ".join(cells) + " |")
+    if "call_overhead_us" in data:
+        o = data["call_overhead_us"]
+        print("\nCall overhead (a 64x64 Linear at batch 1, us per call): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in o.items()))
+
+
+def deploy_table() -> None:
+    path = RESULTS / "deploy.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    print("\n| model | architecture | max rel. error vs masked torch | model .so | TVM runtime | "
+          "runner | runner (C++) | tetris_tvm.load (Python) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in data["rows"]:
+        t = (f"{r['runner_ms']:.3f} ms | {r['python_load_ms']:.3f} ms" if "runner_ms" in r
+             else "- | -")
+        print(f"| {r['model']} | {r['arch']} | {r['max_rel_err']:.1e} | "
+              f"{r['model_bytes'] / 1024:.0f} KiB | {r['runtime_bytes'] / 2**20:.1f} MiB | "
+              f"{r['runner_bytes'] / 1024:.0f} KiB | {t} |")
 
 
 def kernels_table() -> None:
@@ -216,14 +244,16 @@ def finetune_tables() -> None:
         print(f"\n{model}, fine-tuned with distillation, held-out "
               f"(dense: {_dense_note(data, model, metrics)})\n")
         head = " | ".join(lab for _, lab in metrics)
-        print(f"| sparsity, block | method | steps | train (min) | {head} | "
-              "ms torch eager | ms ours dense | ms pruned |")
-        print("| --- | --- | --- | --- |" + " --- |" * (len(metrics) + 3))
+        times = ("ms_torch_eager", "ms_onnxruntime", "ms_openvino", "ms_ours_dense", "ms_pruned")
+        print(f"| sparsity, block | method | recipe | steps | train (min) | {head} | "
+              "ms torch eager | ms ONNX Runtime | ms OpenVINO | ms ours dense | ms pruned |")
+        print("| --- | --- | --- | --- | --- |" + " --- |" * (len(metrics) + len(times)))
         for r in rows:
             cells = " | ".join(f"{r[k]:.3f}" for k, _ in metrics)
-            ms = " | ".join(f"{r[k]:.1f}" if k in r else "-"
-                            for k in ("ms_torch_eager", "ms_ours_dense", "ms_pruned"))
-            print(f"| {r['sparsity']}, {r['block']}x{r['block']} | {r['method']} | "
+            ms = " | ".join(f"{r[k]:.1f}" if k in r else "-" for k in times)
+            recipe = f"lr {r['lr']:g}" + (", hidden" if r.get("hidden_layers") else "")
+            recipe += f", {r.get('allocation', 'sensitivity')}"
+            print(f"| {r['sparsity']}, {r['block']}x{r['block']} | {r['method']} | {recipe} | "
                   f"{r['steps']} | {r['seconds'] / 60:.1f} | {cells} | {ms} |")
         print("\nHeld-out curve (step: first metric)\n")
         for r in rows:
@@ -241,5 +271,6 @@ if __name__ == "__main__":
         sys.exit(0)
     reorder_table()
     models_table()
+    deploy_table()
     kernels_table()
     tuning_tables()
