@@ -2,6 +2,7 @@
 
     python benchmarks/summarize.py            # everything
     python benchmarks/summarize.py quality    # docs/quality.md's tables only
+    python benchmarks/summarize.py readme     # the README's headline table
 """
 
 from __future__ import annotations
@@ -262,9 +263,41 @@ def finetune_tables() -> None:
             print(f"- {r['sparsity']} {r['block']}x{r['block']} {r['method']}: {curve}")
 
 
+def headline_table() -> None:
+    """The README's table: fine-tuned models whose speed was timed next to the peers."""
+    path = RESULTS / "finetune.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    rows = [r for r in data["rows"] if r["method"] == "tetris" and "ms_openvino" in r]
+    if not rows:
+        return
+    print("\n| model, sparsity, block | fine-tuning | held-out quality (dense) | torch eager | "
+          "ONNX Runtime | OpenVINO | ours dense | ours pruned |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        model = {"minilm": "MiniLM", "mnist-cnn": "MNIST CNN"}[r["model"]]
+        dense = data["dense"][r["model"]]
+        if r["model"] == "minilm":
+            q = (f"cosine {r['cosine']:.3f}, WordSim353 {r['wordsim353']:.3f} "
+                 f"(1, {dense['wordsim353']:.3f})")
+        else:
+            q = f"accuracy {r['accuracy']:.3f} ({dense['accuracy']:.3f})"
+        best = min(r[k] for k in ("ms_torch_eager", "ms_onnxruntime", "ms_openvino",
+                                  "ms_ours_dense"))
+        cells = " | ".join(f"{r[k]:.1f} ms" for k in ("ms_torch_eager", "ms_onnxruntime",
+                                                       "ms_openvino", "ms_ours_dense"))
+        print(f"| {model}, {r['sparsity']:.0%}, {r['block']}x{r['block']} | {r['steps']} steps, "
+              f"{r['seconds'] / 60:.0f} min | {q} | {cells} | {r['ms_pruned']:.1f} ms "
+              f"({best / r['ms_pruned']:.2f}x best dense) |")
+
+
 if __name__ == "__main__":
     import sys
 
+    if sys.argv[1:] == ["readme"]:
+        headline_table()
+        sys.exit(0)
     quality_tables()
     finetune_tables()
     if sys.argv[1:] == ["quality"]:
