@@ -260,7 +260,8 @@ def finetune_tables() -> None:
         for r in rows:
             k = metrics[0][0]
             curve = ", ".join(f"{h['step']}: {h[k]:.3f}" for h in r["history"])
-            print(f"- {r['sparsity']} {r['block']}x{r['block']} {r['method']}: {curve}")
+            print(f"- {r['sparsity']} {r['block']}x{r['block']} {r['method']}, {r['steps']} steps, "
+                  f"lr {r['lr']:g}{', hidden' if r.get('hidden_layers') else ''}: {curve}")
 
 
 def headline_table() -> None:
