@@ -374,6 +374,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hidden_layers(args: argparse.Namespace) -> Any:
+    """--hidden-layers: 'none', module patterns, or 'auto' (transformer blocks; none for the
+    MNIST CNN, which has no block list)."""
+    if args.hidden_layers == "none" or (args.hidden_layers == "auto" and args.model != "minilm"):
+        return None
+    return args.hidden_layers
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     import copy
     import json
@@ -427,6 +435,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             calibration=calibration, evaluate=evaluate, eval_every=args.eval_every,
             checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
             resume=args.resume, seed=args.seed,
+            hidden_layers=_hidden_layers(args),
         )
     except FinetuneInterrupted as e:
         print(f"\n{e}; rerun the same command with --resume to continue")
@@ -589,8 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_args(f)
     f.add_argument("--sparsity", type=_sparsity, default=0.5, help="target sparsity")
-    f.add_argument("--steps", type=int, default=1200, help="optimizer steps")
-    f.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
+    f.add_argument("--steps", type=int, default=2400, help="optimizer steps")
+    f.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    f.add_argument("--hidden-layers", default="auto",
+                   help="also distil these modules' outputs: 'auto' (the transformer blocks; "
+                   "the MNIST CNN has none), module-name patterns, or 'none'")
     f.add_argument("--batch-size", type=int, default=32, help="training batch")
     f.add_argument("--prune-every", type=int, default=50, help="steps between re-plannings")
     f.add_argument("--ramp", type=float, default=0.6,
