@@ -97,7 +97,7 @@ def schedule_conv2d(
     if pixels % pv and kernel_kind(func) == "dense_conv2d":
         # peels the ragged pixel tile: a clear win for the dense kernel, but with the indirect
         # (kept-block) loop in between it doubled the time of a 7x7 sparse conv; measured in
-        # TVM 0.27 on 2 cores, see the issue notes
+        # TVM 0.27 on 2 cores
         sch.annotate(lpo, "pragma_loop_partition_hint", 1)
     # contiguous, not round-robin (parallel_cyclic): with few block-rows the parallel loop
     # runs over pixel chunks too, and dealing them round-robin made every thread read every
