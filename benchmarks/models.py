@@ -35,6 +35,7 @@ import torch  # noqa: E402
 import tetris_tvm  # noqa: E402
 from tetris_tvm import peers, zoo  # noqa: E402
 from tetris_tvm.bench import time_interleaved  # noqa: E402
+from tetris_tvm.calibration import model_output  # noqa: E402
 
 BLOCKS = {"minilm": 32, "mobilenet": 16, "mnist-cnn": 8}
 
@@ -52,11 +53,7 @@ def case_inputs(model_name: str, batch: int) -> tuple[torch.nn.Module, tuple[tor
 
 
 def _first(out: Any) -> np.ndarray:
-    if hasattr(out, "last_hidden_state"):
-        out = out.last_hidden_state
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out.detach().numpy() if hasattr(out, "detach") else np.asarray(out)
+    return model_output(out).detach().numpy()
 
 
 def _rel_err(got: np.ndarray, want: np.ndarray) -> float:

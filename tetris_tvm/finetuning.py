@@ -29,6 +29,7 @@ DistributedDataParallel; plans are made on rank 0 and broadcast, checkpoints wri
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
@@ -319,20 +320,6 @@ class _StopFlag:
     def __exit__(self, *_: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-class _closing:
-    """Removes the hooks of a pair of taps however the loop ends."""
-
-    def __init__(self, taps: tuple[_Taps, _Taps] | None) -> None:
-        self.taps = taps
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: Any) -> None:
-        for t in self.taps or ():
-            t.close()
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -631,7 +618,9 @@ def finetune(
         bar = tqdm(total=steps, initial=start, desc="fine-tuning", unit="step")
     loss_value = float("nan")
     taps = (_Taps(model, tapped), _Taps(teacher, tapped)) if tapped else None
-    with _StopFlag() as stop, _closing(taps):
+    with _StopFlag() as stop, contextlib.ExitStack() as hooks:
+        for t in taps or ():
+            hooks.callback(t.close)  # the hooks go however the loop ends
         for step in range(start, steps):
             s = sparsity_at(step, steps, target, initial, ramp, prune_every, schedule)
             if s != current_s or plan is None:

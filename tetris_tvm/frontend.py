@@ -169,26 +169,15 @@ def bind_weights(mod: Any, weights: dict[str, np.ndarray]) -> Any:
     return BindWeights(weights)(mod)
 
 
-def _bind_weights_pass() -> Any:
+def BindWeights(weights: dict[str, np.ndarray]) -> Any:  # noqa: N802 - a Pass, named as one
+    """A Pass binding the weights still parameters of ``main`` as constants (BindParams),
+    whichever of them earlier passes left (a pruned layer's weight may already be a constant)."""
     import tvm
     from tvm import relax
 
-    @tvm.transform.module_pass(opt_level=0, name="BindWeights")
-    class BindWeightsPass:
-        """Bind the weights still parameters of ``main`` as constants (BindParams), whichever
-        of them earlier passes left (a pruned layer's weight may already be a constant)."""
+    def bind(mod: Any, _ctx: Any) -> Any:
+        present = {v.name for v in mod["main"].params}
+        values = {k: tvm.runtime.tensor(v) for k, v in weights.items() if k in present}
+        return relax.transform.BindParams("main", values)(mod)
 
-        def __init__(self, weights: dict[str, np.ndarray]) -> None:
-            self.weights = weights
-
-        def transform_module(self, mod: Any, _ctx: Any) -> Any:
-            present = {v.name for v in mod["main"].params}
-            bind = {k: tvm.runtime.tensor(v) for k, v in self.weights.items() if k in present}
-            return relax.transform.BindParams("main", bind)(mod)
-
-    return BindWeightsPass
-
-
-def BindWeights(weights: dict[str, np.ndarray]) -> Any:  # noqa: N802 - a Pass, named as one
-    """A Pass binding the named weight parameters of ``main`` as constants."""
-    return _bind_weights_pass()(weights)
+    return tvm.transform.module_pass(bind, opt_level=0, name="BindWeights")

@@ -68,13 +68,12 @@ class InputSpec:
     def check(self, shape: Sequence[int], dtype: str) -> None:
         """A ValueError in our words when ``shape`` / ``dtype`` do not fit this input."""
         if dtype != self.dtype:
-            hint = ""
-            if self.dtype.startswith("float") and dtype.startswith("float"):
-                hint = f"; convert it first (torch: .to(torch.{self.dtype}), numpy: .astype)"
-            elif self.dtype.startswith("int"):
-                hint = f"; convert it first (torch: .to(torch.{self.dtype}), numpy: .astype)"
+            convertible = self.dtype.startswith("int") or (
+                self.dtype.startswith("float") and dtype.startswith("float"))
+            hint = (f"; convert it first (torch: .to(torch.{self.dtype}), numpy: .astype)"
+                    if convertible else "")
             raise ValueError(f"input {self.name!r}: expected dtype {self.dtype}, got {dtype}"
-                             + (hint or ""))
+                             + hint)
         shape = tuple(int(d) for d in shape)
         ok = len(shape) == len(self.shape) and all(
             want is None or want == got for want, got in zip(self.shape, shape, strict=True)

@@ -67,11 +67,10 @@ def _versions() -> dict[str, str]:
 
 def _from_wheels(folder: Path, arch: str, out: Path) -> bool:
     """Extract the runtime libraries from the wheels in ``folder``; True when both were found."""
-    tags = {"aarch64": "aarch64", "x86_64": "x86_64"}.get(arch, arch)
     found = 0
     for lib, (dist, member) in _WHEELS.items():
         prefix = dist.replace("-", "_") + "-"
-        wheels = [w for w in folder.glob("*.whl") if w.name.startswith(prefix) and tags in w.name]
+        wheels = [w for w in folder.glob("*.whl") if w.name.startswith(prefix) and arch in w.name]
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as z:
                 if member in z.namelist():

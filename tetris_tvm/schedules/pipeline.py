@@ -15,6 +15,8 @@ all see the same rules in the same order:
 
 from __future__ import annotations
 
+from typing import Any
+
 import tvm
 from tvm import relax, s_tir
 from tvm.s_tir import dlight as dl
@@ -24,7 +26,7 @@ from tvm.target import Target
 from . import cpu, cuda
 from .cpu.fallback import Fallback
 from .cpu.row_reduction import RowReduction
-from .rule import KernelRule
+from .rule import KernelRule, design_spaces_of, matching_rule
 
 __all__ = [
     "default_rules",
@@ -33,6 +35,7 @@ __all__ = [
     "schedule_module",
     "schedule_pipeline",
     "space_size",
+    "tuning_rule",
     "tuning_space",
 ]
 
@@ -88,11 +91,13 @@ def tuning_space(sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule] | 
     """The design spaces of the tetris rule that takes ``sch``'s kernel on ``target``, or None
     when no rule offers one (then tuning leaves the kernel to its default schedule, or to
     MetaSchedule's generic space for dense ops)."""
-    func = sch.mod["main"]
-    for rule in default_rules(target):
-        if isinstance(rule, KernelRule) and rule.matches(func, target):
-            return rule.design_spaces(sch, target)
-    return None
+    return design_spaces_of(default_rules(target), sch, target)
+
+
+def tuning_rule(func: Any, target: Target) -> KernelRule | None:
+    """The tetris rule that offers ``func`` a tuning space on ``target`` (None: no rule does),
+    found without building the spaces."""
+    return matching_rule(default_rules(target), func, target)
 
 
 def space_size(spaces: list[s_tir.Schedule]) -> int:

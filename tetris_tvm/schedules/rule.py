@@ -28,7 +28,7 @@ from tvm.target import Target
 
 from .analysis import fresh_schedule, kernel_kind
 
-__all__ = ["KernelRule"]
+__all__ = ["KernelRule", "design_spaces_of", "matching_rule"]
 
 
 class KernelRule(ScheduleRule):
@@ -92,3 +92,18 @@ class KernelRule(ScheduleRule):
         sch = fresh_schedule(func)
         self.schedule(sch, target)
         return sch
+
+
+def matching_rule(rules: Sequence[Any], func: Any, target: Target) -> KernelRule | None:
+    """The first tetris kernel rule of ``rules`` that takes ``func`` on ``target``, or None."""
+    for rule in rules:
+        if isinstance(rule, KernelRule) and rule.matches(func, target):
+            return rule
+    return None
+
+
+def design_spaces_of(rules: Sequence[Any], sch: s_tir.Schedule,
+                     target: Target) -> list[s_tir.Schedule] | None:
+    """The design spaces of the rule of ``rules`` that takes ``sch``'s kernel, or None."""
+    rule = matching_rule(rules, sch.mod["main"], target)
+    return None if rule is None else rule.design_spaces(sch, target)

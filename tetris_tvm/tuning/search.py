@@ -13,7 +13,7 @@ import numpy as np
 
 from .._compat import import_tensor_intrinsics
 from ..schedules.database import TuningDirectory
-from ..schedules.pipeline import expand_marks, space_size, tuning_space
+from ..schedules.pipeline import expand_marks, space_size, tuning_rule, tuning_space
 from ..schedules.targets import resolve_target
 from .interrupt import StopOnCtrlC, TuningStopped
 from .measure import Checker, CrossExport, Device, TuningResult, select_record
@@ -144,12 +144,11 @@ def _space(task: KernelTask, target: Any) -> Any:
     """The design spaces the schedule rules offer for a tetris kernel, MetaSchedule's generic
     rules for dense ops; None (not tuned, the default schedule stays) for a tetris kernel no
     rule offers a space for, whose indptr-bounded loops the generic rules cannot schedule."""
-    from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     if task.kind == "dense-op":
         return "post-order-apply"
-    if tuning_space(s_tir.Schedule(task.mod), target) is None:
+    if tuning_rule(task.mod["main"], target) is None:
         return None
     return ms.space_generator.ScheduleFn(
         lambda sch: tuning_space(sch, target), sch_rules=[], postprocs=[], mutator_probs={}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
+from ..rule import design_spaces_of
 from ._common import UNROLL_STEPS
 from .block_sparse_matmul import BlockSparseMatmul, linear_configs
 from .conv2d import BlockSparseConv2d, conv_configs
@@ -24,8 +25,4 @@ def design_spaces(sch: s_tir.Schedule, target: Target) -> list[s_tir.Schedule] |
 
     Usable as a MetaSchedule ``ScheduleFn`` (with no extra rules, postprocs or mutators).
     """
-    func = sch.mod["main"]
-    for rule in (BlockSparseMatmul(), BlockSparseConv2d()):
-        if rule.matches(func, target):
-            return rule.design_spaces(sch, target)
-    return None
+    return design_spaces_of((BlockSparseMatmul(), BlockSparseConv2d()), sch, target)
