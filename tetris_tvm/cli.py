@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["main", "build_parser"]
@@ -457,6 +457,22 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(
+    sub: Any,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *groups: Callable[[argparse.ArgumentParser], None],
+    help: str,  # noqa: A002 - argparse's name
+    description: str,
+) -> argparse.ArgumentParser:
+    """The subcommand ``name`` that runs ``func``, with the argument ``groups`` added first."""
+    p = sub.add_parser(name, help=help, description=description)
+    for add in groups:
+        add(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tetris-tvm",
@@ -464,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "prune",
+    p = _command(
+        sub, "prune", _cmd_prune,
         help="plan the pruning of a model and print the per-layer table",
         description="Reorder and block-prune every Linear/Conv2d layer of a model; print the "
         "retained L1 per layer and optionally save the plan (.npz).",
@@ -483,7 +499,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the plan to this .npz file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _recovery_args(p)
-    p.set_defaults(func=_cmd_prune)
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -510,14 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "keeps more and needs no runtime gather (auto), also when it needs "
                        "gathers (shared), or never (separate)")
 
-    c = sub.add_parser(
-        "compile",
+    c = _command(
+        sub, "compile", _cmd_compile, model_args, pruning_args,
         help="prune and compile a model, print the report, export a .so",
         description="Prune a model with TETRIS, compile it with block-sparse kernels, print "
         "the per-layer report and optionally export a deployable shared library.",
     )
-    model_args(c)
-    pruning_args(c)
     c.add_argument("--tuning", help="work dir written by 'tetris-tvm tune'")
     c.add_argument("--tuning-fallback", action="store_true",
                    help="if --tuning has nothing for this target/model, warn and use the "
@@ -538,10 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "apache-tvm wheels); default: this machine's TVM, or pip download")
     c.add_argument("--save-plan", help="write the plan used to this .npz")
     _recovery_args(c)
-    c.set_defaults(func=_cmd_compile)
 
-    t = sub.add_parser(
-        "tune",
+    t = _command(
+        sub, "tune", _cmd_tune, model_args, pruning_args,
         help="auto-tune every kernel of a model with MetaSchedule (XGBoost cost model)",
         description="Prune and lower a model as 'compile' does, then tune all its kernels "
         "(block-sparse and dense) in one MetaSchedule run with the XGBoost cost model. The "
@@ -549,8 +561,6 @@ def build_parser() -> argparse.ArgumentParser:
         "only if they beat the default schedule. Records persist in --work-dir (one folder "
         "per target); rerunning resumes, Ctrl-C keeps the records committed so far.",
     )
-    model_args(t)
-    pruning_args(t)
     t.add_argument("--work-dir", required=True, help="where the tuning records live")
     t.add_argument("--trials", type=int, default=64, help="measured candidates per kernel")
     t.add_argument("--max-trials", type=int, help="cap on the trials of this run")
@@ -561,10 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=int, default=30, help="seconds per build or run")
     t.add_argument("--json", help="also write the per-kernel results to this JSON file")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.set_defaults(func=_cmd_tune)
 
-    b = sub.add_parser(
-        "bench",
+    b = _command(
+        sub, "bench", _cmd_bench, model_args,
         help="compare latency and held-out quality against dense torch",
         description="Compile the model at each sparsity (zoo models: with one-shot quality "
         "recovery on calibration data) and time it against torch eager (dense) in one "
@@ -573,7 +582,6 @@ def build_parser() -> argparse.ArgumentParser:
         "pair-similarity Spearman, WordSim353 and SimLex-999 Spearman; MNIST CNN: accuracy on "
         "the 1000 held-out images).",
     )
-    model_args(b)
     b.add_argument("--sparsity", type=_sparsity, nargs="+", default=[0.0, 0.5, 0.75],
                    help="sparsities to compile (0 = dense through the same path)")
     b.add_argument("--repeats", type=int, default=7, help="interleaved repeats")
@@ -584,10 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--streams", choices=("auto", "shared", "separate"), default="auto",
                    help="residual-stream permutations, as for compile")
     _recovery_args(b, default_calibrate=512)
-    b.set_defaults(func=_cmd_bench)
 
-    f = sub.add_parser(
-        "finetune",
+    f = _command(
+        sub, "finetune", _cmd_finetune, model_args,
         help="prune a zoo model gradually while distilling from its dense self",
         description="Gradual TETRIS pruning (cubic sparsity ramp, re-planned every "
         "--prune-every steps with the compiler's folding constraints) with knowledge "
@@ -596,7 +603,6 @@ def build_parser() -> argparse.ArgumentParser:
         "after the current step and --resume continues. The plan written to --out carries the "
         "fine-tuned weights: 'tetris-tvm compile --plan' builds exactly that model.",
     )
-    model_args(f)
     f.add_argument("--sparsity", type=_sparsity, default=0.5, help="target sparsity")
     f.add_argument("--steps", type=int, default=2400, help="optimizer steps")
     f.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
@@ -617,15 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--threads", type=int, default=2, help="torch threads")
     f.add_argument("--out", help="write the final plan (masks + fine-tuned weights) here")
     f.add_argument("--json", help="write the run's settings and held-out history here")
-    f.set_defaults(func=_cmd_finetune)
 
-    r = sub.add_parser(
-        "report",
+    r = _command(
+        sub, "report", _cmd_report,
         help="print the report of an exported model (.so) or a saved plan (.npz)",
         description="Print the per-layer table of an exported model or a saved plan.",
     )
     r.add_argument("path", help="model.so (reads model.so.tetris.json) or plan.npz")
-    r.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -8,7 +8,13 @@ import tvm
 from tvm import relax
 
 from tetris_tvm.frontend import bind_weights, import_model
-from tetris_tvm.passes import FoldPermutations, LowerBlockSparse, TetrisPrune
+from tetris_tvm.passes import (
+    FoldPermutations,
+    LowerBlockSparse,
+    TetrisPrune,
+    plan_graph,
+    pruned_layers,
+)
 from tetris_tvm.passes._dataflow import op_name
 
 
@@ -52,34 +58,82 @@ def chain():
     return model, x, import_model(model, (torch.from_numpy(x),))
 
 
-def test_prune_emits_composites_and_gathers(chain):
-    model, x, im = chain
-    tp = TetrisPrune(None, im.weights, im.torch_names, sparsity=0.5, block_size=(16, 16))
+@pytest.fixture(scope="module")
+def chain_plan(chain):
+    """The plan computed for the chain (one that folds away) and its stream report."""
+    _, _, im = chain
+    return plan_graph(im.mod, im.weights, im.torch_names, sparsity=0.5, block_size=(16, 16))
+
+
+def test_planning_alone_returns_a_plan_and_leaves_the_module(chain):
+    from tetris_tvm.plan import PruningPlan
+
+    _, _, im = chain
+    before = im.mod.script()
+    plan, report = plan_graph(im.mod, im.weights, im.torch_names, sparsity=0.5,
+                               block_size=(16, 16), progress=False)
+    assert isinstance(plan, PruningPlan)
+    assert set(plan) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert plan.settings["sparsity"] == 0.5 and plan.settings["block_size"] == [16, 16]
+    assert report == []  # a chain has no stream worth sharing
+    assert im.mod.script() == before
+    assert not [f for f in im.mod.functions.values() if f.attrs and "Composite" in f.attrs]
+    assert pruned_layers(im.mod) == []
+
+
+def test_prune_records_the_layers_it_rewrote(chain, chain_plan):
+    _, _, im = chain
+    plan, _ = chain_plan
+    tp = TetrisPrune(plan, im.weights, im.torch_names)
     mod = tp(im.mod)
-    assert set(tp.plan) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert pruned_layers(mod) == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    # later passes keep the record
+    folded = FoldPermutations()(bind_weights(mod, im.weights))
+    assert pruned_layers(folded) == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    # a plan for one layer rewrites only that one; the others stay dense
+    only = type(plan)(layers={"fc2.weight": plan["fc2.weight"]})
+    assert pruned_layers(TetrisPrune(only, im.weights, im.torch_names)(im.mod)) == [
+        "fc2.weight"
+    ]
+    # the pass hands nothing back through attributes
+    for name in ("plan", "sites", "stream_report", "plan_module"):
+        assert not hasattr(tp, name)
+
+
+def test_prune_needs_a_plan(chain):
+    _, _, im = chain
+    with pytest.raises(TypeError, match="PruningPlan"):
+        TetrisPrune(None, im.weights, im.torch_names)
+
+
+def test_prune_emits_composites_and_gathers(chain, chain_plan):
+    model, x, im = chain
+    plan, _ = chain_plan
+    mod = TetrisPrune(plan, im.weights, im.torch_names)(im.mod)
+    assert set(plan) == {"fc1.weight", "fc2.weight", "fc3.weight"}
     comps = [gv for gv, f in mod.functions.items() if f.attrs and "Composite" in f.attrs]
     assert len(comps) == 3
     assert "relax.take" in _ops(mod)
     # the model input and the model output are never permuted (nothing could absorb them)
-    assert np.array_equal(tp.plan["fc1.weight"].perms[1], np.arange(40))
-    assert np.array_equal(tp.plan["fc3.weight"].perms[0], np.arange(10))
+    assert np.array_equal(plan["fc1.weight"].perms[1], np.arange(40))
+    assert np.array_equal(plan["fc3.weight"].perms[0], np.arange(10))
     # fc2's input order is the order fc1's output is stored in
-    assert np.array_equal(tp.plan["fc2.weight"].perms[1], tp.plan["fc1.weight"].perms[0])
+    assert np.array_equal(plan["fc2.weight"].perms[1], plan["fc1.weight"].perms[0])
     out = _run(bind_weights(mod, im.weights), x)
-    np.testing.assert_allclose(out, _masked_reference(model, tp.plan, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, _masked_reference(model, plan, x), rtol=1e-5, atol=1e-5)
 
 
-def test_fold_removes_every_gather_in_a_chain(chain):
+def test_fold_removes_every_gather_in_a_chain(chain, chain_plan):
     model, x, im = chain
-    tp = TetrisPrune(None, im.weights, im.torch_names, sparsity=0.5, block_size=(16, 16))
-    mod = bind_weights(tp(im.mod), im.weights)
+    plan, _ = chain_plan
+    mod = bind_weights(TetrisPrune(plan, im.weights, im.torch_names)(im.mod), im.weights)
     fold = FoldPermutations()
     folded = relax.transform.DeadCodeElimination()(fold(mod))
     assert fold.runtime_gathers == 0
     assert int(folded.attrs["tetris.runtime_gathers"]) == 0
     assert "relax.take" not in _ops(folded)
     out = _run(folded, x)
-    np.testing.assert_allclose(out, _masked_reference(model, tp.plan, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, _masked_reference(model, plan, x), rtol=1e-5, atol=1e-5)
 
 
 def test_fold_keeps_gathers_a_given_plan_needs(chain):
@@ -137,9 +191,10 @@ def test_fold_composes_and_cancels_inverse_gathers():
     np.testing.assert_allclose(_run(out_mod, xv), expect, rtol=1e-6)
 
 
-def test_lower_fuses_bias_and_activation(chain):
+def test_lower_fuses_bias_and_activation(chain, chain_plan):
     model, x, im = chain
-    tp = TetrisPrune(None, im.weights, im.torch_names, sparsity=0.5, block_size=(16, 16))
+    plan, _ = chain_plan
+    tp = TetrisPrune(plan, im.weights, im.torch_names)
     mod = FoldPermutations()(bind_weights(tp(im.mod), im.weights))
     lower = LowerBlockSparse()
     lowered = lower(relax.transform.DeadCodeElimination()(mod))
@@ -148,4 +203,4 @@ def test_lower_fuses_bias_and_activation(chain):
     assert fused == {"fc1.weight": "bias+relu", "fc2.weight": "bias+gelu", "fc3.weight": "bias"}
     assert all(layer.kernel in ("bsr_linear", "ell_linear") for layer in lower.layers)
     out = _run(lowered, x)
-    np.testing.assert_allclose(out, _masked_reference(model, tp.plan, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, _masked_reference(model, plan, x), rtol=1e-4, atol=1e-5)

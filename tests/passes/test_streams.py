@@ -14,9 +14,9 @@ import tvm
 from tvm import relax
 
 from tetris_tvm.frontend import bind_weights, import_model
-from tetris_tvm.passes import FoldPermutations, TetrisPrune
+from tetris_tvm.passes import FoldPermutations, TetrisPrune, plan_graph
 from tetris_tvm.passes._dataflow import const_lookup
-from tetris_tvm.passes.prune import find_layers
+from tetris_tvm.passes.layer_sites import find_layers
 from tetris_tvm.passes.streams import find_streams
 
 
@@ -113,15 +113,19 @@ class ConvResidual(nn.Module):
 
 
 def _build(model, inputs, streams="auto", plan=None, sparsity=0.5, block=(16, 16)):
+    """``((plan, stream report), runtime gathers, output)``; a given plan is only applied
+    (its report is empty)."""
     im = import_model(model, tuple(torch.from_numpy(i) for i in inputs))
-    tp = TetrisPrune(plan, im.weights, im.torch_names, sparsity=sparsity, block_size=block,
-                     streams=streams)
-    mod = bind_weights(tp(im.mod), im.weights)
+    report = []
+    if plan is None:
+        plan, report = plan_graph(im.mod, im.weights, im.torch_names, sparsity=sparsity,
+                                   block_size=block, streams=streams)
+    mod = bind_weights(TetrisPrune(plan, im.weights, im.torch_names)(im.mod), im.weights)
     fold = FoldPermutations()
     mod = relax.transform.DeadCodeElimination()(fold(mod))
     vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(i) for i in inputs]).numpy()
-    return tp, fold.runtime_gathers, out
+    return (plan, report), fold.runtime_gathers, out
 
 
 def _reference(model, plan, inputs):
@@ -159,47 +163,47 @@ def test_find_streams_sees_the_residual_stream(residual):
 
 def test_auto_shares_the_stream_when_it_keeps_more_and_folds_away(residual):
     model, inputs = residual
-    sep, sep_gathers, sep_out = _build(model, inputs, streams="separate")
-    tp, gathers, out = _build(model, inputs, streams="auto")
-    (rec,) = tp.stream_report
+    (sep_plan, sep_report), sep_gathers, sep_out = _build(model, inputs, streams="separate")
+    (plan, report), gathers, out = _build(model, inputs, streams="auto")
+    (rec,) = report
     assert rec["choice"] == "shared" and rec["runtime_gathers_shared"] == 0
     assert rec["retained_l1_shared"] > rec["retained_l1_separate"]
-    assert sep.stream_report == []
-    agree, order = _stream_axes_agree(tp.plan, ["inp.weight", "down.weight"],
+    assert sep_report == []
+    agree, order = _stream_axes_agree(plan, ["inp.weight", "down.weight"],
                                       ["up.weight", "head.weight"])
     assert agree and not np.array_equal(order, np.arange(order.size))
     # the pair up/down still shares its hidden axis
-    assert np.array_equal(tp.plan["up.weight"].perms[0], tp.plan["down.weight"].perms[1])
+    assert np.array_equal(plan["up.weight"].perms[0], plan["down.weight"].perms[1])
     members = ["inp.weight", "up.weight", "down.weight", "head.weight"]
-    mean = np.mean([tp.plan[n].retained_l1 for n in members])
+    mean = np.mean([plan[n].retained_l1 for n in members])
     assert mean == pytest.approx(rec["retained_l1_shared"])
-    assert mean > np.mean([sep.plan[n].retained_l1 for n in members])
+    assert mean > np.mean([sep_plan[n].retained_l1 for n in members])
     assert gathers == 0 and sep_gathers == 0
-    np.testing.assert_allclose(out, _reference(model, tp.plan, inputs), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(sep_out, _reference(model, sep.plan, inputs), rtol=1e-4,
+    np.testing.assert_allclose(out, _reference(model, plan, inputs), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sep_out, _reference(model, sep_plan, inputs), rtol=1e-4,
                                atol=1e-5)
 
 
 def test_a_given_shared_plan_is_rewritten_in_stream_order(residual):
     model, inputs = residual
-    tp, _, _ = _build(model, inputs, streams="auto")
-    again, gathers, out = _build(model, inputs, plan=tp.plan)
+    (plan, _), _, _ = _build(model, inputs, streams="auto")
+    _, gathers, out = _build(model, inputs, plan=plan)
     assert gathers == 0
-    np.testing.assert_allclose(out, _reference(model, tp.plan, inputs), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, _reference(model, plan, inputs), rtol=1e-4, atol=1e-5)
 
 
 def test_a_stream_that_is_the_output_needs_shared_to_accept_a_gather():
     torch.manual_seed(1)
     model = Residual(head=False).eval()
     inputs = [np.random.default_rng(1).standard_normal((3, 64), np.float32)]
-    auto, auto_gathers, _ = _build(model, inputs, streams="auto")
-    (rec,) = auto.stream_report
+    (_, auto_report), auto_gathers, _ = _build(model, inputs, streams="auto")
+    (rec,) = auto_report
     assert rec["choice"] == "separate" and "gather" in rec["reason"]
     assert rec["runtime_gathers_shared"] == 1 and auto_gathers == 0
-    shared, gathers, out = _build(model, inputs, streams="shared")
-    assert shared.stream_report[0]["choice"] == "shared"
+    (shared_plan, shared_report), gathers, out = _build(model, inputs, streams="shared")
+    assert shared_report[0]["choice"] == "shared"
     assert gathers == 1
-    np.testing.assert_allclose(out, _reference(model, shared.plan, inputs), rtol=1e-4,
+    np.testing.assert_allclose(out, _reference(model, shared_plan, inputs), rtol=1e-4,
                                atol=1e-5)
 
 
@@ -207,13 +211,13 @@ def test_a_stream_from_the_model_input_costs_exactly_one_gather():
     torch.manual_seed(5)
     model = InputStream().eval()
     inputs = [np.random.default_rng(5).standard_normal((4, 64), np.float32)]
-    auto, auto_gathers, _ = _build(model, inputs, streams="auto")
-    (rec,) = [r for r in auto.stream_report if r["joins"]]
+    (_, auto_report), auto_gathers, _ = _build(model, inputs, streams="auto")
+    (rec,) = [r for r in auto_report if r["joins"]]
     assert rec["runtime_gathers_shared"] == 1 and rec["choice"] == "separate"
     assert auto_gathers == 0
-    shared, gathers, out = _build(model, inputs, streams="shared")
+    (shared_plan, _), gathers, out = _build(model, inputs, streams="shared")
     assert gathers == 1
-    np.testing.assert_allclose(out, _reference(model, shared.plan, inputs), rtol=1e-4,
+    np.testing.assert_allclose(out, _reference(model, shared_plan, inputs), rtol=1e-4,
                                atol=1e-5)
 
 
@@ -221,52 +225,52 @@ def test_a_gather_that_cannot_sink_is_made_once_not_once_per_reader():
     torch.manual_seed(6)
     model = FanOut().eval()
     inputs = [np.random.default_rng(6).standard_normal((2, 5, 64), np.float32)]
-    tp, gathers, out = _build(model, inputs, streams="shared")
-    (rec,) = tp.stream_report
+    (plan, report), gathers, out = _build(model, inputs, streams="shared")
+    (rec,) = report
     assert rec["choice"] == "shared" and rec["joins"] == 3
     # one gather where the input enters the stream, one where the stream leaves as the
     # output; FoldPermutations must not copy the first into each of the three readers
     assert rec["runtime_gathers_shared"] == 2 and gathers == 2
-    np.testing.assert_allclose(out, _reference(model, tp.plan, inputs), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, _reference(model, plan, inputs), rtol=1e-4, atol=1e-5)
 
 
 def test_an_embedding_table_is_stored_in_stream_order():
     torch.manual_seed(2)
     model = Embedded().eval()
     ids = np.random.default_rng(2).integers(0, 40, (2, 9)).astype(np.int64)
-    tp, gathers, out = _build(model, [ids], streams="shared", block=(16, 16))
-    (rec,) = tp.stream_report
+    (plan, report), gathers, out = _build(model, [ids], streams="shared", block=(16, 16))
+    (rec,) = report
     assert rec["choice"] == "shared" and rec["runtime_gathers_shared"] == 0
     assert gathers == 0
-    np.testing.assert_allclose(out, _reference(model, tp.plan, [ids]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, _reference(model, plan, [ids]), rtol=1e-4, atol=1e-5)
 
 
 def test_gated_branches_share_their_output_order():
     torch.manual_seed(3)
     model = Gated().eval()
     inputs = [np.random.default_rng(3).standard_normal((4, 32), np.float32)]
-    tp, gathers, out = _build(model, inputs, streams="auto")
-    rec = [r for r in tp.stream_report if r["channels"] == 80]
+    (plan, report), gathers, out = _build(model, inputs, streams="auto")
+    rec = [r for r in report if r["channels"] == 80]
     assert rec and rec[0]["layers"] == ["down.weight", "gate.weight", "up.weight"]
     assert rec[0]["choice"] == "shared"
-    agree, _ = _stream_axes_agree(tp.plan, ["gate.weight", "up.weight"], ["down.weight"])
+    agree, _ = _stream_axes_agree(plan, ["gate.weight", "up.weight"], ["down.weight"])
     assert agree
     assert gathers == 0
-    np.testing.assert_allclose(out, _reference(model, tp.plan, inputs), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, _reference(model, plan, inputs), rtol=1e-4, atol=1e-5)
 
 
 def test_conv_residual_stream():
     torch.manual_seed(4)
     model = ConvResidual().eval()
     inputs = [np.random.default_rng(4).standard_normal((2, 3, 8, 8), np.float32)]
-    tp, gathers, out = _build(model, inputs, streams="auto", block=(8, 8))
-    (rec,) = [r for r in tp.stream_report if r["joins"]]
+    (plan, report), gathers, out = _build(model, inputs, streams="auto", block=(8, 8))
+    (rec,) = [r for r in report if r["joins"]]
     assert rec["layers"] == ["a.weight", "b.weight", "fc.weight", "stem.weight"]
     assert rec["runtime_gathers_shared"] == 0
     assert gathers == 0
-    np.testing.assert_allclose(out, _reference(model, tp.plan, inputs), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, _reference(model, plan, inputs), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_streams_mode():
-    with pytest.raises(ValueError, match="streams"):
-        TetrisPrune(None, {}, {}, streams="both")
+    with pytest.raises(ValueError, match="streams must be one of"):
+        plan_graph(None, {}, {}, streams="both")  # checked before the module is read

@@ -3,13 +3,15 @@ loop extents and child blocks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tvm
 from tvm import s_tir, tirx
 
 from .._compat import deep_copy
 from ..kernels.compute import KERNEL_ATTR
 
-__all__ = ["child_blocks", "fresh_schedule", "kernel_kind", "loop_extent"]
+__all__ = ["child_blocks", "fresh_schedule", "kernel_kind", "loop_extent", "row_block"]
 
 
 def kernel_kind(func: tirx.PrimFunc) -> str | None:
@@ -38,3 +40,17 @@ def loop_extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:
 def child_blocks(sch: s_tir.Schedule, parent: s_tir.schedule.SBlockRV) -> dict:
     """Direct child blocks of ``parent`` by name."""
     return {sch.get(b).name_hint: b for b in sch.get_child_blocks(parent)}
+
+
+def row_block(
+    sch: s_tir.Schedule,
+    schedule_copy: Callable[[s_tir.Schedule, s_tir.schedule.SBlockRV], None],
+    copies: tuple[str, ...] = ("x_pad", "y_slice"),
+) -> s_tir.schedule.SBlockRV:
+    """The ``row`` block of a tetris kernel, once ``schedule_copy(sch, block)`` has scheduled
+    those of its copy blocks (``copies``: input padding, im2col, output slice) it has."""
+    root = child_blocks(sch, sch.get_sblock("root"))
+    for name in copies:
+        if name in root:
+            schedule_copy(sch, root[name])
+    return root["row"]

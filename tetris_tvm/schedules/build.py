@@ -79,6 +79,19 @@ def _bias_arg(bias: np.ndarray | None) -> list[np.ndarray]:
     return [] if bias is None else [np.asarray(bias, np.float32)]
 
 
+def _dense_kernel(
+    func: tirx.PrimFunc,
+    w2d: np.ndarray,
+    bias: np.ndarray | None,
+    block_n: int,
+    out_shape: Sequence[int],
+    target: Target | None,
+) -> CompiledKernel:
+    """A dense kernel with its ``(rows, K)`` weight packed in ``block_n`` column panels."""
+    return CompiledKernel(func, [K.pack_dense_weight(w2d, block_n), *_bias_arg(bias)],
+                          out_shape, target)
+
+
 def build_block_sparse_linear(
     bsr: BSRMatrix,
     x_shape: Sequence[int],
@@ -114,8 +127,7 @@ def build_dense_linear(
     func = K.dense_linear(
         x_shape, w.shape[0], block_n=block_n, bias=bias is not None, activation=activation
     )
-    consts = [K.pack_dense_weight(w, block_n), *_bias_arg(bias)]
-    return CompiledKernel(func, consts, (*x_shape[:-1], w.shape[0]), target)
+    return _dense_kernel(func, w, bias, block_n, (*x_shape[:-1], w.shape[0]), target)
 
 
 def build_block_sparse_conv2d(
@@ -161,5 +173,4 @@ def build_dense_conv2d(
         block_n=block_n, bias=bias is not None, activation=activation,
     )
     geo = K.Conv2dGeometry(x_shape, w.shape, stride, padding, dilation)
-    consts = [K.pack_dense_weight(w.reshape(w.shape[0], -1), block_n), *_bias_arg(bias)]
-    return CompiledKernel(func, consts, geo.out_shape, target)
+    return _dense_kernel(func, w.reshape(w.shape[0], -1), bias, block_n, geo.out_shape, target)

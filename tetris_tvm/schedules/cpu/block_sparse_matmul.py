@@ -8,7 +8,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from ...kernels.compute import LINEAR_KINDS
-from ..analysis import child_blocks, kernel_kind, loop_extent
+from ..analysis import child_blocks, kernel_kind, loop_extent, row_block
 from ._common import (
     STACK_BYTES,
     CPUKernelRule,
@@ -69,11 +69,7 @@ def schedule_linear(
     bn = int(func.attrs["tetris.block"][0])
     chunk = func.attrs.get("tetris.row_chunk")
     rows = tile_rows_domain(func)
-    root = child_blocks(sch, sch.get_sblock("root"))
-    for name in ("x_pad", "y_slice"):
-        if name in root:
-            schedule_pad(sch, root[name])
-    row = root["row"]
+    row = row_block(sch, schedule_pad)
     outer = sch.get_loops(row)
     if chunk:  # (row chunk, block-row): one parallel loop, contiguous ranges of chunks
         lnb = sch.fuse(*outer)

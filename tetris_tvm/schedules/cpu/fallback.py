@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import try_inline
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from ._common import normalized, touches_bool, vector_lanes
+from ._common import NormalizedRule, touches_bool, vector_lanes
 
 __all__ = ["Fallback"]
 
@@ -65,16 +64,12 @@ def _schedule_window(sch: s_tir.Schedule, block, spatial: list, window: list, la
     sch.parallel(outer)
 
 
-class Fallback(CPUScheduleRule):
+class Fallback(NormalizedRule):
     """Inline, then parallelise and vectorise the spatial loops of each remaining block."""
 
-    def apply(  # noqa: D102 - ScheduleRule API
-        self, func: tirx.PrimFunc, target: Target, _: bool
+    def schedule(  # noqa: D102 - NormalizedRule API
+        self, sch: s_tir.Schedule, infos: list, target: Target
     ) -> s_tir.Schedule | None:
-        got = normalized(self, func, target)
-        if got is None:
-            return None
-        sch, infos = got
         if not any(info.is_reduction() for info in infos):
             infos = try_inline(sch, infos)
         # With a reduction (softmax, layer norm) keep the elementwise stages as their own loops:

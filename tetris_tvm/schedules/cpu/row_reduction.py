@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from ._common import normalized, touches_bool, vector_lanes
+from ._common import NormalizedRule, touches_bool, vector_lanes
 
 __all__ = ["RowReduction"]
 
@@ -26,16 +25,12 @@ def _extents(sch: s_tir.Schedule, loops) -> list[int | str]:
     return [int(e.value) if isinstance(e, tirx.IntImm) else str(e) for e in extents]
 
 
-class RowReduction(CPUScheduleRule):
+class RowReduction(NormalizedRule):
     """Parallel rows; per row: every stage in turn, reductions as vectorised partial sums."""
 
-    def apply(  # noqa: D102 - ScheduleRule API
-        self, func: tirx.PrimFunc, target: Target, _: bool
+    def schedule(  # noqa: D102 - NormalizedRule API
+        self, sch: s_tir.Schedule, infos: list, target: Target
     ) -> s_tir.Schedule | None:
-        got = normalized(self, func, target)
-        if got is None:
-            return None
-        sch, infos = got
         if not infos or len(infos) < 2 or not any(i.is_reduction() for i in infos):
             return None
         lanes = vector_lanes(target)

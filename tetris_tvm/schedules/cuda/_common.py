@@ -5,12 +5,14 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..analysis import child_blocks, fresh_schedule, kernel_kind, loop_extent
+from ..analysis import child_blocks, fresh_schedule, kernel_kind, loop_extent, row_block
 
 __all__ = [
     "SHARED_BYTES",
     "dtype_bytes",
     "bind_elementwise",
+    "bind_register_tile",
+    "bind_threads",
     "child_blocks",
     "cuda_target",
     "fresh_schedule",
@@ -21,6 +23,8 @@ __all__ = [
     "loop_extent",
     "max_threads",
     "read_index",
+    "row_block",
+    "stage_shared",
     "unroll_loops",
 ]
 
@@ -108,6 +112,61 @@ def bind_elementwise(
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
 
+
+
+def bind_threads(
+    sch: s_tir.Schedule, loops, threads: tuple[int, int], vec: int = 1
+) -> None:
+    """``loops`` fused and split over ``threads`` (``ty`` x ``tx``) of one thread block, with an
+    inner vector of ``vec`` lanes when the extent is a multiple of all of them."""
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    ty_n, tx_n = threads
+    extent = loop_extent(sch, fused) or 0
+    if vec > 1 and extent % (ty_n * tx_n * vec) == 0:
+        _, ty, tx, vv = sch.split(fused, [None, ty_n, tx_n, vec])
+        sch.vectorize(vv)
+    else:
+        _, ty, tx = sch.split(fused, [None, ty_n, tx_n])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+
+
+def stage_shared(
+    sch: s_tir.Schedule,
+    block: s_tir.schedule.SBlockRV,
+    index: int,
+    threads: tuple[int, int],
+    vec: int = 1,
+    transpose_rows: int = 0,
+) -> s_tir.schedule.SBlockRV:
+    """Cache read ``index`` of ``block`` into shared memory, fetched by all threads.
+
+    The cache block lands at the top of ``block``'s scope (a blockized body); its loops are
+    fused, split over ``threads`` (``ty`` x ``tx``) and an inner vector of ``vec`` lanes
+    (:func:`bind_threads`). ``transpose_rows`` > 0 stores a ``(rows, k)`` operand transposed
+    as ``(k, rows)`` with the row stride padded to ``rows + 1`` words (conflict-free
+    transposed writes and reads).
+    """
+    cache = sch.cache_read(block, index, "shared")
+    if transpose_rows:
+        sch.transform_layout(cache, ("write", 0), lambda m, k: (k, m))
+        sch.storage_align(cache, 0, axis=0, factor=32, offset=1)
+    bind_threads(sch, sch.get_loops(cache), threads, vec)
+    return cache
+
+
+def bind_register_tile(
+    sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, threads: tuple[int, int]
+) -> None:
+    """The last two loops of ``block`` (rows, columns) split over ``threads`` (``ty`` rows x
+    ``tx`` columns); each thread's tile is unrolled (the epilogue on the register tile)."""
+    rows, cols = sch.get_loops(block)[-2:]
+    ty, rows = sch.split(rows, [threads[0], None])
+    tx, cols = sch.split(cols, [threads[1], None])
+    sch.reorder(ty, tx, rows, cols)
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    unroll_loops(sch, [rows, cols])
 
 SHARED_BYTES = 48 * 1024
 """Static shared memory a thread block may use without opting in."""

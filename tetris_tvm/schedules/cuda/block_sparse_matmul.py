@@ -36,6 +36,7 @@ from ..rule import KernelRule
 from ._common import (
     SHARED_BYTES,
     bind_elementwise,
+    bind_register_tile,
     child_blocks,
     dtype_bytes,
     kernel_dtype,
@@ -43,6 +44,8 @@ from ._common import (
     loop_extent,
     max_threads,
     read_index,
+    row_block,
+    stage_shared,
     unroll_loops,
 )
 
@@ -97,32 +100,6 @@ def linear_tile(rows: int, bn: int, bk: int, dtype: str, target: Target) -> Line
     return LinearTile(tile_m, thread_m, thread_n, k_step)
 
 
-def _stage(sch, block, index, outer_loop_count, threads, vec, transpose_rows=0):
-    """Cache read ``index`` of ``block`` into shared memory, fetched by all threads.
-
-    The cache block lands at the top of the blockized body (its scope); its loops are fused,
-    split over ``threads`` (``ty`` x ``tx``) and an inner vector of ``vec`` lanes.
-    ``transpose_rows`` > 0 stores a ``(rows, k)`` operand transposed as ``(k, rows)`` with the
-    row stride padded to ``rows + 1`` words (conflict-free transposed writes and reads).
-    """
-    cache = sch.cache_read(block, index, "shared")
-    if transpose_rows:
-        sch.transform_layout(cache, ("write", 0), lambda m, k: (k, m))
-        sch.storage_align(cache, 0, axis=0, factor=32, offset=1)
-    loops = sch.get_loops(cache)[outer_loop_count:]
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    ty_n, tx_n = threads
-    extent = loop_extent(sch, fused) or 0
-    if vec > 1 and extent % (ty_n * tx_n * vec) == 0:
-        _, ty, tx, vv = sch.split(fused, [None, ty_n, tx_n, vec])
-        sch.vectorize(vv)
-    else:
-        _, ty, tx = sch.split(fused, [None, ty_n, tx_n])
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(tx, "threadIdx.x")
-    return cache
-
-
 def schedule_linear(sch: s_tir.Schedule, target: Target, tile: LinearTile | None = None) -> None:
     """Schedule a ``*_linear`` kernel of :mod:`..kernels` (or :mod:`.kernels`) in place."""
     func = sch.mod["main"]
@@ -131,11 +108,7 @@ def schedule_linear(sch: s_tir.Schedule, target: Target, tile: LinearTile | None
     bn, bk = (int(v) for v in func.attrs["tetris.block"])
     rows = int(func.attrs["tetris.rows"])
     dtype = kernel_dtype(func)
-    root = child_blocks(sch, sch.get_sblock("root"))
-    for name in ("x_pad", "y_slice"):
-        if name in root:
-            bind_elementwise(sch, root[name])
-    row = root["row"]
+    row = row_block(sch, bind_elementwise)
     (lnb,) = sch.get_loops(row)
     inner = child_blocks(sch, row)
     store = inner["store"]
@@ -177,32 +150,12 @@ def schedule_linear(sch: s_tir.Schedule, target: Target, tile: LinearTile | None
     vec = 4 if dtype == "float32" else 8
     x_index = read_index(sch, update, None)
     w_index = read_index(sch, update, "w_data")
-    _stage(sch, update, x_index, 0, (ty_n, tx_n), 1, transpose_rows=tile.tile_m)
-    w_cache = sch.cache_read(update, w_index, "shared")
-    wl = sch.get_loops(w_cache)
-    fused = sch.fuse(*wl)
-    extent = loop_extent(sch, fused) or 0
-    if extent % (ty_n * tx_n * vec) == 0:
-        _, fy, fx, fv = sch.split(fused, [None, ty_n, tx_n, vec])
-        sch.vectorize(fv)
-    else:
-        _, fy, fx = sch.split(fused, [None, ty_n, tx_n])
-    sch.bind(fy, "threadIdx.y")
-    sch.bind(fx, "threadIdx.x")
+    stage_shared(sch, update, x_index, (ty_n, tx_n), transpose_rows=tile.tile_m)
+    stage_shared(sch, update, w_index, (ty_n, tx_n), vec)
     unroll_loops(sch, [ki, mi, ni])
-    # epilogue and init: the thread's register tile
-    for blk in (init, store):
-        blk_loops = sch.get_loops(blk)
-        if blk is init:
-            unroll_loops(sch, blk_loops[-2:])
-            continue
-        bm, bi = blk_loops[-2:]
-        by, bm = sch.split(bm, [ty_n, None])
-        bx, bi = sch.split(bi, [tx_n, None])
-        sch.reorder(by, bx, bm, bi)
-        sch.bind(by, "threadIdx.y")
-        sch.bind(bx, "threadIdx.x")
-        unroll_loops(sch, [bm, bi])
+    # init and epilogue: the thread's register tile
+    unroll_loops(sch, sch.get_loops(init)[-2:])
+    bind_register_tile(sch, store, (ty_n, tx_n))
 
 
 def linear_configs(func: tirx.PrimFunc, target: Target) -> list[LinearTile]:

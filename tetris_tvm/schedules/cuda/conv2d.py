@@ -21,12 +21,15 @@ from ...kernels.compute import CONV_KINDS
 from ..rule import KernelRule
 from ._common import (
     bind_elementwise,
+    bind_register_tile,
     child_blocks,
     kernel_kind,
     largest_divisor,
     loop_extent,
     max_threads,
     read_index,
+    row_block,
+    stage_shared,
     unroll_loops,
 )
 
@@ -54,15 +57,6 @@ def conv_tile(bn: int, pixels: int) -> ConvTile:
     return ConvTile(tile_p, tp, tc)
 
 
-def _stage_shared(sch: s_tir.Schedule, block, index: int, threads: tuple[int, int]) -> None:
-    cache = sch.cache_read(block, index, "shared")
-    loops = sch.get_loops(cache)
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    _, ty, tx = sch.split(fused, [None, *threads])
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(tx, "threadIdx.x")
-
-
 def schedule_conv2d(sch: s_tir.Schedule, target: Target, tile: ConvTile | None = None) -> None:
     """Schedule a ``*_conv2d`` kernel in place (see the module docstring); ``tile`` overrides
     the rule table (:func:`conv_tile`, tuning)."""
@@ -71,11 +65,7 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target, tile: ConvTile | None =
     pixels = int(func.attrs["tetris.rows"])
     implicit = str(func.attrs["tetris.conv_mode"]) == "implicit"
     dense = kernel_kind(func) == "dense_conv2d"
-    root = child_blocks(sch, sch.get_sblock("root"))
-    for name in ("x_pad", "im2col", "y_slice"):
-        if name in root:
-            bind_elementwise(sch, root[name])
-    row = root["row"]
+    row = row_block(sch, bind_elementwise, ("x_pad", "im2col", "y_slice"))
     sch.bind(sch.fuse(*sch.get_loops(row)), "blockIdx.y")  # pixel chunk, image, block-row
     inner = child_blocks(sch, row)
     store = inner["store"]
@@ -107,17 +97,11 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target, tile: ConvTile | None =
     init = sch.decompose_reduction(update, lj)
     sch.reverse_compute_at(store, po, preserve_unit_loops=True)
     sch.blockize(ty)
-    _stage_shared(sch, update, read_index(sch, update, None), (ty_n, tx_n))
-    _stage_shared(sch, update, read_index(sch, update, "w_data"), (ty_n, tx_n))
+    stage_shared(sch, update, read_index(sch, update, None), (ty_n, tx_n))
+    stage_shared(sch, update, read_index(sch, update, "w_data"), (ty_n, tx_n))
     unroll_loops(sch, [*red[-2:], ci, pi], limit=16)
     unroll_loops(sch, sch.get_loops(init)[-2:])
-    bc, bp = sch.get_loops(store)[-2:]
-    by, bc = sch.split(bc, [ty_n, None])
-    bx, bp = sch.split(bp, [tx_n, None])
-    sch.reorder(by, bx, bc, bp)
-    sch.bind(by, "threadIdx.y")
-    sch.bind(bx, "threadIdx.x")
-    unroll_loops(sch, [bc, bp])
+    bind_register_tile(sch, store, (ty_n, tx_n))
 
 
 def conv_configs(func: tirx.PrimFunc, target: Target) -> list[ConvTile]:

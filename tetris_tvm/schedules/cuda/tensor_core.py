@@ -16,7 +16,7 @@ from tvm import s_tir
 from tvm.s_tir import SBlock
 
 from . import wmma_intrin as W
-from ._common import loop_extent, read_index
+from ._common import bind_threads, read_index
 
 __all__ = ["schedule_linear_wmma"]
 
@@ -24,15 +24,7 @@ _LOAD_A, _LOAD_B, _SYNC, _FILL, _STORE = W.LOAD_A, W.LOAD_B, W.SYNC, W.FILL, W.S
 
 
 def _fetch(sch: s_tir.Schedule, cache, warps: int, vec: int = 8) -> None:
-    fused = sch.fuse(*sch.get_loops(cache)[-2:])
-    extent = loop_extent(sch, fused) or 0
-    if extent % (warps * 32 * vec) == 0:
-        _, ty, tx, vv = sch.split(fused, [None, warps, 32, vec])
-        sch.vectorize(vv)
-    else:
-        _, ty, tx = sch.split(fused, [None, warps, 32])
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(tx, "threadIdx.x")
+    bind_threads(sch, sch.get_loops(cache)[-2:], (warps, 32), vec)
 
 
 def _split_16(sch: s_tir.Schedule, block) -> tuple:
@@ -110,11 +102,7 @@ def schedule_linear_wmma(sch: s_tir.Schedule, row, lnb, update, store, loops, bn
     sch.reorder(a_wy, a_wx, a_mf, a_nf, a_m16, a_n16)
     sch.bind(sch.fuse(a_wy, a_wx), "threadIdx.y")
     sch.tensorize(a_m16, _STORE)
-    sm, si = sch.get_loops(store)[-2:]
-    fused = sch.fuse(sm, si)
-    _, ty, tx = sch.split(fused, [None, warps, 32])
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(tx, "threadIdx.x")
+    bind_threads(sch, sch.get_loops(store)[-2:], (warps, 32))
 
 
 def refresh_reads(sch: s_tir.Schedule, block) -> None:

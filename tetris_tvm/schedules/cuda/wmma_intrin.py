@@ -27,42 +27,55 @@ def _frag_index(buf, stride):
     return buf.elem_offset // stride // 16 * (stride // 16) + buf.elem_offset % stride // 16
 
 
-def _load(scope: str, layout_b: bool):
-    frag = "wmma.matrix_b" if layout_b else "wmma.matrix_a"
+def _matrix_sync(frag, frag_stride, mem, mem_stride, dtype: str, load: bool):
+    """``tvm_load_matrix_sync`` (memory -> fragment) or ``tvm_store_matrix_sync`` (back)."""
+    op = T.tvm_load_matrix_sync if load else T.tvm_store_matrix_sync
+    return op(
+        frag.data, 16, 16, 16, _frag_index(frag, frag_stride),
+        mem.access_ptr("r" if load else "w", ptr_type=dtype), mem_stride, "row_major",
+        dtype="void",
+    )
+
+
+def _copy(dtype: str, src: str, dst: str, load: bool):
+    """A 16x16 copy from scope ``src`` to ``dst``: a fragment load (``load``) or store."""
+    name = "load" if load else "store"
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (16, 16), "float16", align=64, offset_factor=16, scope=scope)
-        C = T.match_buffer(c, (16, 16), "float16", align=64, offset_factor=16, scope=frag)
+        A = T.match_buffer(a, (16, 16), dtype, align=64, offset_factor=16, scope=src)
+        C = T.match_buffer(c, (16, 16), dtype, align=64, offset_factor=16, scope=dst)
         with T.sblock("root"):
             T.reads(A[0:16, 0:16])
             T.writes(C[0:16, 0:16])
             for i, j in T.grid(16, 16):
-                with T.sblock("load"):
+                with T.sblock(name):
                     vi, vj = T.axis.remap("SS", [i, j])
                     C[vi, vj] = A[vi, vj]
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, c: T.handle) -> None:
-        s1 = T.int32()
-        s0 = T.int32()
-        d1 = T.int32()
-        d0 = T.int32()
-        A = T.match_buffer(a, (16, 16), "float16", align=64, offset_factor=16, scope=scope,
-                           strides=[s1, s0])
-        C = T.match_buffer(c, (16, 16), "float16", align=64, offset_factor=16, scope=frag,
-                           strides=[d1, d0])
+        a1 = T.int32()
+        a0 = T.int32()
+        c1 = T.int32()
+        c0 = T.int32()
+        A = T.match_buffer(a, (16, 16), dtype, align=64, offset_factor=16, scope=src,
+                           strides=[a1, a0])
+        C = T.match_buffer(c, (16, 16), dtype, align=64, offset_factor=16, scope=dst,
+                           strides=[c1, c0])
         with T.sblock("root"):
             T.reads(A[0:16, 0:16])
             T.writes(C[0:16, 0:16])
             T.evaluate(
-                T.tvm_load_matrix_sync(
-                    C.data, 16, 16, 16, _frag_index(C, d1), A.access_ptr("r", ptr_type="float16"),
-                    s1, "row_major", dtype="void",
-                )
+                _matrix_sync(C, c1, A, a1, dtype, True) if load
+                else _matrix_sync(A, a1, C, c1, dtype, False)
             )
 
     return desc, impl
+
+
+def _load(scope: str, layout_b: bool):
+    return _copy("float16", scope, "wmma.matrix_b" if layout_b else "wmma.matrix_a", True)
 
 
 @T.prim_func(s_tir=True)
@@ -131,41 +144,6 @@ def _fill_impl(c: T.handle) -> None:
                                        dtype="void"))
 
 
-@T.prim_func(s_tir=True)
-def _store_desc(a: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (16, 16), "float32", align=64, offset_factor=16,
-                       scope="wmma.accumulator")
-    C = T.match_buffer(c, (16, 16), "float32", align=64, offset_factor=16, scope="shared")
-    with T.sblock("root"):
-        T.reads(A[0:16, 0:16])
-        T.writes(C[0:16, 0:16])
-        for i, j in T.grid(16, 16):
-            with T.sblock("store"):
-                vi, vj = T.axis.remap("SS", [i, j])
-                C[vi, vj] = A[vi, vj]
-
-
-@T.prim_func(s_tir=True)
-def _store_impl(a: T.handle, c: T.handle) -> None:
-    s1 = T.int32()
-    s0 = T.int32()
-    d1 = T.int32()
-    d0 = T.int32()
-    A = T.match_buffer(a, (16, 16), "float32", align=64, offset_factor=16,
-                       scope="wmma.accumulator", strides=[d1, d0])
-    C = T.match_buffer(c, (16, 16), "float32", align=64, offset_factor=16, scope="shared",
-                       strides=[s1, s0])
-    with T.sblock("root"):
-        T.reads(A[0:16, 0:16])
-        T.writes(C[0:16, 0:16])
-        T.evaluate(
-            T.tvm_store_matrix_sync(
-                A.data, 16, 16, 16, _frag_index(A, d1), C.access_ptr("w", ptr_type="float32"),
-                s1, "row_major", dtype="void",
-            )
-        )
-
-
 def register_wmma_intrinsics() -> None:
     """Register the five intrinsics (idempotent)."""
     global _REGISTERED
@@ -175,5 +153,6 @@ def register_wmma_intrinsics() -> None:
     TensorIntrin.register(LOAD_B, *_load("shared", True), override=True)
     TensorIntrin.register(SYNC, _sync_desc, _sync_impl, override=True)
     TensorIntrin.register(FILL, _fill_desc, _fill_impl, override=True)
-    TensorIntrin.register(STORE, _store_desc, _store_impl, override=True)
+    TensorIntrin.register(STORE, *_copy("float32", "wmma.accumulator", "shared", False),
+                          override=True)
     _REGISTERED = True
