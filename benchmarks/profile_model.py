@@ -2,6 +2,8 @@
 
     python benchmarks/profile_model.py --model mobilenet --batch 1 --sparsity 0 0.5 \
         > benchmarks/results/profile_mobilenet.txt
+    python benchmarks/profile_model.py --model minilm --batch 8 --sparsity 0 0.75 \
+        > benchmarks/results/profile_minilm.txt
 
 Prints, per sparsity, the total kernel time of one run (wall clock around every VM call,
 ``tetris_tvm.profiling``), the time per kernel kind (``bsr_conv2d``, ``fused`` batch norm +
@@ -18,7 +20,7 @@ import tvm
 
 import tetris_tvm
 from tetris_tvm.profiling import profile_kernels
-from tetris_tvm.zoo import mobilenet_v2
+from tetris_tvm.zoo import load_minilm, minilm_inputs, mobilenet_v2
 
 
 def kind_of(kernel: str) -> str:
@@ -30,15 +32,22 @@ def kind_of(kernel: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", choices=["mobilenet"], default="mobilenet")
+    ap.add_argument("--model", choices=["mobilenet", "minilm"], default="mobilenet")
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--block", type=int, default=16)
+    ap.add_argument("--block", type=int, default=None,
+                    help="block side (default: 16 for mobilenet, 32 for minilm)")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5])
     args = ap.parse_args()
     torch.set_num_threads(2)
-    model, x = mobilenet_v2(), torch.randn(args.batch, 3, 224, 224)
+    if args.model == "minilm":
+        model, tok = load_minilm()
+        x = minilm_inputs(tok, args.batch, 128)
+        block = args.block or 32
+    else:
+        model, x = mobilenet_v2(), torch.randn(args.batch, 3, 224, 224)
+        block = args.block or 16
     for s in args.sparsity:
-        cm = tetris_tvm.compile(model, (x,), sparsity=s, block_size=(args.block, args.block),
+        cm = tetris_tvm.compile(model, (x,), sparsity=s, block_size=(block, block),
                                 progress=False)
         cm._ensure_vm()
         rows = profile_kernels(cm.vm, [tvm.runtime.tensor(x.numpy())], runs=3)

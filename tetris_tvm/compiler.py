@@ -3,7 +3,7 @@
 Pipeline (design.md)::
 
     torch.export -> Relax (weights as named params)
-      -> TetrisPrune -> bind weights -> FoldPermutations -> LowerBlockSparse
+      -> plan_graph + TetrisPrune -> bind weights -> FoldPermutations -> LowerBlockSparse
       -> LegalizeOps / FoldConstant / FuseOps / FuseTIR
       -> default schedules for the target (ours first, then dlight), tuning database if any
       -> tvm.compile -> CompiledModel
@@ -292,7 +292,13 @@ def lower_model(
     from tvm import relax
 
     from .frontend import BindWeights, import_model, max_batch
-    from .passes import ClipGatherIndices, FastActivations, FoldPermutations, LowerBlockSparse
+    from .passes import (
+        ClipGatherIndices,
+        FastActivations,
+        FoldBatchNorm,
+        FoldPermutations,
+        LowerBlockSparse,
+    )
     from .passes.lower import lowered_layers
     from .reorder import check_sparsity
 
@@ -303,7 +309,7 @@ def lower_model(
     max_batch(dynamic_batch)  # checks an int bound
     eligible, skipped = _eligible_names(model)
     imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)
-    plan, prune_pass = _plan_imported(
+    plan, prune_pass, stream_report = _plan_imported(
         model, imported, plan, eligible, sparsity, block_size,
         allow_gathers=allow_gathers, overrides=overrides, prune_options=prune_options,
         streams=streams, calibration=calibration, importance=importance,
@@ -314,6 +320,7 @@ def lower_model(
             prune_pass,  # reorder + block-prune, with the plan computed or given
             BindWeights(imported.weights),
             FoldPermutations(),
+            FoldBatchNorm(),  # eval batch norms scale the weights (after the permutations)
             relax.transform.DeadCodeElimination(),
             lower,
             FastActivations(),
@@ -324,10 +331,9 @@ def lower_model(
     )
     with tgt:
         mod = passes(imported.mod)
-    plan = prune_pass.plan
     gathers = mod.attrs.get("tetris.runtime_gathers") if mod.attrs is not None else None
     report = _report(plan, lowered_layers(mod), int(gathers or 0), skipped)
-    report.streams = list(prune_pass.stream_report)
+    report.streams = list(stream_report)
     meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple,
             "inputs": imported.input_specs}
     return LoweredModel(mod, tgt, plan, report, meta)
@@ -360,22 +366,23 @@ def plan_model(
     sparsity = check_sparsity(sparsity, "plan_model")
     eligible, _ = _eligible_names(model)
     imported = import_model(model, example_inputs)
-    plan, prune_pass = _plan_imported(
+    plan, _, _ = _plan_imported(
         model, imported, None, eligible, sparsity, block_size,
         allow_gathers=allow_gathers, overrides=overrides, prune_options=prune_options,
         streams=streams, calibration=calibration, importance=importance,
         reconstruct=reconstruct, allocation=allocation, progress=progress,
     )
-    return plan if plan is not None else prune_pass.plan_module(imported.mod)
+    return plan
 
 
 class GraphPlanner:
     """Plans the way :func:`compile` does, for the model's CURRENT weights, many times.
 
-    The model is exported once; each call reads the weights anew and runs the planning of
-    ``TetrisPrune`` (permutations that fold away in the compiled graph, coupled layers,
-    shared streams). Made by :func:`graph_planner`; :func:`tetris_tvm.finetune` calls it at
-    every pruning step as ``planner(model, sparsity, scores)``.
+    The model is exported once; each call reads the weights anew and runs
+    :func:`~tetris_tvm.passes.plan_graph` (permutations that fold away in the compiled
+    graph, coupled layers, shared streams). Made by :func:`graph_planner`;
+    :func:`tetris_tvm.finetune` calls it at every pruning step as
+    ``planner(model, sparsity, scores)``.
     """
 
     def __init__(self, model: Any, example_inputs: Sequence[Any] | Any, block_size: Any,
@@ -390,19 +397,20 @@ class GraphPlanner:
 
     def __call__(self, model: Any, sparsity: float, scores: Mapping[str, np.ndarray] | None,
                  overrides: Mapping[str, Any] | None = None) -> Any:
-        from .passes import TetrisPrune
+        from .passes import plan_graph
 
         state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         weights = dict(self.imported.weights)
         for relax_name, torch_name in self.imported.torch_names.items():
             if torch_name in state:
                 weights[relax_name] = state[torch_name].astype(weights[relax_name].dtype)
-        return TetrisPrune(
-            None, weights, self.imported.torch_names, eligible=self.eligible,
+        plan, _ = plan_graph(
+            self.imported.mod, weights, self.imported.torch_names, eligible=self.eligible,
             sparsity=sparsity, block_size=self.block_size,
             overrides={**(self.overrides or {}), **(overrides or {})},
             streams=self.streams, scores=scores, progress=False,
-        ).plan_module(self.imported.mod)
+        )
+        return plan
 
 
 def graph_planner(model: Any, example_inputs: Sequence[Any] | Any,
@@ -431,11 +439,13 @@ def _plan_imported(
     reconstruct: bool,
     allocation: str,
     progress: bool,
-) -> tuple[Any, Any]:
-    """The plan for an imported model (computed with the graph's folding constraints unless
-    given), with quality recovery when calibration data is given, and the TetrisPrune pass
-    that applies it. The imported weights are updated to the values the plan carries."""
-    from .passes import TetrisPrune
+) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """The plan for an imported model (computed by :func:`~tetris_tvm.passes.plan_graph`
+    with the graph's folding constraints unless given), with quality recovery when
+    calibration data is given, the TetrisPrune pass that applies it, and the planning's
+    stream report (empty for a given or recovered plan). The imported weights are updated
+    to the values the plan carries."""
+    from .passes import TetrisPrune, plan_graph
 
     if plan is not None:
         missing = [n for n in plan if n not in imported.torch_names.values()]
@@ -462,9 +472,9 @@ def _plan_imported(
         )
         overrides = setup.overrides(overrides)
 
-    def make_pass(given: Any) -> Any:
-        return TetrisPrune(
-            given,
+    def compute_plan() -> tuple[Any, list[dict[str, Any]]]:
+        return plan_graph(
+            imported.mod,
             imported.weights,
             imported.torch_names,
             eligible=eligible,
@@ -478,15 +488,18 @@ def _plan_imported(
             progress=progress,
         )
 
+    stream_report: list[dict[str, Any]] = []
     if setup is not None:
-        plan = make_pass(None).plan_module(imported.mod)
+        plan, _ = compute_plan()  # (its stream rows are not reported, as before)
         plan.settings.update(setup.settings(), reconstruct=bool(reconstruct))
         if reconstruct:
             from .reconstruct import reconstruct as reconstruct_plan
 
             plan, rows = reconstruct_plan(model, plan, setup.batches, progress=progress)
             plan.settings["reconstruction"] = rows
-    if plan is not None and plan.params:
+    elif plan is None:
+        plan, stream_report = compute_plan()
+    if plan.params:
         by_torch = {t: r for r, t in imported.torch_names.items()}
         unknown = [n for n in plan.params if n not in by_torch and n in plan]
         if unknown:
@@ -501,8 +514,7 @@ def _plan_imported(
                 raise ValueError(f"{name}: plan sets shape {tuple(value.shape)}, the model's "
                                  f"parameter is {tuple(old.shape)}")
             imported.weights[relax_name] = np.asarray(value, dtype=old.dtype)
-    prune_pass = make_pass(plan)
-    return plan, prune_pass
+    return plan, TetrisPrune(plan, imported.weights, imported.torch_names), stream_report
 
 
 def compile(  # noqa: A001 - the public name of the API contract
@@ -515,19 +527,11 @@ def compile(  # noqa: A001 - the public name of the API contract
     tuning: str | os.PathLike[str] | None = None,
     *,
     tuning_fallback: bool = False,
-    dynamic_batch: bool | int = False,
-    allow_gathers: bool = False,
-    streams: str = "auto",
-    overrides: Mapping[str, Any] | None = None,
-    prune_options: Mapping[str, Any] | None = None,
-    dtype: str = "float32",
-    calibration: Any = None,
-    importance: str | None = None,
-    reconstruct: bool = False,
-    allocation: str = "uniform",
-    progress: bool = True,
+    **options: Any,
 ) -> CompiledModel:
     """Prune ``model`` with TETRIS and compile it with block-sparse kernels.
+
+    The keyword arguments from ``dynamic_batch`` on go to :func:`lower_model` as they are.
 
     Args:
         model: a ``torch.nn.Module`` or ``torch.export.ExportedProgram``.
@@ -568,14 +572,7 @@ def compile(  # noqa: A001 - the public name of the API contract
     """
     import tvm
 
-    lowered = lower_model(
-        model, example_inputs, target, sparsity, block_size, plan,
-        dynamic_batch=dynamic_batch, allow_gathers=allow_gathers, streams=streams,
-        overrides=overrides,
-        prune_options=prune_options, dtype=dtype, calibration=calibration,
-        importance=importance, reconstruct=reconstruct, allocation=allocation,
-        progress=progress,
-    )
+    lowered = lower_model(model, example_inputs, target, sparsity, block_size, plan, **options)
     tgt, mod = lowered.target, lowered.mod
     if tuning is not None:
         mod, tuned = apply_tuning(mod, tgt, tuning, fallback=tuning_fallback)

@@ -59,8 +59,9 @@ LINEAR_KINDS = ("bsr_linear", "ell_linear", "dense_linear")
 CONV_KINDS = ("bsr_conv2d", "ell_conv2d", "dense_conv2d")
 """Kernel kinds of the conv2d builders."""
 
-ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
-"""Fused epilogues: ``gelu`` is the erf form (torch default), ``gelu_tanh`` the tanh form."""
+ACTIVATIONS = (None, "relu", "relu6", "gelu", "gelu_tanh")
+"""Fused epilogues: ``relu6`` is ``clip(v, 0, 6)`` (MobileNet), ``gelu`` the erf form (torch
+default), ``gelu_tanh`` the tanh form."""
 
 F32 = "float32"
 I32 = "int32"
@@ -150,6 +151,8 @@ def apply_activation(v: tirx.Expr, activation: str | None) -> tirx.Expr:
         return v
     if activation == "relu":
         return T.max(v, _f32(0.0))
+    if activation == "relu6":
+        return T.min(T.max(v, _f32(0.0)), _f32(6.0))
     if activation == "gelu":
         return _f32(0.5) * v * (_f32(1.0) + fast_erf(v * _f32(1.0 / math.sqrt(2.0))))
     if activation == "gelu_tanh":
@@ -489,16 +492,24 @@ class Conv2dGeometry:
         return self.cin * self.kh * self.kw
 
 
+COLUMN_MULTIPLE = 32
+"""Implicit-GEMM convs compute their columns in multiples of this: two AVX-512 vectors (the
+widest CPU pixel tile), four AVX2 ones, so no target's vectorised pixel loop has a ragged,
+predicated (hence scalarised) tail."""
+
+
 def conv_mode(geo: Conv2dGeometry, bi: int | None) -> str:
     """How the conv kernel reads its GEMM operand.
 
-    ``direct``: pointwise conv, the input is the operand; ``implicit``: stride 1, the operand is
+    ``direct``: pointwise conv with a multiple of :data:`COLUMN_MULTIPLE` pixels, the input is
+    the operand; ``implicit``: stride 1, the operand is
     read in place from a zero-padded copy of the input (flat index ``oh * Wp + ow`` plus a
     constant per (kh, kw) tap, so it stays contiguous; the ``Wp - OW`` extra columns per row are
     computed and dropped); ``im2col``: strided convs materialise the operand per image.
     ``bi`` is the weight's input-channel block (None for dense).
     """
-    if geo.is_pointwise and (bi is None or geo.cin % bi == 0):
+    if (geo.is_pointwise and (bi is None or geo.cin % bi == 0)
+            and (geo.oh * geo.ow) % COLUMN_MULTIPLE == 0):
         return "direct"
     if geo.stride == (1, 1):
         return "implicit"
@@ -553,11 +564,11 @@ def _conv_common(
     # GEMM columns actually computed. Implicit mode rounds them up to a multiple of 16 so the
     # vectorised pixel loop has no ragged (predicated, hence scalarised) tail: a 7x7 map has
     # 63 columns, and its sparse conv ran 5x slower than dense before this.
-    q = _ceil_div(geo.oh * wp, 16) * 16 if mode == "implicit" else p
+    q = _ceil_div(geo.oh * wp, COLUMN_MULTIPLE) * COLUMN_MULTIPLE if mode == "implicit" else p
     # implicit mode may also cut the columns into chunks, each a parallel work item
     images = geo.batch if isinstance(geo.batch, int) else 1  # a dynamic batch may be 1
     pc = pixel_chunks(q, images * nb) if mode == "implicit" else 1
-    q = _ceil_div(q, 16 * pc) * 16 * pc if pc > 1 else q
+    q = _ceil_div(q, COLUMN_MULTIPLE * pc) * COLUMN_MULTIPLE * pc if pc > 1 else q
     qc = q // pc
     # rows of the padded input: every tap of every computed column must stay in bounds
     pad_rows = max(hp + 1, _ceil_div(q + (geo.kh - 1) * dh * wp + (geo.kw - 1) * dw, wp))

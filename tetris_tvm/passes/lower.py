@@ -191,9 +191,9 @@ class LowerBlockSparse:
                 if _keeps_channel(nxt, last, channel, out_ty) and nxt_var in consumer:
                     through = [nxt_var]
                     nxt_var, nxt = consumer[nxt_var]
-                name = op_name(nxt)
-                if name in _ACTIVATIONS and isinstance(nxt_var, relax.DataflowVar):
-                    act = _ACTIVATIONS[name]
+                name = _activation_of(nxt)
+                if name is not None and isinstance(nxt_var, relax.DataflowVar):
+                    act = name
                     skipped.update([last, *through])
                     last = nxt_var
             fused_into[last] = b.var
@@ -378,6 +378,22 @@ def _keeps_channel(call: relax.Call, src: Any, channel: int, src_ty: Any) -> boo
     if after is None:
         return False
     return same_dims(shape_dims(after)[-1:], before[-1:])
+
+
+def _activation_of(call: Any) -> str | None:
+    """The fused-epilogue name of an activation call (``clip(x, 0, 6)`` is ``relu6``)."""
+    name = op_name(call)
+    if name in _ACTIVATIONS:
+        return _ACTIVATIONS[name]
+    if name == "relax.clip" and len(call.args) == 3:
+        bounds = []
+        for a in call.args[1:]:
+            v = getattr(a, "value", None)  # a PrimValue holds an IntImm / FloatImm
+            v = getattr(v, "value", v)
+            bounds.append(float(v) if isinstance(v, (int, float)) else None)
+        if bounds == [0.0, 6.0]:
+            return "relu6"
+    return None
 
 
 def _bias_of(

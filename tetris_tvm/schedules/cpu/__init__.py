@@ -17,6 +17,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 
 from .block_sparse_matmul import BlockSparseMatmul, schedule_linear
 from .conv2d import BlockSparseConv2d, schedule_conv2d
+from .grouped_conv import GroupedConv2d
 from .matmul import DenseMatmul
 from .prefetch import ExpandOperandPrefetch
 
@@ -25,6 +26,7 @@ __all__ = [
     "BlockSparseMatmul",
     "DenseMatmul",
     "ExpandOperandPrefetch",
+    "GroupedConv2d",
     "default_rules",
     "schedule_conv2d",
     "schedule_linear",
@@ -33,4 +35,4 @@ __all__ = [
 
 def default_rules() -> list[ScheduleRule]:
     """The tetris CPU rules, most specific first."""
-    return [BlockSparseMatmul(), BlockSparseConv2d(), DenseMatmul()]
+    return [BlockSparseMatmul(), BlockSparseConv2d(), DenseMatmul(), GroupedConv2d()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
 from ..analysis import loop_extent
@@ -19,16 +20,29 @@ UNROLL_STEPS = (0, 16, 64)
 """Values tuning samples for ``pragma_auto_unroll_max_step`` on a register-tile loop."""
 
 
-def normalized(rule, func, target: Target):  # noqa: ANN001, ANN201 - dlight types
-    """``(Schedule, block infos)`` of ``func`` for a dlight CPU ``rule``, or None when the rule
-    cannot apply (not a PrimFunc, another target, blocks dlight cannot normalise)."""
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-
+def schedule_for(rule: CPUScheduleRule, func: Any, target: Target) -> s_tir.Schedule | None:
+    """A schedule of ``func`` when ``rule`` may take it (a PrimFunc, a CPU target), else None."""
     if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
         return None
-    sch = s_tir.Schedule(func)
-    infos = normalize_prim_func(sch)
-    return None if infos is None else (sch, infos)
+    return s_tir.Schedule(func)
+
+
+class NormalizedRule(CPUScheduleRule):
+    """A dlight CPU rule that schedules the normalised blocks of a PrimFunc: subclasses give
+    :meth:`schedule`, which sees only PrimFuncs for a CPU target that dlight could normalise."""
+
+    def apply(  # noqa: D102 - ScheduleRule API
+        self, func: tirx.PrimFunc, target: Target, _: bool
+    ) -> s_tir.Schedule | None:
+        from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+        sch = schedule_for(self, func, target)
+        infos = None if sch is None else normalize_prim_func(sch)
+        return None if infos is None else self.schedule(sch, infos, target)
+
+    def schedule(self, sch: s_tir.Schedule, infos: list, target: Target) -> s_tir.Schedule | None:
+        """``sch`` scheduled (its blocks described by dlight's ``infos``), or None to pass."""
+        raise NotImplementedError
 
 
 def tile_rows_domain(func: tirx.PrimFunc) -> int:
