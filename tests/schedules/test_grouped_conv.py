@@ -35,6 +35,7 @@ def _conv_funcs(mod):
 CASES = {
     "depthwise_112_s1": (dict(cin=8, cout=8, groups=8, stride=1), (1, 8, 112, 112)),
     "depthwise_odd_s2": (dict(cin=6, cout=6, groups=6, stride=2), (2, 6, 13, 13)),
+    "depthwise_even_s2": (dict(cin=6, cout=6, groups=6, stride=2), (1, 6, 14, 14)),
     "depthwise_7_bias_no_bn": (dict(cin=16, cout=16, groups=16, stride=1, bias=True, bn=False),
                                (3, 16, 7, 7)),
     "depthwise_dilated": (dict(cin=4, cout=4, groups=4, stride=1, dilation=2), (1, 4, 20, 20)),
@@ -58,6 +59,17 @@ def test_grouped_conv_matches_torch_and_is_taken_by_the_rule(name):
     with torch.no_grad():
         ref = m(x)
     torch.testing.assert_close(torch.as_tensor(got), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("hw", "halves"), [(14, True), (13, False)])
+def test_stride_two_reads_a_deinterleaved_plane_when_its_width_is_even(hw, halves):
+    m = _block(cin=4, cout=4, groups=4, stride=2)
+    lowered = lower_model(m, (torch.randn(1, 4, hw, hw),), sparsity=0.0, progress=False)
+    (func,) = _conv_funcs(lowered.mod)
+    sch = GroupedConv2d().apply(func, cpu_target(), False)
+    pad = sch.get(sch.get_sblock("pad_temp")).writes[0].source
+    # (n, c, h, w) -> (n, c, h, w % 2, w // 2): even columns, then odd ones
+    assert (len(pad.shape) == 5) == halves
 
 
 def test_rule_declines_other_kernels():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
 from ..analysis import child_blocks
@@ -38,6 +39,30 @@ def _kinds(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> str:
     """``"S"`` / ``"R"`` (other: ``"O"``) per block iterator."""
     codes = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
     return "".join(codes.get(int(iv.iter_type), "O") for iv in sch.get(block).iter_vars)
+
+
+def _column_stride(sch: s_tir.Schedule, conv: s_tir.schedule.SBlockRV,
+                   pad: s_tir.schedule.SBlockRV) -> int | None:
+    """How many padded columns one output column steps (the conv's width stride)."""
+    block = sch.get(conv)
+    padded = sch.get(pad).writes[0].source
+    col = block.iter_vars[3].var  # n, c, h, w, then the reductions
+    for region in block.reads:
+        if region.source.same_as(padded):
+            coef = detect_linear_equation(region.region[-1].min, [col])
+            return int(coef[0]) if len(coef) == 2 and isinstance(coef[0], tirx.IntImm) else None
+    return None
+
+
+def _deinterleave(sch: s_tir.Schedule, pad: s_tir.schedule.SBlockRV) -> None:
+    """Store the padded plane as its even columns, then its odd ones: a stride-2 conv then
+    reads each tap's row contiguously (``2 * ow + s`` is column ``ow + s // 2`` of half
+    ``s % 2``) instead of gathering every other lane. Needs an even padded width."""
+    width = int(sch.get(pad).writes[0].source.shape[-1])
+    if width % 2:
+        return
+    sch.transform_layout(pad, ("write", 0), lambda n, c, h, w: (n, c, h, w % 2, w // 2))
+    sch.transform_block_layout(pad, lambda n, c, h, w: (n, c, h, w % 2, w // 2))
 
 
 def _extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:
@@ -96,6 +121,8 @@ class GroupedConv2d(CPUScheduleRule):
         sch.reorder(plane, yy, xo, rc, ry, rx, xi)
         if before:
             pad = blocks["pad_temp"]
+            if _column_stride(sch, conv, pad) == 2:
+                _deinterleave(sch, pad)
             sch.compute_at(pad, plane)
             _vectorize_row(sch, sch.get_loops(pad)[-1], lanes)
         sch.parallel(plane)  # before the reduction is decomposed (it must still be one block)
