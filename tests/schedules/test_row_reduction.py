@@ -7,7 +7,7 @@ import pytest
 import torch
 import tvm
 from kernel_helpers import assert_close, cpu_target
-from tvm import relax
+from tvm import relax, s_tir
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
 
@@ -101,6 +101,34 @@ def test_masked_softmax_with_bool_stages_and_fully_masked_rows():
     expected = _MaskedSoftmax()(scores, keep).numpy()
     assert np.isfinite(got.numpy()).all()
     assert_close(got.numpy(), expected)
+
+
+class _RowMaskedSoftmax(torch.nn.Module):
+    """Softmax zeroed on masked query rows (a row mask of shape (..., 1), as MiniLM's)."""
+
+    def forward(self, scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return torch.where(~keep.bool(), 0.0, torch.softmax(scores, -1))
+
+
+def test_row_masked_softmax_vectorises_its_output_stage():
+    from tetris_tvm.compiler import lower_model
+
+    scores = torch.randn(2, 3, 16, 32)
+    keep = (torch.rand(2, 3, 16, 1) < 0.6).to(torch.int8)
+    low = lower_model(_RowMaskedSoftmax(), (scores, keep), sparsity=0.0)
+    (func,) = [f for f in _prim_funcs(low.mod).values()
+               if RowReduction().apply(f, cpu_target(), False)]
+    base = s_tir.Schedule(func)
+    last = base.get(base.get_child_blocks(base.get_sblock("root"))[-1]).name_hint
+    sch = RowReduction().apply(func, cpu_target(), False)
+    kinds = [sch.get(lp).kind for lp in sch.get_loops(sch.get_sblock(last))]
+    assert tvm.tirx.ForKind.VECTORIZED in kinds, f"{last} was left scalar"
+    with cpu_target():
+        mod = dl.ApplyDefaultSchedule(RowReduction())(low.mod)
+    vm = relax.VirtualMachine(relax.build(mod, target=cpu_target()), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(scores.numpy()), tvm.runtime.tensor(keep.numpy()))
+    got = got[0] if isinstance(got, tvm.ir.Array | list | tuple) else got
+    assert_close(got.numpy(), _RowMaskedSoftmax()(scores, keep).numpy())
 
 
 def test_declines_functions_without_a_row_reduction():

@@ -10,6 +10,8 @@ norm 8x128x384 and softmax 8x12x128x128 ran 3-7x faster than with the generic Fa
 
 from __future__ import annotations
 
+from typing import Any
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.target import Target
@@ -104,5 +106,20 @@ class RowReduction(NormalizedRule):
 
 def _vectorizable(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     """No bool in the block's buffers (see :func:`touches_bool`) nor, once stages are
-    inlined, in its expression."""
-    return not touches_bool(sch, block) and "bool" not in str(sch.get(block).body)
+    inlined, in its expression -- unless everything not float32 that it reads is one value
+    per row (a broadcast row mask, as in a masked softmax): the vectoriser keeps what does not
+    depend on the row's lanes scalar, so no bool is cast lane-wise."""
+    if touches_bool(sch, block):
+        return False
+    stmt = sch.get(block)
+    if "bool" not in str(stmt.body):
+        return True
+    return all(str(r.source.dtype) == "float32" or _one_per_row(r) for r in stmt.reads)
+
+
+def _one_per_row(region: Any) -> bool:
+    """Whether a read covers one element of its buffer's last axis, which has extent 1."""
+    last = region.region[-1]
+    return (isinstance(last.extent, tirx.IntImm) and int(last.extent.value) == 1
+            and isinstance(region.source.shape[-1], tirx.IntImm)
+            and int(region.source.shape[-1].value) == 1)
