@@ -108,6 +108,31 @@ def deploy_table() -> None:
               f"{r['runner_bytes'] / 1024:.0f} KiB | {t} |")
 
 
+def conv_schedules_table() -> None:
+    path = RESULTS / "conv_schedules.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    print("\nDepthwise 3x3 conv + folded batch norm + ReLU6, batch 1 (ms; in brackets the "
+          "speedup of GroupedConv2d)\n")
+    print("| channels x side | stride | GroupedConv2d | without deinterleaving | Fallback |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in data["depthwise"]:
+        ours = r["ms_grouped_conv"]
+        strided = r.get("ms_grouped_conv_strided")
+        mid = f"{strided:.3f} ({strided / ours:.1f}x)" if strided else "-"
+        print(f"| {r['channels']} x {r['side']} | {r['stride']} | {ours:.3f} | {mid} | "
+              f"{r['ms_fallback']:.3f} ({r['ms_fallback'] / ours:.1f}x) |")
+    print("\nDense 1x1 conv register tiles (ms; in brackets the speedup of the rule table's)\n")
+    print("| batch x cin -> cout @ side | rule table tile | its time | 8 x 32 tile |")
+    print("| --- | --- | --- | --- |")
+    for r in data["pointwise"]:
+        ours = r["ms_rule_table"]
+        tile = "x".join(str(t) for t in r["rule_table_tile"])
+        print(f"| {r['batch']} x {r['cin']} -> {r['cout']} @ {r['side']} | {tile} | "
+              f"{ours:.3f} | {r['ms_8x32']:.3f} ({r['ms_8x32'] / ours:.1f}x) |")
+
+
 def kernels_table() -> None:
     path = RESULTS / "kernels.json"
     if not path.exists():
@@ -306,6 +331,7 @@ if __name__ == "__main__":
         sys.exit(0)
     reorder_table()
     models_table()
+    conv_schedules_table()
     deploy_table()
     kernels_table()
     tuning_tables()

@@ -83,7 +83,15 @@ def _vectorize_row(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int)
 
 
 class GroupedConv2d(CPUScheduleRule):
-    """Schedule a legalized grouped / depthwise NCHW conv2d and its elementwise epilogue."""
+    """Schedule a legalized grouped / depthwise NCHW conv2d and its elementwise epilogue.
+
+    ``deinterleave=False`` keeps a stride-2 conv's padded plane in its natural layout (the
+    taps then read every other column): for measuring what the deinterleaved plane buys.
+    """
+
+    def __init__(self, deinterleave: bool = True) -> None:
+        super().__init__()
+        self.deinterleave = deinterleave
 
     def apply(  # noqa: D102 - ScheduleRule API
         self, func: tirx.PrimFunc, target: Target, _: bool
@@ -121,7 +129,7 @@ class GroupedConv2d(CPUScheduleRule):
         sch.reorder(plane, yy, xo, rc, ry, rx, xi)
         if before:
             pad = blocks["pad_temp"]
-            if _column_stride(sch, conv, pad) == 2:
+            if self.deinterleave and _column_stride(sch, conv, pad) == 2:
                 _deinterleave(sch, pad)
             sch.compute_at(pad, plane)
             _vectorize_row(sch, sch.get_loops(pad)[-1], lanes)
