@@ -73,6 +73,28 @@ def test_row_reduction_matches_the_unscheduled_function(case):
     assert_close(_run(func, args, RowReduction()), expected)
 
 
+def _block_names(sch):
+    names = []
+
+    def visit(parent):
+        for child in sch.get_child_blocks(parent):
+            names.append(sch.get(child).name_hint)
+            visit(child)
+
+    visit(sch.get_sblock("root"))
+    return names
+
+
+def test_softmax_exp_is_computed_once_per_row_into_a_buffer():
+    func = CASES["softmax"]()
+    stored = _block_names(RowReduction().apply(func, cpu_target(), False))
+    inlined = _block_names(RowReduction(store_shared=False).apply(func, cpu_target(), False))
+    exp_blocks = [n for n in stored if "exp" in n and "sum" not in n]
+    assert exp_blocks and not [n for n in inlined if "exp" in n and "sum" not in n]
+    args = _args(func, np.random.default_rng(0))
+    assert_close(_run(func, args, RowReduction(store_shared=False)), _run(func, args))
+
+
 class _MaskedSoftmax(torch.nn.Module):
     """Softmax whose fully masked rows give 0, as torch's attention lowers a padding mask."""
 

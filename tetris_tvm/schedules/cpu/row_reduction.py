@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
+from tvm.s_tir.dlight.base import try_inline, try_inline_contiguous_spatial
 from tvm.target import Target
 
 from ._common import NormalizedRule, touches_bool, vector_lanes
@@ -28,7 +28,16 @@ def _extents(sch: s_tir.Schedule, loops) -> list[int | str]:
 
 
 class RowReduction(NormalizedRule):
-    """Parallel rows; per row: every stage in turn, reductions as vectorised partial sums."""
+    """Parallel rows; per row: every stage in turn, reductions as vectorised partial sums.
+
+    Elementwise stages are inlined into their consumers, except (``store_shared=True``) an
+    exponential that several later stages read -- softmax's ``exp``, read by the sum and the
+    normalisation --, which is computed once into a row buffer instead of once per reader.
+    """
+
+    def __init__(self, store_shared: bool = True) -> None:
+        super().__init__()
+        self.store_shared = store_shared
 
     def schedule(  # noqa: D102 - NormalizedRule API
         self, sch: s_tir.Schedule, infos: list, target: Target
@@ -36,9 +45,7 @@ class RowReduction(NormalizedRule):
         if not infos or len(infos) < 2 or not any(i.is_reduction() for i in infos):
             return None
         lanes = vector_lanes(target)
-        # elementwise stages inlined into their consumers: softmax's exp is then computed in
-        # both the sum and the normalisation, which still ran 1.6x faster than storing it
-        infos = try_inline_contiguous_spatial(sch, infos)
+        infos = _inline_cheap_stages(sch, infos, self.store_shared)
         shapes = []
         for info in infos:
             extents = _extents(sch, sch.get_loops(info.block_rv))
@@ -102,6 +109,37 @@ class RowReduction(NormalizedRule):
             if _vectorizable(sch, rf):
                 sch.vectorize(ki)
         sch.parallel(row)
+
+
+def _inline_cheap_stages(sch: s_tir.Schedule, infos: list, store_shared: bool) -> list:
+    """dlight's inlining of contiguous elementwise stages, keeping the shared exponentials."""
+    if not store_shared:
+        return try_inline_contiguous_spatial(sch, infos)
+    readers: dict[str, int] = {}
+    for info in infos:
+        for region in sch.get(info.block_rv).reads:
+            readers[region.source.name] = readers.get(region.source.name, 0) + 1
+    kept = []
+    for info in infos:
+        stmt = sch.get(info.block_rv)
+        body = str(stmt.body)
+        heavy = "exp(" in body or "reinterpret" in body
+        if (info.is_injective() and heavy and len(stmt.writes) == 1
+                and readers.get(stmt.writes[0].source.name, 0) >= 2):
+            kept.append(info)
+    if not kept:
+        return try_inline_contiguous_spatial(sch, infos)
+    order = {id(info): i for i, info in enumerate(infos)}
+    out, run = [], []
+    for info in [*infos, None]:
+        if info is not None and info.is_injective() and info not in kept:
+            run.append(info)
+            continue
+        out += try_inline(sch, run) if run else []
+        run = []
+        if info is not None:
+            out.append(info)
+    return sorted(out, key=lambda i: order[id(i)])
 
 
 def _vectorizable(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
