@@ -27,7 +27,7 @@ import tvm  # noqa: E402
 from tvm import s_tir  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
-from tetris_tvm.bench import median_interleaved  # noqa: E402
+from tetris_tvm.bench import median_interleaved, tvm_sampler  # noqa: E402
 from tetris_tvm.compiler import lower_model  # noqa: E402
 from tetris_tvm.kernels import compute as K  # noqa: E402
 from tetris_tvm.schedules.cpu.conv2d import conv_tile, schedule_conv2d  # noqa: E402
@@ -49,9 +49,7 @@ POINTWISE = [  # (batch, cin, cout, side)
 def _timer(mod: tvm.IRModule, args: list[np.ndarray], number: int):
     target = default_target()
     lib = tvm.compile(expand_marks(mod), target=target)
-    tensors = [tvm.runtime.tensor(a) for a in args]
-    evaluator = lib.mod.time_evaluator("main", tvm.cpu(), number=number, repeat=1)
-    return lambda: evaluator(*tensors).mean
+    return tvm_sampler(lib.mod, args, tvm.cpu(), number)
 
 
 def _scheduled(sch: s_tir.Schedule | None) -> tvm.IRModule:

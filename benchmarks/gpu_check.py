@@ -179,21 +179,9 @@ def precompile(sources: list[str], arch: str, mode: str, workers: int) -> float:
     return time.time() - t0
 
 
-# ------------------------------------------------------------------------------ timing
-def torch_timer(fn, number: int):
-    """A callable returning the mean seconds of ``number`` calls of ``fn`` (CUDA events)."""
-    import torch
-
-    def run() -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(number):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / number
-
-    return run
+# Timing: the samplers of tetris_tvm.bench (tvm_sampler: TVM time_evaluator; torch_sampler
+# on the CUDA device: CUDA events; vm_sampler: wall clock, device synchronised), sampled
+# round-robin by median_interleaved.
 
 
 # ------------------------------------------------------------------------------ main
@@ -230,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import tvm
 
-    from tetris_tvm.bench import median_interleaved
+    from tetris_tvm.bench import median_interleaved, torch_sampler, tvm_sampler
     from tetris_tvm.schedules.cuda import cuda_target
     from tetris_tvm.schedules.cuda.build import CudaKernel, compile_cuda, cuda_source
 
@@ -345,20 +333,18 @@ def main(argv: list[str] | None = None) -> int:
             case.extra["skipped_timing"] = "time budget"
             continue
         kern, x = kernels[id(case)]
-        xt = tvm.runtime.tensor(x, kern.dev)
         out = tvm.runtime.empty((case.m, case.n), case.dtype, kern.dev)
-        fn = kern.executable.mod.time_evaluator("main", kern.dev, number=20, repeat=1)
         xtorch = torch.from_numpy(x).to(dev)
         wtorch = torch.from_numpy(w).to(dev, tdt[case.dtype])
         candidates = {
-            "ours": lambda fn=fn, xt=xt, out=out, kern=kern: fn(xt, *kern.consts, out).mean,
-            "dense": torch_timer(lambda a=xtorch, b=wtorch: F.linear(a, b), 20),
+            "ours": tvm_sampler(kern.executable.mod, [x, *kern.consts, out], kern.dev, 20),
+            "dense": torch_sampler(lambda a=xtorch, b=wtorch: F.linear(a, b), 20, dev),
         }
         try:
             w_bsr = wtorch.to_sparse_bsr((case.block, case.block))
             xtt = xtorch.t().contiguous()
             (w_bsr @ xtt).t()  # noqa: B018 - probe support
-            candidates["bsr"] = torch_timer(lambda a=w_bsr, b=xtt: (a @ b).t(), 20)
+            candidates["bsr"] = torch_sampler(lambda a=w_bsr, b=xtt: (a @ b).t(), 20, dev)
         except Exception as exc:  # noqa: BLE001 - not every dtype / shape is supported
             case.bsr_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         times = median_interleaved(candidates, args.repeats)
@@ -461,7 +447,7 @@ class WholeModelCheck:
         import torch
         import tvm
 
-        from tetris_tvm.bench import median_interleaved
+        from tetris_tvm.bench import median_interleaved, torch_sampler, vm_sampler
 
         dev = torch.device("cuda")
         plan = self.compiled[0][1].plan
@@ -473,8 +459,8 @@ class WholeModelCheck:
             ref = masked(x).float().cpu().numpy()
         half, xh = copy.deepcopy(masked).half(), x.half()
         samplers = {
-            "torch_float32": torch_timer(lambda: masked(x), 5),
-            "torch_float16": torch_timer(lambda: half(xh), 5),
+            "torch_float32": torch_sampler(lambda: masked(x), 5, dev),
+            "torch_float16": torch_sampler(lambda: half(xh), 5, dev),
         }
         for row, cm in self.compiled:
             try:
@@ -485,7 +471,7 @@ class WholeModelCheck:
                 row["ok"] = bool(np.isfinite(out).all() and row["max_err"] <= tol)
                 cm._ensure_vm()
                 args = [tvm.runtime.tensor(self.x.numpy(), cm.device)]
-                samplers[f"ours_{row['dtype']}"] = _vm_timer(cm, args, 5)
+                samplers[f"ours_{row['dtype']}"] = vm_sampler(cm.vm, args, cm.device, 5)
             except Exception as exc:  # noqa: BLE001 - recorded
                 row["ok"] = False
                 row["error"] = f"run: {type(exc).__name__}: {str(exc).splitlines()[-1][:300]}"
@@ -584,8 +570,9 @@ class ConvAndSpaceCheck:
     def run(self, repeats: int, rng: np.random.Generator) -> None:
         import torch
         import torch.nn.functional as F
+        import tvm
 
-        from tetris_tvm.bench import median_interleaved
+        from tetris_tvm.bench import median_interleaved, torch_sampler, tvm_sampler
         from tetris_tvm.schedules.cuda.build import CudaKernel
 
         dev = torch.device("cuda")
@@ -604,13 +591,11 @@ class ConvAndSpaceCheck:
                 scale = float(np.abs(ref).max()) or 1.0
                 row["max_err"] = float(np.abs(y - ref).max() / scale)
                 row["ok"] = bool(np.isfinite(y).all() and row["max_err"] <= self.TOL[dtype])
-                tx = tvm_tensor(x, kern.dev)
-                out = tvm_empty(out_shape, dtype, kern.dev)
-                ev = kern.executable.mod.time_evaluator("main", kern.dev, number=20, repeat=1)
+                out = tvm.runtime.empty(tuple(out_shape), dtype, kern.dev)
                 times = median_interleaved({
-                    "ours": lambda ev=ev, tx=tx, out=out, kern=kern: ev(tx, *kern.consts,
-                                                                        out).mean,
-                    "torch_dense": torch_timer(ref_fn, 20),
+                    "ours": tvm_sampler(kern.executable.mod, [x, *kern.consts, out], kern.dev,
+                                        20),
+                    "torch_dense": torch_sampler(ref_fn, 20, dev),
                 }, repeats)
                 row["ours_us"], row["torch_dense_us"] = (times["ours"] * 1e6,
                                                          times["torch_dense"] * 1e6)
@@ -633,32 +618,6 @@ class ConvAndSpaceCheck:
 
     def payload(self) -> dict:
         return {"convs": self.conv_rows, "tuning_space": self.space_rows}
-
-
-def tvm_tensor(x: np.ndarray, dev):
-    import tvm
-
-    return tvm.runtime.tensor(np.ascontiguousarray(x), dev)
-
-
-def tvm_empty(shape, dtype: str, dev):
-    import tvm
-
-    return tvm.runtime.empty(tuple(shape), dtype, dev)
-
-
-def _vm_timer(cm, args: list, number: int):
-    """Seconds per run of a compiled model's VM on device tensors (device synchronised)."""
-
-    def run() -> float:
-        cm.device.sync()
-        t0 = time.perf_counter()
-        for _ in range(number):
-            cm.vm["main"](*args)
-        cm.device.sync()
-        return (time.perf_counter() - t0) / number
-
-    return run
 
 
 if __name__ == "__main__":

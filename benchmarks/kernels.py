@@ -30,7 +30,7 @@ import scipy.sparse  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tetris_tvm.bench import median_interleaved, random_block_mask  # noqa: E402
+from tetris_tvm.bench import median_interleaved, random_block_mask, wall_sampler  # noqa: E402
 from tetris_tvm.kernels import BSRMatrix  # noqa: E402
 from tetris_tvm.schedules import build as B  # noqa: E402
 
@@ -42,16 +42,6 @@ CONV_SHAPES = [(64, 128, 56), (256, 256, 14)]  # (cin, cout, hw), 3x3, stride 1,
 CONV_BATCH = [1, 8]
 BLOCKS = [16, 32]
 SPARSITIES = [0.5, 0.75, 0.9]
-
-
-def _timed(fn, number: int):
-    def run() -> float:
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        return (time.perf_counter() - t0) / number
-
-    return run
 
 
 def calls_for(seconds_estimate: float, budget: float = 0.02) -> int:
@@ -112,7 +102,7 @@ def bench_linear(k_in, n_out, m, block, sparsity, rng, repeats, dense_cache) -> 
             kern = ours if name == "ours" else dense
             cands[name] = kern.timer(x, calls_for(_kernel_estimate(kern, x)))
         else:
-            cands[name] = _timed(fn, calls_for(_estimate(fn)))
+            cands[name] = wall_sampler(fn, calls_for(_estimate(fn)))
     times = median_interleaved(cands, repeats)
     return _row("linear", f"{k_in}->{n_out}", m, block, sparsity, bsr.density, times, err)
 
@@ -139,7 +129,7 @@ def bench_conv(cin, cout, hw, batch, block, sparsity, rng, repeats, dense_cache)
             kern = ours if name == "ours" else dense
             cands[name] = kern.timer(x, calls_for(_kernel_estimate(kern, x)))
         else:
-            cands[name] = _timed(fn, calls_for(_estimate(fn)))
+            cands[name] = wall_sampler(fn, calls_for(_estimate(fn)))
     times = median_interleaved(cands, repeats)
     return _row("conv3x3", f"{cin}->{cout}@{hw}", batch, block, sparsity, bsr.density, times, err)
 

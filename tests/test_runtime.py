@@ -89,3 +89,34 @@ def test_loaded_model_checks_inputs_and_bad_files(mlp, tmp_path):
         tetris_tvm.load(bad)
     with pytest.raises(FileNotFoundError):
         tetris_tvm.load(tmp_path / "missing.so")
+
+
+def test_bench_samplers_return_seconds_per_call(mlp):
+    """The sampler makers of tetris_tvm.bench: zero-argument callables returning seconds."""
+    import time
+
+    import tvm
+    from tvm import te
+
+    from tetris_tvm import bench
+
+    calls, syncs = [], []
+    sample = bench.wall_sampler(lambda: calls.append(1), 3, sync=lambda: syncs.append(1))
+    assert sample() >= 0.0 and len(calls) == 3 and len(syncs) == 2
+    assert bench.torch_sampler(lambda: time.sleep(0.002), 2)() >= 0.002
+    assert bench.torch_sampler(lambda: time.sleep(0.002), 1, "cpu")() >= 0.002
+
+    a = te.placeholder((64,), "float32", name="a")
+    b = te.compute((64,), lambda i: a[i] * 2.0, name="b")
+    lib = tvm.compile(te.create_prim_func([a, b]), target="llvm")
+    x = np.arange(64, dtype=np.float32)
+    out = tvm.runtime.tensor(np.zeros(64, np.float32))
+    t = bench.tvm_sampler(lib.mod, [x, out], tvm.cpu(), 5)()  # numpy arguments copied once
+    assert isinstance(t, float) and t > 0.0
+    np.testing.assert_array_equal(out.numpy(), 2 * x)
+
+    cm, _, xt = mlp
+    cm._ensure_vm()
+    args = [tvm.runtime.tensor(xt.numpy(), cm.device)]
+    times = bench.median_interleaved({"vm": bench.vm_sampler(cm.vm, args, cm.device, 2)}, repeats=3)
+    assert times["vm"] > 0.0

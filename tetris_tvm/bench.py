@@ -2,6 +2,10 @@
 
 Timing follows design.md: everything compared is run in one process, interleaved (A B C A B C
 ...), and the median of the repeats is reported, so a noisy machine shifts all candidates alike.
+
+A *sampler* is a zero-argument callable that runs its candidate and returns the seconds one call
+took; :func:`median_interleaved` samples them round-robin.  :func:`wall_sampler`,
+:func:`torch_sampler`, :func:`tvm_sampler` and :func:`vm_sampler` make them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "wall_sampler",
+    "torch_sampler",
+    "tvm_sampler",
+    "vm_sampler",
     "time_interleaved",
     "check_and_time",
     "median_interleaved",
@@ -40,6 +48,81 @@ def median_interleaved(
         for name, sample in samplers.items():
             samples[name].append(sample())
     return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def wall_sampler(
+    fn: Callable[[], Any], number: int = 1, sync: Callable[[], Any] | None = None
+) -> Callable[[], float]:
+    """A sampler: the wall-clock mean seconds of ``number`` calls of ``fn``.
+
+    ``sync`` (e.g. a TVM device's ``sync`` or ``torch.cuda.synchronize``), when given, is
+    called before the clock starts and after the last call, so that asynchronous device work
+    is waited for and counted.
+    """
+
+    def sample() -> float:
+        if sync is not None:
+            sync()
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        if sync is not None:
+            sync()
+        return (time.perf_counter() - t0) / number
+
+    return sample
+
+
+def torch_sampler(
+    fn: Callable[[], Any], number: int = 1, device: Any = None
+) -> Callable[[], float]:
+    """A sampler: the mean seconds of ``number`` calls of a torch callable ``fn``.
+
+    On a CUDA ``device`` (a ``torch.device`` or its name) the calls are timed with CUDA events
+    recorded on the current stream around them (the host waits for the end event); elsewhere
+    (``None``, CPU) by the wall clock, as :func:`wall_sampler`.
+    """
+    import torch
+
+    if device is None or torch.device(device).type != "cuda":
+        return wall_sampler(fn, number)
+
+    def sample() -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(number):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / number
+
+    return sample
+
+
+def tvm_sampler(
+    func: Any, args: Sequence[Any], dev: Any, number: int = 1, name: str = "main"
+) -> Callable[[], float]:
+    """A sampler: the mean seconds per call of ``number`` calls of the compiled function
+    ``name`` of the TVM runtime module ``func`` on device ``dev``, as TVM's
+    ``time_evaluator`` (one repeat per sample) reports it.
+
+    ``args`` are TVM tensors, or numpy arrays, which are copied to ``dev`` once, here.
+    """
+    import tvm
+
+    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) if isinstance(a, np.ndarray)
+               else a for a in args]
+    evaluator = func.time_evaluator(name, dev, number=number, repeat=1)
+    return lambda: float(evaluator(*tensors).mean)
+
+
+def vm_sampler(
+    vm: Any, args: Sequence[Any], dev: Any, number: int = 1, name: str = "main"
+) -> Callable[[], float]:
+    """A sampler: the wall-clock mean seconds of ``number`` calls of the function ``name`` of
+    a Relax virtual machine ``vm`` on the TVM tensors ``args``, with the TVM device ``dev``
+    synchronised before the clock starts and after the last call."""
+    return wall_sampler(lambda: vm[name](*args), number, dev.sync)
 
 
 def time_interleaved(
