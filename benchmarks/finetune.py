@@ -15,6 +15,12 @@ the held-out side. Rows already in the JSON file are kept (the run resumes).
     python benchmarks/finetune.py --only minilm --steps 1500 --configs 0.5:32 0.75:32
     python benchmarks/finetune.py --only minilm --steps 2400 --hidden-layers auto \
         --methods tetris --configs 0.5:32
+    python benchmarks/finetune.py --retime --peers   # saved fine-tuned plans, current compiler
+
+``--retime`` trains nothing: every TETRIS row whose fine-tuned plan is still saved is compiled
+again with the current compiler, checked against its masked reference, its held-out metrics
+recomputed from the plan (they must match the row's), and timed again; the row's times are
+replaced (``retimed`` marks it).
 """
 
 from __future__ import annotations
@@ -97,6 +103,24 @@ def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_e
     return row
 
 
+def retime(task: Task, row: dict[str, Any], dense_cm: Any, repeats: int,
+           peer_runners: dict[str, Any]) -> None:
+    """Compile, check and time a saved fine-tuned plan again; updates ``row`` in place."""
+    from tetris_tvm.plan import PruningPlan
+
+    plan = PruningPlan.load(row["plan_file"])
+    reference = plan.apply(copy.deepcopy(task.model), keep=False)
+    metrics = task.evaluate(reference)
+    for k, v in metrics.items():
+        if k in row and abs(float(v) - float(row[k])) > 1e-3:
+            raise RuntimeError(f"{row['plan_file']}: {k} is {v:.4f}, the row says "
+                               f"{row[k]:.4f}: not the fine-tuned model of this row")
+    cm = tetris_tvm.compile(task.model, task.example, plan=plan)
+    row.update(check_and_time(cm, dense_cm, task.model, reference, task.example, repeats,
+                              peers=peer_runners))
+    row["retimed"] = True
+
+
 def _key(r: dict[str, Any]) -> tuple:
     """What makes a row: model, sparsity, block, method and the recipe."""
     return (r["model"], r["sparsity"], r["block"], r["method"], r["steps"],
@@ -118,6 +142,8 @@ def main() -> None:
                     help="where the fine-tuned plans are saved (not committed)")
     ap.add_argument("--hidden-layers", default=None,
                     help="also distil these modules' outputs ('auto': the transformer blocks)")
+    ap.add_argument("--retime", action="store_true",
+                    help="train nothing: compile and time the saved fine-tuned plans again")
     ap.add_argument("--allocation", default=None,
                     help="per-layer sparsities: sensitivity (TETRIS default) or uniform "
                          "(element-wise default: its sensitivity refit is too slow)")
@@ -138,6 +164,18 @@ def main() -> None:
                 peer_runners[peer] = peers.runner(peer, task.model, task.example)
             else:
                 print(f"{peer}: skipped ({reason})", flush=True)
+        if args.retime:
+            for row in results["rows"]:
+                path = Path(row.get("plan_file", ""))
+                if row["model"] != name or row["method"] != "tetris" or not path.is_file():
+                    continue
+                retime(task, row, dense_cm, args.repeats, peer_runners)
+                args.json.write_text(json.dumps(results, indent=1, default=float))
+                print(f"{name} s={row['sparsity']} {row['block']}x{row['block']}: pruned "
+                      f"{row['ms_pruned']:.2f} ms, ours dense {row['ms_ours_dense']:.2f} ms, "
+                      + ", ".join(f"{p} {row['ms_' + p]:.2f} ms" for p in peer_runners),
+                      flush=True)
+            continue
         steps, lr = args.steps or d["steps"], args.lr or d["lr"]
         for cfg in args.configs or d["configs"]:
             s, b = float(cfg.split(":")[0]), int(cfg.split(":")[1])
