@@ -206,3 +206,14 @@ def test_compiled_model_with_batch_norms_matches_the_masked_reference(sparsity, 
     fused = {row["name"]: row["fused"] for row in cm.report.to_dict()["layers"]}
     assert fused["c1.weight"] == "bias+relu6"  # BN shift + ReLU6 in the kernel's epilogue
     assert "bias" in fused["fc.weight"]  # BatchNorm1d after a Linear folds too
+
+
+def test_batch_norms_fold_with_a_dynamic_batch():
+    m = _randomised(bias=True)
+    cm = tetris_tvm.compile(m, (torch.randn(2, 6, 9, 9),), sparsity=0.5, block_size=16,
+                            dynamic_batch=True, progress=False)
+    for batch in (1, 5):
+        x = torch.randn(batch, 6, 9, 9)
+        (got,) = cm.run_numpy(x.numpy())
+        ref = cm.plan.apply(copy.deepcopy(m))(x)
+        torch.testing.assert_close(torch.as_tensor(got), ref.detach(), rtol=2e-4, atol=2e-4)
