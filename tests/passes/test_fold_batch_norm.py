@@ -217,3 +217,15 @@ def test_batch_norms_fold_with_a_dynamic_batch():
         (got,) = cm.run_numpy(x.numpy())
         ref = cm.plan.apply(copy.deepcopy(m))(x)
         torch.testing.assert_close(torch.as_tensor(got), ref.detach(), rtol=2e-4, atol=2e-4)
+
+
+def test_batch_norms_after_runtime_gathers_stay_exact():
+    # allow_gathers permutes every axis: where a gather stays between a conv and its batch
+    # norm, the batch norm becomes a multiply-add on the gathered output
+    m = _randomised(bias=False)
+    x = torch.randn(2, 6, 9, 9)
+    cm = tetris_tvm.compile(m, (x,), sparsity=0.5, block_size=16, allow_gathers=True,
+                            progress=False)
+    (got,) = cm.run_numpy(x.numpy())
+    ref = cm.plan.apply(copy.deepcopy(m))(x)
+    torch.testing.assert_close(torch.as_tensor(got), ref.detach(), rtol=2e-4, atol=2e-4)
