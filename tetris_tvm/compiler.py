@@ -317,7 +317,7 @@ def lower_model(
     )
     passes = tvm.transform.Sequential(
         [
-            prune_pass,  # reorder + block-prune, with the plan computed or given
+            prune_pass,  # apply the plan (computed by plan_graph above, or given)
             BindWeights(imported.weights),
             FoldPermutations(),
             FoldBatchNorm(),  # eval batch norms scale the weights (after the permutations)
