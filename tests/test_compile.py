@@ -241,3 +241,31 @@ def test_cross_compile_export_for_aarch64(tmp_path):
     header = path.read_bytes()[:20]
     assert header[:4] == b"\x7fELF"
     assert int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
+class _RepeatedMask(nn.Module):
+    """Two layers that each rebuild the same mask from the input, as transformer layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(32, 32), nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x).masked_fill(keep.unsqueeze(-1) == 0, 0.0)
+        return self.fc2(h).masked_fill(keep.unsqueeze(-1) == 0, 0.0)
+
+
+def test_a_computation_every_layer_repeats_runs_once():
+    from tetris_tvm.compiler import lower_model
+
+    torch.manual_seed(0)
+    m = _RepeatedMask().eval()
+    x, keep = torch.randn(4, 32), (torch.rand(4) < 0.5).to(torch.int64)
+    low = lower_model(m, (x, keep), sparsity=0.5, block_size=16, progress=False)
+    calls = [str(b.value.args[0]) for blk in low.mod["main"].body.blocks for b in blk.bindings
+             if "call_tir" in str(getattr(b.value, "op", ""))]
+    masks = [c for c in calls if "equal" in c]
+    assert len(masks) == 1, calls
+    cm = tetris_tvm.compile(m, (x, keep), sparsity=0.5, block_size=16, progress=False)
+    ref = cm.plan.apply(copy.deepcopy(m))
+    torch.testing.assert_close(cm(x, keep), ref(x, keep), rtol=1e-5, atol=1e-5)

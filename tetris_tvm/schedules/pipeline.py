@@ -65,6 +65,8 @@ def lowering_pipeline() -> tvm.transform.Pass:
     """The passes after LowerBlockSparse up to unscheduled TensorIR (what tuning sees)."""
     return tvm.transform.Sequential(
         [
+            # one computation of what every layer repeats (e.g. a transformer's attention mask)
+            relax.transform.EliminateCommonSubexpr(),
             relax.transform.DeadCodeElimination(),
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
