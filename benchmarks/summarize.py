@@ -108,8 +108,8 @@ def deploy_table() -> None:
               f"{r['runner_bytes'] / 1024:.0f} KiB | {t} |")
 
 
-def conv_schedules_table() -> None:
-    path = RESULTS / "conv_schedules.json"
+def cpu_schedules_table() -> None:
+    path = RESULTS / "cpu_schedules.json"
     if not path.exists():
         return
     data = json.loads(path.read_text())
@@ -131,6 +131,16 @@ def conv_schedules_table() -> None:
         tile = "x".join(str(t) for t in r["rule_table_tile"])
         print(f"| {r['batch']} x {r['cin']} -> {r['cout']} @ {r['side']} | {tile} | "
               f"{ours:.3f} | {r['ms_8x32']:.3f} ({r['ms_8x32'] / ours:.1f}x) |")
+    if "linear" in data:
+        print("\nDense linear + bias + GELU, packed-weight panel width (ms, GFLOP/s; in brackets "
+              "the speedup of 32-wide panels)\n")
+        print("| x -> N | 32-wide panels | 16-wide panels |")
+        print("| --- | --- | --- |")
+        for r in data["linear"]:
+            a, b = r["ms_panel_32"], r["ms_panel_16"]
+            shape = "x".join(str(d) for d in r["x_shape"])
+            print(f"| {shape} -> {r['n']} | {a:.3f} ({r['gflops'] / a * 1e3:.0f}) | "
+                  f"{b:.3f} ({r['gflops'] / b * 1e3:.0f}) ({b / a:.2f}x) |")
 
 
 def kernels_table() -> None:
@@ -331,7 +341,7 @@ if __name__ == "__main__":
         sys.exit(0)
     reorder_table()
     models_table()
-    conv_schedules_table()
+    cpu_schedules_table()
     deploy_table()
     kernels_table()
     tuning_tables()

@@ -304,8 +304,10 @@ def lower_model(
 
     sparsity = check_sparsity(sparsity, "compile")
     tgt = resolve_target(target)
-    # checks dtype before the slow steps; CPU schedules run row chunks in parallel
-    lower = LowerBlockSparse(dtype=dtype, row_chunks=tgt.kind.name == "llvm")
+    # checks dtype before the slow steps; CPU schedules run row chunks in parallel, and their
+    # dense linears use 32-wide weight panels (docs/results.md, "CPU schedule choices")
+    cpu = tgt.kind.name == "llvm"
+    lower = LowerBlockSparse(dtype=dtype, row_chunks=cpu, dense_block_n=32 if cpu else 16)
     max_batch(dynamic_batch)  # checks an int bound
     eligible, skipped = _eligible_names(model)
     imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)

@@ -116,6 +116,8 @@ class LowerBlockSparse:
         row_chunks: cut the rows of float32 block-sparse linears into chunks by
             :func:`tetris_tvm.kernels.compute.linear_row_chunk` (CPU targets: their schedule
             runs the chunks in parallel).
+        dense_block_n: the output panel of the dense linear kernel's packed weight (its
+            register tile's width: 32 gives the CPU schedule two AVX-512 vectors).
 
     After running, :attr:`layers` lists what each layer became.
     """
@@ -126,6 +128,7 @@ class LowerBlockSparse:
         fuse_epilogue: bool = True,
         dtype: str = "float32",
         row_chunks: bool = False,
+        dense_block_n: int = 16,
     ) -> None:
         from ..kernels.half import HALF_DTYPES
 
@@ -135,6 +138,7 @@ class LowerBlockSparse:
         self.fuse_epilogue = fuse_epilogue
         self.dtype = dtype
         self.row_chunks = row_chunks
+        self.dense_block_n = dense_block_n
         self.layers: list[LoweredLayer] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
@@ -243,8 +247,10 @@ class LowerBlockSparse:
             bsr = BSRMatrix.from_dense(w, (min(block[0], w.shape[0]), min(block[1], w.shape[1])))
             kind = "linear"
             if bsr.density > self.dense_above:
-                func = K.dense_linear(x_shape, w.shape[0], bias=bias is not None, activation=act)
-                consts = [K.pack_dense_weight(w, 16)]
+                bn = self.dense_block_n
+                func = K.dense_linear(x_shape, w.shape[0], block_n=bn, bias=bias is not None,
+                                      activation=act)
+                consts = [K.pack_dense_weight(w, bn)]
                 kernel = "dense_linear"
             elif self._half(bsr, x_shape):
                 from ..kernels.half import block_sparse_linear_fp16

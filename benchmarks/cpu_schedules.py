@@ -1,14 +1,16 @@
-"""MobileNetV2's conv kernels under our CPU schedules and the alternatives they replaced.
+"""CPU schedule choices against the alternatives they replaced, per kernel.
 
-Two tables, each timed interleaved in one process (median of repeats, 2 threads):
+Three tables, each timed interleaved in one process (median of repeats, 2 threads):
 
 - depthwise 3x3 convs with their folded batch norm + ReLU6 (every distinct MobileNetV2 shape
   at batch 1): the ``GroupedConv2d`` rule, the same rule without the deinterleaved plane for
   stride 2, and the generic ``Fallback`` rule that scheduled them before;
 - dense 1x1 convs (``dense_conv2d``): the register-tile rule table's choice against the
-  8 x 32 tile it picked on AVX-512 before the tile had to stay below TVM's stack-alloca limit.
+  8 x 32 tile it picked on AVX-512 before the tile had to stay below TVM's stack-alloca limit;
+- MiniLM's dense linears (``dense_linear``, with bias and GELU): the weight packed in 32-wide
+  output panels (what CPU builds use) against 16-wide ones.
 
-    python benchmarks/conv_schedules.py --json benchmarks/results/conv_schedules.json
+    python benchmarks/cpu_schedules.py --json benchmarks/results/cpu_schedules.json
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tetris_tvm.kernels import compute as K  # noqa: E402
 from tetris_tvm.schedules.cpu.conv2d import conv_tile, schedule_conv2d  # noqa: E402
 from tetris_tvm.schedules.cpu.fallback import Fallback  # noqa: E402
 from tetris_tvm.schedules.cpu.grouped_conv import GroupedConv2d  # noqa: E402
-from tetris_tvm.schedules.pipeline import expand_marks  # noqa: E402
+from tetris_tvm.schedules.pipeline import expand_marks, schedule_module  # noqa: E402
 from tetris_tvm.schedules.targets import default_target  # noqa: E402
 
 DEPTHWISE = [  # (channels, input side, stride) of MobileNetV2 at 224x224
@@ -117,6 +119,33 @@ def pointwise_rows(repeats: int) -> list[dict]:
     return rows
 
 
+LINEAR = [((8, 128, 384), 1536), ((8, 128, 1536), 384), ((8, 128, 384), 384),
+          ((1, 128, 384), 1536)]  # (x shape, N): MiniLM's FFN up / down and projections
+
+
+def linear_rows(repeats: int) -> list[dict]:
+    rows, target = [], default_target()
+    rng = np.random.default_rng(0)
+    for x_shape, n in LINEAR:
+        k = x_shape[-1]
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        timers = {}
+        for panel in (32, 16):
+            func = K.dense_linear(x_shape, n, block_n=panel, bias=True, activation="gelu")
+            mod = schedule_module(tvm.IRModule({"main": func}), target)
+            args = [x, K.pack_dense_weight(w, panel), np.zeros(n, np.float32),
+                    np.zeros((*x_shape[:-1], n), np.float32)]
+            timers[f"panel_{panel}"] = _timer(mod, args, 10)
+        t = median_interleaved(timers, repeats)
+        m = int(np.prod(x_shape[:-1]))
+        rows.append({"x_shape": list(x_shape), "n": n, "gflops": 2 * m * k * n / 1e9,
+                     **{f"ms_{k_}": v * 1e3 for k_, v in t.items()}})
+        print(f"linear {x_shape} -> {n}: "
+              + ", ".join(f"{k_} {v * 1e3:.3f} ms" for k_, v in t.items()), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +156,8 @@ def main() -> None:
     result = {"meta": {"machine": platform.machine(), "processor": platform.processor(),
                        "threads": 2, "target": str(default_target())},
               "depthwise": depthwise_rows(args.repeats),
-              "pointwise": pointwise_rows(args.repeats)}
+              "pointwise": pointwise_rows(args.repeats),
+              "linear": linear_rows(args.repeats)}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
