@@ -29,6 +29,7 @@ __all__ = [
     "Rewriter",
     "channel_axis",
     "mutate_functions",
+    "gv_name",
 ]
 
 
@@ -163,7 +164,7 @@ def rebuild_main(
     body = func.body
     if not isinstance(body, relax.SeqExpr):
         raise ValueError("main must be a sequence of binding blocks")
-    others = {gv: f for gv, f in mod.functions.items() if _gv_name(gv) != "main"}
+    others = {gv: f for gv, f in mod.functions.items() if gv_name(gv) != "main"}
     bb = relax.BlockBuilder(tvm.IRModule(others, attrs=mod.attrs))
     mapping: dict[Any, Any] = {}
     new_params = list(func.params) if params is None else params
@@ -205,7 +206,8 @@ def rebuild_main(
     return new_mod
 
 
-def _gv_name(gv: Any) -> str:
+def gv_name(gv: Any) -> str:
+    """The name of a GlobalVar (``name_hint`` in TVM 0.27)."""
     return str(getattr(gv, "name_hint", None) or gv.name)
 
 

@@ -21,13 +21,22 @@ FoldPermutations (which permutes the batch-norm constants with the channels).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from ._dataflow import const_lookup, const_value, is_const, main_bindings, op_name, rebuild_main
+from ._dataflow import (
+    const_lookup,
+    const_value,
+    gv_name,
+    is_const,
+    main_bindings,
+    op_name,
+    rebuild_main,
+)
 from .prune import COMPOSITE_CONV2D, COMPOSITE_LINEAR
 
 __all__ = ["FoldBatchNorm"]
@@ -53,10 +62,6 @@ def _users(bindings: list[Any], func: relax.Function) -> dict[Any, int]:
         read(b.value)
     read(func.body.body)
     return count
-
-
-def _gv_name(gv: Any) -> str:
-    return str(getattr(gv, "name_hint", None) or gv.name)
 
 
 class _Fold:
@@ -88,10 +93,9 @@ class FoldBatchNorm:
         by_var = {b.var: b for b in bindings}
         const_of = const_lookup({}, by_var)
         users = _users(bindings, func)
-        calls_of: dict[str, int] = {}
-        for b in bindings:
-            if isinstance(b.value, relax.Call) and isinstance(b.value.op, relax.GlobalVar):
-                calls_of[_gv_name(b.value.op)] = calls_of.get(_gv_name(b.value.op), 0) + 1
+        calls_of = Counter(gv_name(b.value.op) for b in bindings
+                           if isinstance(b.value, relax.Call)
+                           and isinstance(b.value.op, relax.GlobalVar))
 
         folds: dict[Any, _Fold] = {}  # var of the batch norm's item 0 -> fold
         skip: set[Any] = set()  # batch norm tuples whose item 0 is rewritten
@@ -204,7 +208,7 @@ def _scaled(
 ) -> Any:
     """The weight op with its output channels scaled."""
     if isinstance(value.op, relax.GlobalVar):
-        name = _gv_name(value.op)
+        name = gv_name(value.op)
         replaced[name] = _scaled_composite(mod[name], fold.scale)
         return value
     weight = _scale_weight(value, fold.scale)
@@ -238,13 +242,13 @@ def _weight_op(
             and str(a.kernel_layout) == "OIHW"
             and str(a.data_layout) == "NCHW"
             and str(a.out_layout) == "NCHW"
-            and _is_constant(value.args[1])
+            and is_const(value.args[1])
         )
     if name == "relax.matmul":
         w = value.args[1]
-        return fold.axis == fold.ndim - 1 and _is_constant(w) and int(w.ty.ndim) == 2
+        return fold.axis == fold.ndim - 1 and is_const(w) and int(w.ty.ndim) == 2
     if isinstance(value, relax.Call) and isinstance(value.op, relax.GlobalVar):
-        gname = _gv_name(value.op)
+        gname = gv_name(value.op)
         if calls_of.get(gname) != 1:
             return False
         f = mod[gname]
@@ -254,10 +258,6 @@ def _weight_op(
         want = 1 if str(comp) == COMPOSITE_CONV2D else fold.ndim - 1
         return fold.axis == want and _composite_weight(f) is not None
     return False
-
-
-def _is_constant(e: Any) -> bool:
-    return is_const(e)
 
 
 def _scale_weight(call: relax.Call, scale: np.ndarray) -> relax.Constant:
@@ -278,7 +278,7 @@ def _composite_weight(f: relax.Function) -> Any:
     ):
         return None
     call = body.blocks[0].bindings[0].value
-    if op_name(call) not in ("relax.nn.conv2d", "relax.matmul") or not _is_constant(call.args[1]):
+    if op_name(call) not in ("relax.nn.conv2d", "relax.matmul") or not is_const(call.args[1]):
         return None
     return call
 

@@ -26,6 +26,7 @@ from ..kernels.bsr import BSRMatrix
 from ..kernels.compute import shape_dims
 from ._dataflow import (
     const_value,
+    gv_name,
     is_const,
     main_bindings,
     op_name,
@@ -67,17 +68,13 @@ def _product_or_none(dims: Any) -> int | None:
     return out
 
 
-def _gv_name(gv: Any) -> str:
-    return str(getattr(gv, "name_hint", None) or gv.name)
-
-
 def _composites(mod: tvm.IRModule) -> dict[str, relax.Function]:
     out = {}
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function) and func.attrs is not None:
             kind = func.attrs.get("Composite")
             if kind is not None and str(kind) in (COMPOSITE_LINEAR, COMPOSITE_CONV2D):
-                out[_gv_name(gv)] = func
+                out[gv_name(gv)] = func
     return out
 
 
@@ -172,11 +169,11 @@ class LowerBlockSparse:
             v = b.value
             if not (isinstance(v, relax.Call) and isinstance(v.op, relax.GlobalVar)):
                 continue
-            if _gv_name(v.op) not in comps:
+            if gv_name(v.op) not in comps:
                 continue
             last, bias, act = b.var, None, None
-            out_ty = _known_shape(b.var.ty, comps[_gv_name(v.op)], v.args[0])
-            is_conv = int(out_ty.ndim) == 4 and "conv2d" in _gv_name(v.op)
+            out_ty = _known_shape(b.var.ty, comps[gv_name(v.op)], v.args[0])
+            is_conv = int(out_ty.ndim) == 4 and "conv2d" in gv_name(v.op)
             channel = 1 if is_conv else int(out_ty.ndim) - 1
             if self.fuse_epilogue and last in consumer:
                 nxt_var, nxt = consumer[last]
@@ -212,7 +209,7 @@ class LowerBlockSparse:
                 call_var = fused_into[var]
                 call_value = value_of[call_var]
                 x = mapping.get(call_value.args[0], call_value.args[0])
-                comp = comps[_gv_name(call_value.op)]
+                comp = comps[gv_name(call_value.op)]
                 bias, act, _ = epilogue[call_var]
                 out_ty = _known_shape(call_var.ty, comp, call_value.args[0])
                 out = self._lower(bb, comp, x, out_ty, bias, act)

@@ -18,7 +18,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.sym import detect_linear_equation
 from tvm.target import Target
 
-from ..analysis import child_blocks
+from ..analysis import child_blocks, loop_extent
 from ._common import schedule_for, vector_lanes
 
 __all__ = ["GroupedConv2d", "row_vector"]
@@ -65,15 +65,10 @@ def _deinterleave(sch: s_tir.Schedule, pad: s_tir.schedule.SBlockRV) -> None:
     sch.transform_block_layout(pad, lambda n, c, h, w: (n, c, h, w % 2, w // 2))
 
 
-def _extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:
-    extent = sch.get(loop).extent
-    return int(extent.value) if isinstance(extent, tirx.IntImm) else None
-
-
 def _vectorize_row(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int) -> None:
     """Vectorise a row loop in :func:`row_vector` pieces (left scalar if it has no constant
     extent)."""
-    width = _extent(sch, loop)
+    width = loop_extent(sch, loop)
     if width is None:
         return
     vec = row_vector(width, lanes)
@@ -114,8 +109,8 @@ class GroupedConv2d(CPUScheduleRule):
         if len(sch.get_loops(conv)) != 7:
             return None
         nn, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
-        width = _extent(sch, xx)
-        if width is None or _extent(sch, rc) is None or _extent(sch, ry) is None:
+        width = loop_extent(sch, xx)
+        if width is None or loop_extent(sch, rc) is None or loop_extent(sch, ry) is None:
             return None
         # the epilogue (bias add, activation, ...) into one block, then per output row
         for name in after[:-1]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import try_inline, try_inline_contiguous_spatial
+from tvm.s_tir.dlight.base import try_inline
 from tvm.target import Target
 
 from ._common import NormalizedRule, touches_bool, vector_lanes
@@ -112,9 +112,23 @@ class RowReduction(NormalizedRule):
 
 
 def _inline_cheap_stages(sch: s_tir.Schedule, infos: list, store_shared: bool) -> list:
-    """dlight's inlining of contiguous elementwise stages, keeping the shared exponentials."""
-    if not store_shared:
-        return try_inline_contiguous_spatial(sch, infos)
+    """dlight's inlining of contiguous elementwise stages (``try_inline`` per run, as
+    ``try_inline_contiguous_spatial`` does), keeping the shared exponentials as stages."""
+    kept = _shared_exponentials(sch, infos) if store_shared else []
+    out, run = [], []
+    for info in [*infos, None]:
+        if info is not None and info.is_injective() and info not in kept:
+            run.append(info)
+            continue
+        out += try_inline(sch, run) if run else []
+        run = []
+        if info is not None:
+            out.append(info)
+    return out
+
+
+def _shared_exponentials(sch: s_tir.Schedule, infos: list) -> list:
+    """Elementwise stages computing an exponential whose output two or more stages read."""
     readers: dict[str, int] = {}
     for info in infos:
         for region in sch.get(info.block_rv).reads:
@@ -127,19 +141,7 @@ def _inline_cheap_stages(sch: s_tir.Schedule, infos: list, store_shared: bool) -
         if (info.is_injective() and heavy and len(stmt.writes) == 1
                 and readers.get(stmt.writes[0].source.name, 0) >= 2):
             kept.append(info)
-    if not kept:
-        return try_inline_contiguous_spatial(sch, infos)
-    order = {id(info): i for i, info in enumerate(infos)}
-    out, run = [], []
-    for info in [*infos, None]:
-        if info is not None and info.is_injective() and info not in kept:
-            run.append(info)
-            continue
-        out += try_inline(sch, run) if run else []
-        run = []
-        if info is not None:
-            out.append(info)
-    return sorted(out, key=lambda i: order[id(i)])
+    return kept
 
 
 def _vectorizable(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
