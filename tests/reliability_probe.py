@@ -122,7 +122,9 @@ def judge(c: Case, tmp: Path) -> Verdict:
 
 
 def _judge_isolated(c: Case, tmp: Path) -> Verdict:
-    code = (f"import sys, pathlib; sys.path.insert(0, {str(Path(__file__).parent)!r}); import reliability_probe as p; "
+    here = str(Path(__file__).parent)
+    code = (f"import sys, pathlib; sys.path.insert(0, {here!r}); "
+            "import reliability_probe as p; "
             f"c = [c for c in p.CASES if c.name == {c.name!r}][0]; c.isolate = False; "
             f"v = p.judge(c, pathlib.Path({str(tmp)!r})); print('VERDICT', v.verdict, v.detail)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
