@@ -917,6 +917,69 @@ def nan_through_softmax(tmp):
     _nan_case(model, x)
 
 
+class _Reduce:
+    @staticmethod
+    def make(kind: str):
+        torch = _torch()
+
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(24, 32)
+
+            def forward(self, x):
+                y = self.fc(x)
+                if kind == "amax":
+                    return y.amax(dim=-1, keepdim=True) + y.amin(dim=0)
+                if kind == "max":
+                    return y - torch.max(y) + torch.min(y)
+                if kind == "maximum":
+                    return torch.maximum(y, y.flip(0)) - torch.minimum(y, torch.zeros(32))
+                return torch.clamp(y, -0.5, 0.5)
+
+        torch.manual_seed(0)
+        return M()
+
+
+@case("nan", "either", r"amax|support")
+def nan_through_amax_amin(tmp):
+    x = x_mlp().clone()
+    x[1, 3] = float("nan")
+    _nan_case(_Reduce.make("amax"), x)
+
+
+@case("nan", "result")
+def nan_through_max_min(tmp):
+    x = x_mlp().clone()
+    x[1, 3] = float("nan")
+    _nan_case(_Reduce.make("max"), x)
+
+
+@case("nan", "result")
+def nan_through_maximum_minimum(tmp):
+    x = x_mlp().clone()
+    x[2, 3] = float("nan")
+    _nan_case(_Reduce.make("maximum"), x)
+
+
+@case("nan", "result")
+def nan_through_clamp(tmp):
+    x = x_mlp().clone()
+    x[0, 7] = float("nan")
+    _nan_case(_Reduce.make("clamp"), x)
+
+
+@case("nan", "result")
+def maxpool_ceil_mode_and_padding(tmp):
+    torch = _torch()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3), torch.nn.MaxPool2d(3, 2, 1,
+                                                                             ceil_mode=True))
+    x = torch.randn(2, 2, 11, 11)
+    x[0, 1, 5, 5] = float("nan")
+    _nan_case(model, x)
+
+
 @case("nan", "result")
 def inf_through_relu(tmp):
     _torch()
@@ -1100,6 +1163,43 @@ def load_truncated_70(tmp):
 @case("files", "error", r"cut95\.so", isolate=True)
 def load_truncated_95(tmp):
     _load_truncated(tmp, 0.95)
+
+
+def _load_truncated_bare(tmp: Path, fraction: float) -> None:
+    import tetris_tvm
+    data = (exported_mlp_dir() / "m.so").read_bytes()
+    path = tmp / f"bare{int(fraction * 100)}.so"
+    path.write_bytes(data[: int(len(data) * fraction)])
+    tetris_tvm.load(path)
+
+
+@case("files", "error", r"bare10\.so", isolate=True)
+def load_truncated_10_without_sidecar(tmp):
+    _load_truncated_bare(tmp, 0.10)
+
+
+@case("files", "error", r"bare50\.so", isolate=True)
+def load_truncated_50_without_sidecar(tmp):
+    _load_truncated_bare(tmp, 0.50)
+
+
+@case("files", "error", r"bare70\.so", isolate=True)
+def load_truncated_70_without_sidecar(tmp):
+    _load_truncated_bare(tmp, 0.70)
+
+
+@case("files", "error", r"bare99\.so", isolate=True)
+def load_truncated_99_without_sidecar(tmp):
+    _load_truncated_bare(tmp, 0.99)
+
+
+@case("files", "error", r"arm\.so.*aarch64", isolate=True)
+def load_library_of_another_architecture(tmp):
+    import tetris_tvm
+    data = bytearray((exported_mlp_dir() / "m.so").read_bytes())
+    data[18:20] = (183).to_bytes(2, "little")  # e_machine: aarch64
+    (tmp / "arm.so").write_bytes(bytes(data))
+    tetris_tvm.load(tmp / "arm.so")
 
 
 @case("files", "error", r"junk\.so", isolate=True)
@@ -1609,11 +1709,15 @@ def finetune_result_compiles_to_reference(tmp):
 # ---------------------------------------------------------------------------------------------
 
 
-def run(only: str | None = None, names: list[str] | None = None) -> list[Verdict]:
+def run(only: str | None = None, names: list[str] | None = None,
+        in_process: bool = False) -> list[Verdict]:
     out = []
     for c in CASES:
         if (only and c.area != only) or (names and c.name not in names):
             continue
+        if in_process:  # the caller runs this process apart: a crash is seen as its exit
+            print(f"running {c.name}", file=sys.stderr, flush=True)
+            c = Case(c.name, c.area, c.run, c.expect, c.match, isolate=False)
         with tempfile.TemporaryDirectory(prefix="probe-") as d:
             out.append(judge(c, Path(d)))
     return out
@@ -1627,8 +1731,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="one area: " + ", ".join(sorted({c.area for c in CASES})))
     p.add_argument("--case", action="append", help="one case by name (repeatable)")
     p.add_argument("--json", help="write the verdicts to this JSON file")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the cases that may crash in this process too (one process start)")
     args = p.parse_args(argv)
-    verdicts = run(args.only, args.case)
+    verdicts = run(args.only, args.case, args.in_process)
     width = max(len(v.case) for v in verdicts)
     for v in verdicts:
         print(f"{v.verdict:<5} {v.area:<10} {v.case:<{width}}  {v.detail[:150]}")

@@ -23,15 +23,27 @@ __all__ = [
 
 @contextlib.contextmanager
 def quiet_torch_export() -> Iterator[None]:
-    """Silence torch's own ``isinstance(treespec, LeafSpec) is deprecated`` FutureWarning.
+    """Silence torch's own ``isinstance(treespec, LeafSpec) is deprecated`` FutureWarning
+    and its fake-tensor error log.
 
     torch 2.13: ``torch.export`` and ``run_decompositions`` (which TVM 0.27's importer calls)
     warn from torch's pytree code on every call; not the user's to act on, so it is silenced
     around those two calls only.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec", category=FutureWarning)
-        yield
+    import logging
+
+    # torch 2.13 also logs a traceback at ERROR level from its fake-tensor shape check before
+    # raising; the exception (which the caller reports in its own words) says the same
+    fake = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake.level
+    fake.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec",
+                                    category=FutureWarning)
+            yield
+    finally:
+        fake.setLevel(level)
 
 
 def deep_copy(node: Any) -> Any:

@@ -68,7 +68,9 @@ def _calibration(args: argparse.Namespace) -> Any:
         try:
             return torch.load(path, weights_only=True)
         except Exception as e:  # torch raises several kinds for a bad file
-            raise SystemExit(f"error: cannot read calibration batches from {path}: {e}") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SystemExit(f"error: cannot read calibration batches from {path} (a list of "
+                             f"input batches saved with torch.save): {first}") from None
     if n <= 0:
         return None
     from . import quality
@@ -188,7 +190,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     model = _load_any(args.model)
     inputs = _example_inputs(args, model)
     plan = PruningPlan.load(args.plan) if args.plan else None
-    print(f"compiling {args.model} for {args.target} (sparsity {args.sparsity}) ...", flush=True)
+    how = f"plan {args.plan}" if plan is not None else (
+        f"sparsity {0.75 if args.sparsity is None else args.sparsity}")
+    print(f"compiling {args.model} for {args.target} ({how}) ...", flush=True)
     start = time.perf_counter()
     cm = tetris_compile(
         model, inputs, target=_target_arg(args.target), sparsity=args.sparsity,
@@ -222,7 +226,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     model = _load_any(args.model)
     inputs = _example_inputs(args, model)
     plan = PruningPlan.load(args.plan) if args.plan else None
-    print(f"tuning {args.model} for {args.target} (sparsity {args.sparsity}, {args.trials} "
+    how = f"plan {args.plan}" if plan is not None else (
+        f"sparsity {0.75 if args.sparsity is None else args.sparsity}")
+    print(f"tuning {args.model} for {args.target} ({how}, {args.trials} "
           f"trials per task) into {args.work_dir} ...", flush=True)
     result = tune(
         model, inputs, target=_target_arg(args.target), work_dir=args.work_dir,
@@ -336,7 +342,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for s in args.sparsity:
         print(f"compiling at sparsity {s} ...", flush=True)
         cm = tetris_compile(model, inputs, target=_target_arg(args.target), sparsity=s,
-                            block_size=args.block, streams=args.streams,
+                            block_size=args.block or (32, 32), streams=args.streams,
                             **(recovery if s > 0 else {}))
         out = first(cm(*inputs)).numpy()
         reference = cm.plan.apply(copy.deepcopy(model), keep=False)
@@ -388,6 +394,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    if args.resume and not args.checkpoint_dir:
+        raise SystemExit("error: --resume continues from --checkpoint-dir: give the folder the "
+                         "interrupted run wrote")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
@@ -425,11 +434,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         raise SystemExit("error: finetune runs on the zoo models (minilm, mnist-cnn); for your "
                          "own model call tetris_tvm.finetune() with your data")
     print("dense, held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in dense.items()))
-    planner = graph_planner(model, example, args.block, overrides=overrides)
+    planner = graph_planner(model, example, args.block or (32, 32), overrides=overrides)
     start = time.perf_counter()
     try:
         trained, plan = finetune(
-            copy.deepcopy(model), data, args.sparsity, args.block, steps=args.steps,
+            copy.deepcopy(model), data, args.sparsity, args.block or (32, 32), steps=args.steps,
             lr=args.lr, prune_every=args.prune_every, ramp=args.ramp,
             allocation=args.allocation, overrides=overrides, planner=planner,
             calibration=calibration, evaluate=evaluate, eval_every=args.eval_every,
@@ -466,7 +475,10 @@ def _command(
     description: str,
 ) -> argparse.ArgumentParser:
     """The subcommand ``name`` that runs ``func``, with the argument ``groups`` added first."""
-    p = sub.add_parser(name, help=help, description=description)
+    p = sub.add_parser(name, help=help, description=description,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an error instead of one line")
     for add in groups:
         add(p)
     p.set_defaults(func=func)
@@ -474,10 +486,13 @@ def _command(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="tetris-tvm",
         description="TETRIS reorder-and-block-prune for PyTorch models, compiled with TVM.",
     )
+    parser.add_argument("--version", action="version", version=f"tetris-tvm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(
@@ -513,12 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seq", type=int, default=128, help="minilm: sequence length")
         p.add_argument("--target", default="llvm",
                        help="'llvm' (this CPU), 'cuda', or a JSON target dict")
-        p.add_argument("--block", type=_block, default=(32, 32), help="block, e.g. 32 or 16x32")
+        p.add_argument("--block", type=_block, default=None,
+                       help="block, e.g. 32 or 16x32 (default 32x32; a --plan fixes its own)")
 
     def pruning_args(p: argparse.ArgumentParser) -> None:
         """How compile and tune prune: a sparsity, or a saved plan (same plan -> same kernels)."""
-        p.add_argument("--sparsity", type=_sparsity, default=0.75,
-                       help="fraction of blocks pruned")
+        p.add_argument("--sparsity", type=_sparsity, default=None,
+                       help="fraction of blocks pruned (default 0.75; a --plan fixes its own)")
         p.add_argument("--plan", help="use this saved plan (.npz) instead of computing one")
         p.add_argument("--streams", choices=("auto", "shared", "separate"), default="auto",
                        help="residual streams: one permutation for all their layers when it "
@@ -618,7 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--eval-every", type=int, default=250, help="held-out evaluation interval")
     f.add_argument("--checkpoint-dir", help="write checkpoints here")
     f.add_argument("--checkpoint-every", type=int, default=200, help="checkpoint interval")
-    f.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    f.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint-dir (which it needs)")
     f.add_argument("--seed", type=int, default=0, help="seed of the batch order and dropout")
     f.add_argument("--threads", type=int, default=2, help="torch threads")
     f.add_argument("--out", help="write the final plan (masks + fine-tuned weights) here")
@@ -634,9 +651,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tetris-tvm`` console script."""
+    """Entry point of the ``tetris-tvm`` console script: an error is one ``error:`` line on
+    stderr and exit status 1 (``--debug`` shows the traceback instead)."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        if args.debug:
+            raise
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        print(f"error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
+        for line in lines[1:3]:  # a hint, if the error gives one
+            if line.startswith("hint:"):
+                print(line, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

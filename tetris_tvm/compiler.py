@@ -129,7 +129,10 @@ class Report:
 
 
 class CompiledModel(ModelRunner):
-    """A compiled model: call it like the torch module (torch tensors or numpy in, torch out)."""
+    """A compiled model: call it like the torch module (torch tensors or numpy in, torch out).
+
+    Safe to call from several threads at once (each thread runs its own VM over the one
+    executable)."""
 
     def __init__(
         self,
@@ -141,38 +144,25 @@ class CompiledModel(ModelRunner):
         ir: Any = None,
     ) -> None:
         device = "cuda" if target.kind.name == "cuda" else "cpu"
-        self.executable = executable
+        ModelRunner.__init__(self, executable, device, meta)
         self.target = target
         self.plan = plan
         self.report = report
         self.ir = ir
-        self._device_name = device
-        self._vm_ready = False
-        self._meta = dict(meta)
 
     def _ensure_vm(self) -> None:
-        if not self._vm_ready:
-            ModelRunner.__init__(self, self.executable, self._device_name, self._meta)
-            self._vm_ready = True
+        """Make the calling thread's VM now (calls make it when needed)."""
+        self._vm_of_thread()
 
     def __call__(self, *inputs: Any) -> Any:
         import torch
 
-        self._ensure_vm()
         tensors = flatten_tensors(self.run_tvm(*inputs))
         if self._device_name == "cpu":  # the VM's fresh outputs, shared, not copied
             outs = [torch.from_dlpack(t) for t in tensors]
         else:
             outs = [torch.from_numpy(t.numpy()) for t in tensors]
         return tuple(outs) if self.meta["output_is_tuple"] or len(outs) > 1 else outs[0]
-
-    def run_tvm(self, *inputs: Any) -> Any:
-        self._ensure_vm()
-        return super().run_tvm(*inputs)
-
-    def benchmark(self, *inputs: Any, number: int = 5, repeat: int = 5) -> float:
-        self._ensure_vm()
-        return super().benchmark(*inputs, number=number, repeat=repeat)
 
     def device_source(self) -> str:
         """Generated device code (CUDA C++ for a cuda target; empty for CPU builds)."""
@@ -187,7 +177,7 @@ class CompiledModel(ModelRunner):
 
     def meta_inputs(self) -> list[dict[str, Any]]:
         """Per input: name, shape (None: dynamic), dtype and batch bound."""
-        return [dict(d) for d in self._meta.get("inputs", [])]
+        return [dict(d) for d in self.meta.get("inputs", [])]
 
     def export_bundle(self, directory: str | os.PathLike[str], cross_compiler: str | None = None,
                       runtime_dir: str | os.PathLike[str] | None = None,
@@ -204,21 +194,61 @@ class CompiledModel(ModelRunner):
 
         ``cross_compiler`` (e.g. ``"aarch64-linux-gnu-gcc"``) links for another machine; the
         target given to :func:`compile` must describe that machine (e.g.
-        ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "num-cores": 4}``).
+        ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "num-cores": 4}``). Both files are
+        written under temporary names and renamed, so ``path`` never holds half a library;
+        the metadata records the library's size and SHA-256, which :func:`load` checks.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with quiet_vm_serialization():
-            if cross_compiler:
-                from tvm.support import cc
+        from .libfile import describe, partial_path
 
-                self.executable.export_library(str(path),
-                                               fcompile=cc.cross_compiler(cross_compiler))
-            else:
-                self.executable.export_library(str(path))
-        meta = {**self._meta, "target": str(self.target), "report": self.report.to_dict()}
-        Path(str(path) + META_SUFFIX).write_text(json.dumps(meta, indent=1, default=str))
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{path}: a folder; export to a file such as {path / 'model.so'}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot export to {path}: cannot make its folder "
+                             f"({e.strerror})") from None
+        partial = partial_path(path)
+        try:
+            self._link(partial, cross_compiler)
+            data = partial.read_bytes()
+            meta = {**self._meta_for_export(), "library": describe(data)}
+            meta_partial = Path(str(partial) + META_SUFFIX)
+            meta_partial.write_text(json.dumps(meta, indent=1, default=str))
+            os.replace(partial, path)
+            os.replace(meta_partial, Path(str(path) + META_SUFFIX))
+        except OSError as e:
+            raise ValueError(f"cannot export to {path}: {e.strerror or e}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+            Path(str(partial) + META_SUFFIX).unlink(missing_ok=True)
         return path
+
+    def _link(self, out: Path, cross_compiler: str | None) -> None:
+        """Link the executable into the shared library ``out``."""
+        import shutil
+
+        fcompile = None
+        if cross_compiler:
+            from tvm.support import cc
+
+            if shutil.which(cross_compiler) is None:
+                raise ValueError(f"cross compiler {cross_compiler!r} not found on PATH (e.g. "
+                                 "apt-get install g++-aarch64-linux-gnu)")
+            fcompile = cc.cross_compiler(cross_compiler)
+        try:
+            with quiet_vm_serialization():
+                if fcompile is None:
+                    self.executable.export_library(str(out))
+                else:
+                    self.executable.export_library(str(out), fcompile=fcompile)
+        except Exception as e:  # noqa: BLE001 - the linker's failure, in one line
+            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            raise RuntimeError(f"linking {out.name} failed: "
+                               f"{lines[-1] if lines else type(e).__name__}") from None
+
+    def _meta_for_export(self) -> dict[str, Any]:
+        return {**self.meta, "target": str(self.target), "report": self.report.to_dict()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,12 +292,16 @@ class LoweredModel:
     meta: dict[str, Any]
 
 
+DEFAULT_SPARSITY = 0.75
+DEFAULT_BLOCK = (32, 32)
+
+
 def lower_model(
     model: Any,
     example_inputs: Sequence[Any] | Any,
     target: Any = "llvm",
-    sparsity: float = 0.75,
-    block_size: int | tuple[int, int] = (32, 32),
+    sparsity: float | None = None,
+    block_size: int | tuple[int, int] | None = None,
     plan: Any = None,
     *,
     dynamic_batch: bool | int = False,
@@ -300,9 +334,9 @@ def lower_model(
         LowerBlockSparse,
     )
     from .passes.lower import lowered_layers
-    from .reorder import check_sparsity
 
-    sparsity = check_sparsity(sparsity, "compile")
+    _check_model(model)
+    sparsity, block_size = _pruning_settings(plan, sparsity, block_size)
     tgt = resolve_target(target)
     # checks dtype before the slow steps; CPU schedules run row chunks in parallel, and their
     # dense linears use 32-wide weight panels (docs/results.md, "CPU schedule choices")
@@ -344,8 +378,8 @@ def lower_model(
 def plan_model(
     model: Any,
     example_inputs: Sequence[Any] | Any,
-    sparsity: float = 0.75,
-    block_size: int | tuple[int, int] = (32, 32),
+    sparsity: float = DEFAULT_SPARSITY,
+    block_size: int | tuple[int, int] = DEFAULT_BLOCK,
     *,
     allow_gathers: bool = False,
     streams: str = "auto",
@@ -363,9 +397,11 @@ def plan_model(
     then builds exactly this model; ``plan.apply(copy)`` is its torch reference, e.g. to
     measure quality."""
     from .frontend import import_model
-    from .reorder import check_sparsity
+    from .reorder import check_block_size, check_sparsity
 
+    _check_model(model)
     sparsity = check_sparsity(sparsity, "plan_model")
+    check_block_size(block_size, "plan_model")
     eligible, _ = _eligible_names(model)
     imported = import_model(model, example_inputs)
     plan, _, _ = _plan_imported(
@@ -424,6 +460,61 @@ def graph_planner(model: Any, example_inputs: Sequence[Any] | Any,
     return GraphPlanner(model, example_inputs, block_size, overrides, streams)
 
 
+def _check_model(model: Any) -> None:
+    """A torch module or ExportedProgram of float32 parameters, or a ValueError that says
+    what to do."""
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module or torch.export.ExportedProgram, "
+                         f"got {type(model).__name__}")
+    dtypes = {p.dtype for p in model.parameters()} | {b.dtype for b in model.buffers()
+                                                      if b.is_floating_point()}
+    other = sorted(str(d).removeprefix("torch.") for d in dtypes
+                   if d.is_floating_point and d != torch.float32)
+    if other:
+        raise ValueError(
+            f"the model's parameters are {', '.join(other)}: tetris-tvm compiles float32 "
+            "models; convert a copy with .float() (and pass float32 inputs). For half-"
+            "precision kernels, compile the float32 model with dtype='float16' or 'bfloat16'")
+
+
+def _pruning_settings(plan: Any, sparsity: float | None, block_size: Any
+                      ) -> tuple[float, Any]:
+    """The sparsity and block of a compile: the defaults, the caller's, or with ``plan``
+    the plan's (a different explicit value is an error, not silently ignored)."""
+    from .plan import PruningPlan, clamp_block
+    from .reorder import check_block_size, check_sparsity
+
+    if plan is None:
+        sparsity = check_sparsity(DEFAULT_SPARSITY if sparsity is None else sparsity, "compile")
+        block = check_block_size(DEFAULT_BLOCK if block_size is None else block_size, "compile")
+        return sparsity, block
+    if not isinstance(plan, PruningPlan):
+        raise ValueError(f"plan must be a tetris_tvm.PruningPlan, got {type(plan).__name__}")
+    plan.validate("plan")
+    if block_size is not None:
+        check_block_size(block_size, "compile")
+        for name, lp in plan.items():
+            if tuple(lp.block_size[:2]) != clamp_block(block_size, lp.shape):
+                raise ValueError(
+                    f"compile: block_size={block_size!r}, but the plan prunes {name} in "
+                    f"{'x'.join(map(str, lp.block_size[:2]))} blocks: a plan fixes every "
+                    "layer's blocks; leave block_size out (or plan again with it)")
+    planned = plan.settings.get("sparsity")
+    if sparsity is not None:
+        sparsity = check_sparsity(sparsity, "compile")
+        if isinstance(planned, (int, float)) and abs(planned - sparsity) > 1e-9:
+            raise ValueError(
+                f"compile: sparsity={sparsity:g}, but the plan was made at sparsity "
+                f"{planned:g}: a plan fixes every layer's blocks; leave sparsity out (or plan "
+                "again with it)")
+    return (float(planned) if isinstance(planned, (int, float)) else 0.0), (
+        block_size if block_size is not None else DEFAULT_BLOCK)
+
+
 def _plan_imported(
     model: Any,
     imported: Any,
@@ -450,6 +541,7 @@ def _plan_imported(
     from .passes import TetrisPrune, plan_graph
 
     if plan is not None:
+        plan = _canonical(plan, imported.aliases)
         missing = [n for n in plan if n not in imported.torch_names.values()]
         if missing:
             raise ValueError(f"plan has layers the model does not: {missing[:5]}")
@@ -501,30 +593,50 @@ def _plan_imported(
             plan.settings["reconstruction"] = rows
     elif plan is None:
         plan, stream_report = compute_plan()
+    plan = _canonical(plan, imported.aliases)
     if plan.params:
-        by_torch = {t: r for r, t in imported.torch_names.items()}
-        unknown = [n for n in plan.params if n not in by_torch and n in plan]
+        exported = set(imported.torch_names.values())
+        unknown = [n for n in plan.params if n not in exported and n in plan]
         if unknown:
             raise ValueError(f"plan sets parameters the exported model does not have: "
                              f"{unknown[:5]}")
         for name, value in plan.params.items():
-            if name not in by_torch:
-                continue  # a parameter the exported graph does not use
-            relax_name = by_torch[name]
-            old = imported.weights[relax_name]
-            if tuple(old.shape) != tuple(value.shape):
-                raise ValueError(f"{name}: plan sets shape {tuple(value.shape)}, the model's "
-                                 f"parameter is {tuple(old.shape)}")
-            imported.weights[relax_name] = np.asarray(value, dtype=old.dtype)
+            for relax_name in imported.params_of(name):  # none: the graph does not use it
+                old = imported.weights[relax_name]
+                if tuple(old.shape) != tuple(value.shape):
+                    raise ValueError(f"{name}: plan sets shape {tuple(value.shape)}, the "
+                                     f"model's parameter is {tuple(old.shape)}")
+                imported.weights[relax_name] = np.asarray(value, dtype=old.dtype)
+    # every read of a planned weight sees it masked, not only its layer's matmul / conv
+    # (a weight also used transposed, as a scale, or tied to an embedding): the masked
+    # reference is the model with the masks applied to its parameters
+    for name, lp in plan.items():
+        for relax_name in imported.params_of(name):
+            w = imported.weights[relax_name]
+            if w.shape == lp.mask.shape:
+                imported.weights[relax_name] = (w * lp.mask).astype(w.dtype)
     return plan, TetrisPrune(plan, imported.weights, imported.torch_names), stream_report
+
+
+def _canonical(plan: Any, aliases: Mapping[str, str]) -> Any:
+    """``plan`` keyed by the names the imported graph uses for tied parameters, with the
+    other names as its aliases."""
+    from dataclasses import replace
+
+    if not aliases:
+        return plan
+    layers = {aliases.get(n, n): lp for n, lp in plan.layers.items()}
+    params = {aliases.get(n, n): v for n, v in plan.params.items()}
+    links = {a: k for a, k in {**plan.aliases, **aliases}.items() if k in layers and a != k}
+    return replace(plan, layers=layers, params=params, aliases=links, _handles=[])
 
 
 def compile(  # noqa: A001 - the public name of the API contract
     model: Any,
     example_inputs: Sequence[Any] | Any,
     target: Any = "llvm",
-    sparsity: float = 0.75,
-    block_size: int | tuple[int, int] = (32, 32),
+    sparsity: float | None = None,
+    block_size: int | tuple[int, int] | None = None,
     plan: Any = None,
     tuning: str | os.PathLike[str] | None = None,
     *,
@@ -539,11 +651,13 @@ def compile(  # noqa: A001 - the public name of the API contract
         model: a ``torch.nn.Module`` or ``torch.export.ExportedProgram``.
         example_inputs: the input tensors (shapes are compiled in, except a dynamic batch).
         target: ``"llvm"`` (this CPU), ``"cuda"``, a JSON target dict or a tvm Target.
-        sparsity: fraction of blocks pruned per layer, in ``[0, 1)``; ``0`` compiles the dense
-            model through the same path (the baseline for speedups).
-        block_size: ``(out, in)`` channel block.
+        sparsity: fraction of blocks pruned per layer, in ``[0, 1)`` (default 0.75); ``0``
+            compiles the dense model through the same path (the baseline for speedups).
+        block_size: ``(out, in)`` channel block (default ``(32, 32)``).
         plan: a :class:`~tetris_tvm.PruningPlan` to use instead of computing one (its
-            permutations are honoured; gathers stay where they cannot be folded).
+            permutations are honoured; gathers stay where they cannot be folded). It fixes
+            every layer's blocks: a ``sparsity`` or ``block_size`` that disagrees with it is
+            an error.
         tuning: a work directory written by :func:`tetris_tvm.tune`; its checked records for
             this target replace the default schedules of the kernels they cover.
         tuning_fallback: when ``tuning`` has nothing for this target or model, warn and use
@@ -574,6 +688,7 @@ def compile(  # noqa: A001 - the public name of the API contract
     """
     import tvm
 
+    _check_options(options)
     lowered = lower_model(model, example_inputs, target, sparsity, block_size, plan, **options)
     tgt, mod = lowered.target, lowered.mod
     if tuning is not None:
@@ -581,7 +696,29 @@ def compile(  # noqa: A001 - the public name of the API contract
         lowered.report.tuned_kernels = tuned
     mod = schedule_module(mod, tgt)  # the rest: default schedules; then build-time marks
     executable = tvm.compile(mod, target=tgt)
+    if tgt.kind.name == "cuda" and not tvm.cuda(0).exist:
+        import warnings
+
+        warnings.warn("compiled for CUDA, but this machine has no CUDA GPU: export the model "
+                      "and run it on a machine with one (calling it here fails)", stacklevel=2)
     return CompiledModel(executable, tgt, lowered.plan, lowered.report, lowered.meta, ir=mod)
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """compile's keyword options are lower_model's; a misspelt one is named, with the
+    closest known option."""
+    import difflib
+    import inspect
+
+    known = [p for p in inspect.signature(lower_model).parameters
+             if p not in ("model", "example_inputs", "target", "sparsity", "block_size", "plan")]
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, [*known, "sparsity", "block_size",
+                                                     "tuning"], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"compile: unknown option {name!r}{hint} (options: "
+                             f"{', '.join(known)})")
 
 
 def _report(plan: Any, lowered: Sequence[Any], gathers: int, skipped: list) -> Report:

@@ -44,7 +44,7 @@ import numpy as np
 from .calibration import CalibrationBatch, as_batches, model_output
 from .importance import layer_importance
 from .plan import PruningPlan, plan_layers, remask_plan, select_layers
-from .reorder import check_sparsity
+from .reorder import check_block_size, check_sparsity
 
 __all__ = ["finetune", "sparsity_at", "FinetuneInterrupted", "Planner", "FinetuneConfig"]
 
@@ -325,10 +325,33 @@ class _StopFlag:
 def _save(path: Path, state: dict[str, Any]) -> None:
     import torch
 
-    path.mkdir(parents=True, exist_ok=True)
     tmp = path / (_CKPT + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path / _CKPT)  # never leaves a half-written checkpoint behind
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        tmp.replace(path / _CKPT)  # never leaves a half-written checkpoint behind
+    except (OSError, RuntimeError) as e:  # a full disk is torch's RuntimeError
+        tmp.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(f"cannot write the checkpoint to {path} (is the disk full?): "
+                      f"{first[:200]}; the last good checkpoint is kept") from None
+
+
+def _jsonable_block(block: Any) -> Any:
+    return list(block) if isinstance(block, (tuple, list)) else block
+
+
+def _check_resume(path: Path, saved: Mapping[str, Any] | None, run: Mapping[str, Any]) -> None:
+    """A checkpoint resumes only the run that wrote it: the same target, steps, blocks and
+    schedule (else the resumed run is neither the old one nor the new one)."""
+    if saved is None:
+        return  # written before runs were recorded: nothing to compare
+    differ = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in run.items()
+              if k in saved and saved[k] != v]
+    if differ:
+        raise ValueError(f"{path} was written by a run with other settings ({'; '.join(differ)})"
+                         ": resume with the same settings, or start afresh in another "
+                         "checkpoint_dir")
 
 
 def _plan_state(plan: PruningPlan | None) -> Any:
@@ -455,6 +478,12 @@ def finetune(
     initial = check_sparsity(initial_sparsity, "finetune initial_sparsity")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not lr > 0:
+        raise ValueError(f"lr (the peak learning rate) must be > 0, got {lr}")
+    check_block_size(block_size, "finetune")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True continues from checkpoint_dir: give the folder the "
+                         "interrupted run wrote")
     if prune_every < 1:
         raise ValueError(f"prune_every must be >= 1, got {prune_every}")
     if not 0.0 < ramp <= 1.0:
@@ -524,8 +553,17 @@ def finetune(
 
     start, plan, current_s = 0, None, -1.0
     history: list[dict[str, Any]] = []
+    run = {"sparsity": target, "steps": steps, "block_size": _jsonable_block(block_size),
+           "method": method, "seed": seed, "initial_sparsity": initial, "ramp": ramp,
+           "prune_every": prune_every}
     if resume and ckpt_dir is not None and (ckpt_dir / _CKPT).exists():
-        state = torch.load(ckpt_dir / _CKPT, weights_only=False)
+        try:
+            state = torch.load(ckpt_dir / _CKPT, weights_only=False)
+        except Exception as e:  # noqa: BLE001 - torch raises several kinds for a bad file
+            raise ValueError(f"{ckpt_dir / _CKPT}: not a readable checkpoint "
+                             f"({str(e).strip().splitlines()[0] if str(e).strip() else e!r})"
+                             ) from None
+        _check_resume(ckpt_dir / _CKPT, state.get("run"), run)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -593,7 +631,7 @@ def finetune(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                 "step": step, "sparsity": current_s, "history": history,
-                "plan": _plan_state(plan), "layout": _plan_state(layout),
+                "plan": _plan_state(plan), "layout": _plan_state(layout), "run": run,
             })
         if distributed:
             dist.barrier()

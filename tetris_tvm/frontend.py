@@ -9,6 +9,7 @@ module; :func:`bind_weights` turns whatever weights are left into constants at t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ class ImportedModel:
         output_is_tuple: whether the torch model returned a tuple/list.
         input_specs: per input, its name, shape (None for the dynamic batch), dtype and the
             batch bound (:class:`tetris_tvm.runtime.InputSpec`'s dict form).
+        aliases: a parameter the model holds under several names (tied weights): each other
+            name -> the one ``torch_names`` uses for it (:func:`tetris_tvm.plan.tied_names`).
     """
 
     mod: Any
@@ -43,6 +46,12 @@ class ImportedModel:
     input_names: list[str]
     output_is_tuple: bool = False
     input_specs: list[dict[str, Any]] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def params_of(self, torch_name: str) -> list[str]:
+        """The relax parameters holding the torch parameter ``torch_name`` (a tied weight
+        may be several)."""
+        return [r for r, t in self.torch_names.items() if t == torch_name]
 
 
 def to_torch_inputs(example_inputs: Any) -> tuple[Any, ...]:
@@ -51,6 +60,9 @@ def to_torch_inputs(example_inputs: Any) -> tuple[Any, ...]:
 
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+        raise ValueError("example_inputs must be a tensor or a non-empty tuple of tensors "
+                         f"(what the model's forward takes), got {example_inputs!r:.60}")
     out = []
     for i, x in enumerate(example_inputs):
         if isinstance(x, np.ndarray):
@@ -98,26 +110,46 @@ def import_model(
             raise ValueError(
                 f"model must be a torch.nn.Module or ExportedProgram, got {type(model)}"
             )
-        model = model.eval()
         dynamic_shapes = None
+        traced = inputs
         if dynamic_batch:
             largest = max_batch(dynamic_batch)
             batch = torch.export.Dim("batch", min=1, max=largest or 1 << 16)
             dynamic_shapes = tuple({0: batch} for _ in inputs)
+            # torch.export specialises a batch of 1; trace with 2 (the model is the same)
+            traced = tuple(torch.cat([x, x]) if x.ndim and x.shape[0] == 1 else x
+                           for x in inputs)
+        modes = {m: m.training for m in model.modules()}
         try:
+            model.eval()  # exported in eval mode; the caller's model keeps its own mode
             with torch.no_grad(), quiet_torch_export():
-                exported = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes)
+                exported = torch.export.export(model, traced, dynamic_shapes=dynamic_shapes)
         except Exception as e:  # torch raises many kinds; all mean "could not export"
+            shapes = ", ".join(f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+                               for x in inputs)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeError(
-                f"torch.export could not export {type(model).__name__}: {e}\n"
-                "hint: the model must be traceable with fixed control flow; compile a "
-                "torch.export.ExportedProgram you made yourself, or wrap the model so that "
-                "forward() takes only tensors."
-            ) from e
+                f"torch.export could not run {type(model).__name__} on the example inputs "
+                f"({shapes}): {first}\n"
+                "hint: the inputs must be what forward() takes, and the model traceable with "
+                "fixed control flow; or compile a torch.export.ExportedProgram you made."
+            ) from None
+        finally:
+            for m, training in modes.items():
+                m.training = training
 
-    with quiet_torch_export():  # TVM's importer runs torch's decompositions
-        mod = from_exported_program(exported, keep_params_as_input=True,
-                                    unwrap_unit_return_tuple=True)
+    try:
+        with quiet_torch_export():  # TVM's importer runs torch's decompositions
+            mod = from_exported_program(exported, keep_params_as_input=True,
+                                        unwrap_unit_return_tuple=True)
+    except AssertionError as e:  # TVM 0.27's importer asserts on ops it does not know
+        text = str(e)
+        if "Unsupported function types" not in text:
+            raise
+        ops = ", ".join(re.findall(r"'([\w.]+?)(?:\.default)?'", text)) or text
+        raise ValueError(f"the model uses ops TVM's importer does not support: {ops}; rewrite "
+                         "them with supported ones (e.g. torch.max(x, dim).values for amax)"
+                         ) from None
     from tvm import relax
 
     mod, params = relax.frontend.detach_params(mod)
@@ -142,18 +174,22 @@ def import_model(
         target = getattr(spec, "target", None)
         if target is not None:
             relax_to_torch[spec.arg.name] = target
+    from .plan import tied_names
+
+    aliases = tied_names(model) if isinstance(model, torch.nn.Module) else {}
     weights: dict[str, np.ndarray] = {}
     torch_names: dict[str, str] = {}
     for var, value in zip(weight_vars, values, strict=True):
         name = var.name
         weights[name] = value.numpy()
-        torch_names[name] = relax_to_torch.get(name, name)
+        torch_name = relax_to_torch.get(name, name)
+        torch_names[name] = aliases.get(torch_name, torch_name)
     input_names = [v.name for v in func.params[:num_input]]
     specs = [_input_spec(v, max_batch(dynamic_batch) if dynamic_batch else None)
              for v in func.params[:num_input]]
     out_spec = exported.call_spec.out_spec
     is_tuple = out_spec is not None and out_spec.num_leaves > 1
-    return ImportedModel(mod, weights, torch_names, input_names, bool(is_tuple), specs)
+    return ImportedModel(mod, weights, torch_names, input_names, bool(is_tuple), specs, aliases)
 
 
 def _input_spec(var: Any, bound: int | None) -> dict[str, Any]:

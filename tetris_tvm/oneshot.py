@@ -25,7 +25,7 @@ from .importance import IMPORTANCE, layer_importance
 from .plan import PruningPlan, clamp_block, plan_layers, select_layers
 from .reconstruct import reconstruct as reconstruct_plan
 from .reconstruct import refit_rows
-from .reorder import check_sparsity, prune_elementwise, prune_weight
+from .reorder import SOLVERS, check_block_size, check_sparsity, prune_elementwise, prune_weight
 
 __all__ = ["prune", "RecoverySetup", "prepare_recovery"]
 
@@ -193,7 +193,14 @@ def prune(
         A :class:`~tetris_tvm.PruningPlan`; the masked reference is the model with
         ``plan.params`` and the masks applied (``plan.apply(model)``).
     """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"prune: model must be a torch.nn.Module, got {type(model).__name__}")
     sparsity = check_sparsity(sparsity, "prune")
+    check_block_size(block_size, "prune")
+    if solver not in SOLVERS:
+        raise ValueError(f"prune: solver must be one of {SOLVERS}, got {solver!r}")
     setup = prepare_recovery(
         model, sparsity, block_size, calibration=calibration, importance=importance,
         allocation=allocation, reconstruct=reconstruct, method=method, overrides=overrides,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .reorder import LayerPlan, prune_elementwise, prune_weight
+from .reorder import LayerPlan, check_block_size, prune_elementwise, prune_weight
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PruningPlan", "SkippedLayer", "plan_layers", "select_layers", "LayerOverride",
     "eligible_layer", "clamp_block", "as_override", "with_retained", "remask_plan",
+    "parameter_names", "tied_names", "warn_unpruned",
 ]
 
 _FORMAT = "tetris-tvm-plan/1"
@@ -57,6 +58,8 @@ def as_override(value: Any) -> LayerOverride:
             raise ValueError(
                 f"unknown override keys {sorted(unknown)}: use sparsity, block_size, skip"
             )
+        if value.get("block_size") is not None:
+            check_block_size(value["block_size"], "override")
         return LayerOverride(**value)
     raise ValueError(f"an override must be a dict or LayerOverride, got {value!r}")
 
@@ -71,12 +74,15 @@ class PruningPlan(Mapping[str, LayerPlan]):
     # parameter values the plan sets (refitted or fine-tuned), by state_dict name; the masked
     # reference of a plan is the model with these values and the masks applied
     params: dict[str, np.ndarray] = field(default_factory=dict)
+    # a parameter the model holds under several names (tied weights) is planned once: its
+    # other names map to the key it is planned under, and look it up as well
+    aliases: dict[str, str] = field(default_factory=dict)
     _handles: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     # Mapping protocol ----------------------------------------------------------------------
     def __getitem__(self, name: str) -> LayerPlan:
         try:
-            return self.layers[name]
+            return self.layers[self.aliases.get(name, name)]
         except KeyError:
             raise KeyError(f"no plan for {name!r}; planned layers: {sorted(self.layers)}") from None
 
@@ -85,6 +91,10 @@ class PruningPlan(Mapping[str, LayerPlan]):
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def names_of(self, key: str) -> list[str]:
+        """Every name of the parameter planned under ``key`` (the key first)."""
+        return [key, *(a for a, k in self.aliases.items() if k == key)]
 
     # summaries ------------------------------------------------------------------------------
     def summary(self) -> list[dict[str, Any]]:
@@ -121,6 +131,8 @@ class PruningPlan(Mapping[str, LayerPlan]):
             )
         for sk in self.skipped:
             lines.append(f"{sk.name:<48} skipped ({sk.kind}): {sk.reason}")
+        for alias, key in self.aliases.items():
+            lines.append(f"{alias:<48} the same tensor as {key} (tied): pruned with it")
         return "\n".join(lines)
 
     def with_params(self, params: Mapping[str, np.ndarray]) -> PruningPlan:
@@ -131,13 +143,14 @@ class PruningPlan(Mapping[str, LayerPlan]):
             skipped=list(self.skipped),
             settings=dict(self.settings),
             params=merged,
+            aliases=dict(self.aliases),
         )
 
     # applying to a model --------------------------------------------------------------------
     def check(self, model: torch.nn.Module) -> None:
         """Raise ValueError unless every planned weight (and every parameter the plan sets)
-        exists in ``model`` with its shape."""
-        params = dict(model.named_parameters())
+        exists in ``model`` with its shape (under any of its names, for tied weights)."""
+        params = parameter_names(model)
         for name, lp in self.layers.items():
             if name not in params:
                 raise ValueError(f"plan has layer {name!r} but the model has no such parameter")
@@ -161,7 +174,7 @@ class PruningPlan(Mapping[str, LayerPlan]):
 
         if not self.params:
             return model
-        params = dict(model.named_parameters())
+        params = parameter_names(model)
         with torch.no_grad():
             for name, value in self.params.items():
                 p = params[name]
@@ -190,8 +203,8 @@ class PruningPlan(Mapping[str, LayerPlan]):
         self.check(model)
         self.remove()
         self.load_params(model)
-        params = dict(model.named_parameters())
-        modules = dict(model.named_modules())
+        params = parameter_names(model)
+        modules = dict(model.named_modules(remove_duplicate=False))
         for name, lp in self.layers.items():
             p = params[name]
             mask = torch.as_tensor(lp.mask, device=p.device).to(p.dtype)
@@ -227,11 +240,15 @@ class PruningPlan(Mapping[str, LayerPlan]):
             out[name] = torch.as_tensor(np.asarray(value)).to(out[name].dtype)
         for name, m in self.masks().items():
             out[name] = out[name] * m.to(out[name].device, out[name].dtype)
+        for alias, key in self.aliases.items():  # a tied tensor: the same values everywhere
+            if alias in out and key in out:
+                out[alias] = out[key]
         return out
 
     # persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the plan to one ``.npz`` file (masks bit-packed)."""
+        """Write the plan to one ``.npz`` file (masks bit-packed); a path that cannot be
+        written is a ValueError naming it."""
         arrays: dict[str, Any] = {}
         names = list(self.layers)
         for i, name in enumerate(names):
@@ -242,34 +259,72 @@ class PruningPlan(Mapping[str, LayerPlan]):
             "layers": names,
             "skipped": [vars(s) for s in self.skipped],
             "settings": self.settings,
+            "aliases": self.aliases,
         }
         for i, name in enumerate(self.params):
             arrays[f"p{i}"] = np.asarray(self.params[name])
         meta["params"] = list(self.params)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with open(path, "wb") as f:
-            np.savez_compressed(f, **arrays)
+        try:
+            with open(path, "wb") as f:
+                np.savez_compressed(f, **arrays)
+        except OSError as e:
+            raise ValueError(f"cannot write the plan to {path}: {e.strerror or e}") from None
+
+    def validate(self, where: str = "plan") -> PruningPlan:
+        """Raise ValueError (naming ``where`` and the layer) unless every layer plan is
+        consistent (:meth:`~tetris_tvm.reorder.LayerPlan.problem`); returns the plan."""
+        for name, lp in self.layers.items():
+            problem = lp.problem()
+            if problem is not None:
+                raise ValueError(f"{where}: layer {name}: {problem}")
+        for alias, key in self.aliases.items():
+            if key not in self.layers:
+                raise ValueError(f"{where}: alias {alias!r} names {key!r}, which has no plan")
+        return self
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PruningPlan:
-        """Read a plan written by :meth:`save`."""
+        """Read a plan written by :meth:`save`; a missing, damaged or inconsistent file is an
+        error naming the file (and the layer)."""
+        import zipfile
+
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such plan file")
         try:
             data = np.load(path, allow_pickle=False)
             meta = json.loads(bytes(data["meta"]).decode())
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path}: not a tetris-tvm pruning plan ({e})") from e
+            if not isinstance(meta, dict):
+                raise ValueError("its metadata is not a JSON object")
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            why = "no metadata" if isinstance(e, KeyError) else str(e).splitlines()[0]
+            raise ValueError(f"{path}: not a tetris-tvm pruning plan, or a damaged one "
+                             f"({why})") from None
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path}: unknown plan format {meta.get('format')!r}")
-        layers = {}
-        for i, name in enumerate(meta["layers"]):
-            prefix = f"l{i}/"
-            state = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
-            layers[name] = LayerPlan.from_state(state)
-        skipped = [SkippedLayer(**s) for s in meta.get("skipped", [])]
-        params = {name: data[f"p{i}"] for i, name in enumerate(meta.get("params", []))}
-        return cls(
-            layers=layers, skipped=skipped, settings=meta.get("settings", {}), params=params
-        )
+            raise ValueError(f"{path}: unknown plan format {meta.get('format')!r} (this "
+                             f"version reads {_FORMAT})")
+        try:
+            files = set(data.files)
+            layers = {}
+            for i, name in enumerate(meta["layers"]):
+                prefix = f"l{i}/"
+                state = {k[len(prefix):]: data[k] for k in files if k.startswith(prefix)}
+                try:
+                    layers[name] = LayerPlan.from_state(state)
+                except ValueError as e:
+                    raise ValueError(f"layer {name}: {e}") from None
+            skipped = [SkippedLayer(**s) for s in meta.get("skipped", [])]
+            params = {}
+            for i, name in enumerate(meta.get("params", [])):
+                if f"p{i}" not in files:
+                    raise ValueError(f"the values of parameter {name!r} are missing")
+                params[name] = data[f"p{i}"]
+        except (KeyError, TypeError, ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
+            raise ValueError(f"{path}: a damaged pruning plan ({str(e).splitlines()[0]})"
+                             ) from None
+        plan = cls(layers=layers, skipped=skipped, settings=meta.get("settings", {}),
+                   params=params, aliases=dict(meta.get("aliases", {})))
+        return plan.validate(str(path))
 
 
 # -------------------------------------------------------------------------------------------
@@ -291,11 +346,34 @@ def eligible_layer(module: Any) -> tuple[bool, str]:
     return False, "not a Linear or Conv2d layer"
 
 
+def parameter_names(model: Any) -> dict[str, Any]:
+    """Every parameter of ``model`` under every name it has (a tied weight once per name)."""
+    return dict(model.named_parameters(remove_duplicate=False))
+
+
+def tied_names(model: Any) -> dict[str, str]:
+    """For parameters the model holds under several names (tied weights: an embedding and
+    its output head, one Linear's weight given to another): each other name -> the name it
+    is planned under, the weight name of the first Linear/Conv2d that computes with it (else
+    its first name). Empty when nothing is tied."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    layers = {f"{m}.weight" if m else "weight"
+              for m, module in model.named_modules(remove_duplicate=False)
+              if eligible_layer(module)[0]}
+    out: dict[str, str] = {}
+    for names in groups.values():
+        if len(names) > 1:
+            key = next((n for n in names if n in layers), names[0])
+            out.update({n: key for n in names if n != key})
+    return out
+
+
 def clamp_block(block: int | Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
     """An ``(out, in)`` block from an int or pair, clamped to the weight's channel axes."""
-    pair = (block, block) if isinstance(block, (int, np.integer)) else tuple(block)
-    if len(pair) != 2:
-        raise ValueError(f"block_size must be an int or an (out, in) pair, got {block!r}")
+    checked = check_block_size(block, "block_size")
+    pair = checked if isinstance(checked, tuple) else (checked, checked)
     out = []
     for b, n in zip(pair, shape[:2], strict=True):
         b = int(b)
@@ -303,6 +381,20 @@ def clamp_block(block: int | Sequence[int], shape: Sequence[int]) -> tuple[int, 
             raise ValueError(f"block size {b} is negative")
         out.append(n if b == 0 else min(b, n))
     return out[0], out[1]
+
+
+def warn_unpruned(name: str, lp: LayerPlan, sparsity: float) -> None:
+    """Warn when a layer asked to be pruned keeps every block (its block covers it whole,
+    or it has too few blocks for the sparsity): nothing is gained there, silently."""
+    unpruned = lp.method != "element" and lp.kept_blocks == lp.n_blocks
+    if unpruned and (lp.n_blocks == 1 and sparsity > 0 or sparsity >= 0.25):
+        import warnings
+
+        bo, bi = lp.block_size[:2]
+        warnings.warn(
+            f"{name}: nothing pruned: its {lp.shape[0]}x{lp.shape[1]} weight has "
+            f"{lp.n_blocks} block(s) of {bo}x{bi}; use a smaller block_size (or an override) "
+            "to prune it", stacklevel=3)
 
 
 def with_retained(lp: LayerPlan, weight: np.ndarray) -> LayerPlan:
@@ -324,6 +416,7 @@ def select_layers(
     rules = [(pat, as_override(v)) for pat, v in (overrides or {}).items()]
     skipped: list[SkippedLayer] = []
     todo = []
+    tied = tied_names(model)
     for mod_name, module in model.named_modules():
         own = [n for n, _ in module.named_parameters(recurse=False)]
         if not own:
@@ -342,6 +435,8 @@ def select_layers(
                 skip = skip or rule.skip
         if skip:
             skipped.append(SkippedLayer(mod_name, kind, "skipped by an override"))
+            continue
+        if wname in tied:  # another layer's weight: planned once, under that layer's name
             continue
         todo.append((wname, module.weight, s, b))
     return todo, skipped
@@ -377,7 +472,8 @@ def remask_plan(
         w = score if weights is None else weights[name]
         layers[name] = with_retained(new, w)
     return PruningPlan(layers=layers, skipped=list(layout.skipped),
-                       settings=dict(layout.settings), params=dict(layout.params))
+                       settings=dict(layout.settings), params=dict(layout.params),
+                       aliases=dict(layout.aliases))
 
 
 def plan_layers(
@@ -419,6 +515,7 @@ def plan_layers(
     """
     if method not in ("tetris", "element"):
         raise ValueError(f"method must be 'tetris' or 'element', got {method!r}")
+    check_block_size(block_size, "prune")
     todo, skipped = select_layers(model, sparsity, block_size, overrides)
     layers: dict[str, LayerPlan] = {}
     iterator: Any = todo
@@ -447,6 +544,7 @@ def plan_layers(
             name=wname,
         )
         layers[wname] = lp if score is None else with_retained(lp, w)
+        warn_unpruned(wname, lp, s)
     settings = {
         "sparsity": sparsity,
         "block_size": list(block_size) if not isinstance(block_size, int) else block_size,
@@ -455,4 +553,5 @@ def plan_layers(
         "solver": solver,
         "balanced": balanced,
     }
-    return PruningPlan(layers=layers, skipped=skipped, settings=settings)
+    aliases = {a: k for a, k in tied_names(model).items() if k in layers}
+    return PruningPlan(layers=layers, skipped=skipped, settings=settings, aliases=aliases)

@@ -38,6 +38,7 @@ __all__ = [
     "prune_joint",
     "JointMember",
     "SOLVERS",
+    "check_block_size",
     "check_sparsity",
 ]
 
@@ -120,12 +121,62 @@ class LayerPlan:
             state["block_mask"] = self.block_mask
         return state
 
+    def problem(self) -> str | None:
+        """What makes this plan inconsistent (a damaged or hand-made plan), or None: the mask
+        and permutations must fit the weight's shape, the permutations be permutations, the
+        block sizes positive, and the permuted mask keep or drop whole blocks."""
+        mask = self.mask
+        if mask.dtype != bool or mask.ndim < 2:
+            return f"mask must be a bool array of at least 2 axes, got {mask.dtype} {mask.shape}"
+        if len(self.perms) != mask.ndim:
+            return f"{len(self.perms)} permutations for a {mask.ndim}-axis weight"
+        for axis, (perm, n) in enumerate(zip(self.perms, mask.shape, strict=True)):
+            perm = np.asarray(perm)
+            if perm.shape != (n,) or not np.array_equal(np.sort(perm), np.arange(n)):
+                return (f"perm{axis} is not a permutation of the {n} indices of axis {axis} "
+                        f"(length {perm.size}, values {perm.min() if perm.size else '-'}.."
+                        f"{perm.max() if perm.size else '-'})")
+        block = tuple(int(b) for b in self.block_size)
+        if len(block) < 2 or any(b < 1 for b in block):
+            return f"block_size {block} must hold a positive size per channel axis"
+        if not 0.0 <= float(self.sparsity) < 1.0 or not 0.0 <= float(self.retained_l1) <= 1.0:
+            return f"sparsity {self.sparsity} / retained_l1 {self.retained_l1} out of range"
+        if self.method == "element" or mask.size == 0:
+            return None
+        bo, bi = block[0], block[1]
+        pm = mask[np.ix_(*self.perms)].reshape(mask.shape[0], mask.shape[1], -1)
+        rows, cols = np.arange(0, pm.shape[0], bo), np.arange(0, pm.shape[1], bi)
+        kept = np.add.reduceat(np.add.reduceat(pm.sum(axis=2), rows, axis=0), cols, axis=1)
+        sizes = np.outer(np.diff(np.append(rows, pm.shape[0])),
+                         np.diff(np.append(cols, pm.shape[1]))) * pm.shape[2]
+        if not np.all((kept == 0) | (kept == sizes)):
+            bad = int(((kept != 0) & (kept != sizes)).sum())
+            return f"the mask keeps part of {bad} block(s) of {bo}x{bi}: not block-structured"
+        if self.block_mask is not None and (
+            self.block_mask.shape != kept.shape or not np.array_equal(self.block_mask, kept > 0)
+        ):
+            return "block_mask does not match the mask"
+        return None
+
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LayerPlan:
-        shape = tuple(int(s) for s in state["shape"])
-        size = int(np.prod(shape)) if shape else 1
-        mask = np.unpackbits(state["mask"], count=size).astype(bool).reshape(shape)
-        perms = tuple(np.asarray(state[f"perm{a}"], dtype=np.int64) for a in range(len(shape)))
+        """A plan from :meth:`to_state`'s arrays; ValueError when one is missing or does not
+        fit (the caller names the file and the layer)."""
+        try:
+            shape = tuple(int(s) for s in np.asarray(state["shape"]).reshape(-1))
+            size = int(np.prod(shape)) if shape else 1
+            if any(d < 0 for d in shape):
+                raise ValueError(f"negative shape {shape}")
+            packed = np.asarray(state["mask"], dtype=np.uint8)
+            if packed.size * 8 < size:
+                raise ValueError(f"the mask holds {packed.size * 8} bits for {size} weights")
+            mask = np.unpackbits(packed, count=size).astype(bool).reshape(shape)
+            perms = tuple(np.asarray(state[f"perm{a}"], dtype=np.int64)
+                          for a in range(len(shape)))
+        except KeyError as e:
+            raise ValueError(f"missing array {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
         return cls(
             mask=mask,
             perms=perms,
@@ -170,18 +221,33 @@ def check_sparsity(sparsity: float, name: str) -> float:
     return s
 
 
+def check_block_size(block_size: Any, name: str) -> int | tuple[int, int]:
+    """``block_size`` as given (an int, or an ``(out, in)`` pair of ints, each >= 0; 0 = the
+    whole axis), or a ValueError naming ``name``: strings, fractions, booleans and other
+    lengths are refused rather than guessed at."""
+    def one(b: Any) -> int:
+        if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)):
+            raise ValueError(f"{name}: block_size must be an int or an (out, in) pair of ints, "
+                             f"got {block_size!r}")
+        if b < 0:
+            raise ValueError(f"{name}: block size {b} is negative (sizes are >= 0; 0 = the "
+                             "whole axis)")
+        return int(b)
+
+    if isinstance(block_size, (list, tuple)):
+        if len(block_size) != 2:
+            raise ValueError(f"{name}: block_size must be an int or an (out, in) pair, got "
+                             f"{block_size!r}")
+        return one(block_size[0]), one(block_size[1])
+    return one(block_size)
+
+
 def resolve_block_size(
     block_size: int | Sequence[int], shape: Sequence[int], name: str = "weight"
 ) -> tuple[int, int]:
     """Block size over the two channel axes; ``0`` means the whole axis. Strict: no clamping."""
-    if isinstance(block_size, (int, np.integer)):
-        pair = (int(block_size), int(block_size))
-    else:
-        pair = tuple(int(b) for b in block_size)
-        if len(pair) != 2:
-            raise ValueError(
-                f"{name}: block_size must be an int or (out, in) pair, got {block_size!r}"
-            )
+    checked = check_block_size(block_size, name)
+    pair = checked if isinstance(checked, tuple) else (checked, checked)
     out: list[int] = []
     for axis, (b, n) in enumerate(zip(pair, shape[:2], strict=True)):
         if b < 0:
@@ -523,6 +589,9 @@ def prune_weight(
     s = check_sparsity(sparsity, name)
     if solver not in SOLVERS:
         raise ValueError(f"{name}: solver must be one of {SOLVERS}, got {solver!r}")
+    for flag, value in (("reorder", reorder), ("balanced", balanced)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name}: {flag} must be True or False, got {value!r}")
     block = resolve_block_size(block_size, w.shape, name)
     full_block = block + tuple(w.shape[2:])
 

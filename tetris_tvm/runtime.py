@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._compat import quiet_vm_serialization
+from .libfile import check_library, private_copy
 
 __all__ = [
     "META_SUFFIX", "InputSpec", "LoadedModel", "ModelRunner", "flatten_tensors", "load",
@@ -124,18 +127,50 @@ def flatten_tensors(out: Any) -> list[Any]:
 
 class ModelRunner:
     """A Relax VM over an executable and the model's calling convention (meta: input names
-    and specs, whether the output is a tuple)."""
+    and specs, whether the output is a tuple).
+
+    One model may be called from any number of threads at once: a Relax VM keeps its
+    registers in the VM object, so every calling thread gets a VM of its own over the one
+    executable (the weights are the executable's constants, shared, not copied).
+    """
 
     def __init__(self, executable: Any, device_name: str, meta: Mapping[str, Any]) -> None:
         use_all_cores()
         import tvm
-        from tvm import relax
 
-        self.device = tvm.device(device_name, 0)
-        self.vm = relax.VirtualMachine(executable, self.device)
+        self.executable = executable
         self.meta = dict(meta)
-        self._main = self.vm["main"]  # looked up once, not per call
         self.input_specs = [InputSpec.from_dict(d) for d in self.meta.get("inputs", [])]
+        self._device_name = device_name
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        try:
+            self.device = tvm.device(device_name, 0)
+        except Exception as e:  # noqa: BLE001 - TVM raises ValueError / TVMError
+            raise ValueError(f"unknown device {device_name!r} (use 'cpu' or 'cuda')") from e
+
+    def _vm_of_thread(self) -> Any:
+        """The calling thread's VM and its ``main``, made on the thread's first call."""
+        state = self._local.__dict__
+        if "main" not in state:
+            from tvm import relax
+
+            if not self.device.exist:
+                name = self._device_name
+                raise ValueError(
+                    f"this machine has no {name} device (or its TVM was built without {name} "
+                    f"support): run the model where there is one, or compile it for "
+                    "target='llvm'")
+            with self._lock:  # VM creation reads the shared executable
+                vm = relax.VirtualMachine(self.executable, self.device)
+            state["vm"], state["main"] = vm, vm["main"]
+        return state["main"]
+
+    @property
+    def vm(self) -> Any:
+        """The calling thread's Relax VM (for profiling and timers)."""
+        self._vm_of_thread()
+        return self._local.vm
 
     def _args(self, inputs: Sequence[Any]) -> list[Any]:
         names = self.meta["input_names"]
@@ -144,14 +179,20 @@ class ModelRunner:
                              f"got {len(inputs)}")
         for spec, x in zip(self.input_specs, inputs, strict=False):
             if not hasattr(x, "shape"):
+                given = "None" if x is None else type(x).__name__
                 raise ValueError(f"input {spec.name!r}: expected a tensor or array of "
-                                 f"{spec.describe()}, got {type(x).__name__}")
+                                 f"{spec.describe()}, got {given}")
             spec.check(*_shape_dtype(x))
         return [_to_tvm(x, self.device) for x in inputs]
 
     def run_tvm(self, *inputs: Any) -> Any:
         """Run and return the VM's own output (TVM tensors, nested as the model returns)."""
-        return self._main(*self._args(inputs))
+        main = self._vm_of_thread()
+        args = self._args(inputs)
+        try:
+            return main(*args)
+        except Exception as e:  # noqa: BLE001 - the VM's checks, in our words
+            raise _call_error(e, self.meta) from None
 
     def run_numpy(self, *inputs: Any) -> list[np.ndarray]:
         """Run on numpy (or torch) inputs, return the flat list of numpy outputs."""
@@ -164,6 +205,25 @@ class ModelRunner:
         return float(timer(*args).median)
 
 
+_SHAPE_CHECK = re.compile(r"param=(\w+), annotation=R\.Tensor\(\(([^)]*)\), dtype=\"?(\w+)")
+
+
+def _call_error(e: Exception, meta: Mapping[str, Any]) -> Exception:
+    """A VM failure as an error in our words: a shape or dtype the library itself checks
+    (the model's metadata disagrees with its library) or an error from inside a kernel."""
+    text = str(e)
+    found = _SHAPE_CHECK.search(text)
+    if found:
+        name, dims, dtype = found.groups()
+        source = meta.get("source", "the model's metadata")
+        return ValueError(
+            f"input {name!r}: the library expects shape ({dims}) {dtype}; the input passed the "
+            f"checks of {source}, which does not describe this library (export the model "
+            "again, or keep the .so and its .tetris.json together)")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return RuntimeError(f"the compiled model failed while running: {first}")
+
+
 class LoadedModel(ModelRunner):
     """An exported model loaded back: numpy (or torch) in, numpy out; needs no torch."""
 
@@ -173,7 +233,13 @@ class LoadedModel(ModelRunner):
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel:
-    """Load a library written by :meth:`CompiledModel.export` (works without torch)."""
+    """Load a library written by :meth:`CompiledModel.export` (works without torch).
+
+    The file is checked before the dynamic loader sees it (a complete shared library for
+    this machine and, when its ``.tetris.json`` recorded them, the size and SHA-256 written
+    at export), so a truncated, foreign or mismatched file is a ValueError naming it. Each
+    call loads the file as it is now: a path exported again loads the new model.
+    """
     import tvm
 
     path = Path(path)
@@ -182,23 +248,51 @@ def load(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel:
     meta_path = Path(str(path) + META_SUFFIX)
     try:
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    except ValueError as e:
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{meta_path}: not the metadata tetris-tvm writes ({e}); export the "
                          "model again") from None
+    data = check_library(path, meta.get("library"))
     meta.setdefault("input_names", ["input"])
     meta.setdefault("output_is_tuple", False)
+    meta["source"] = meta_path.name if meta_path.exists() else "no metadata file"
     try:
-        with quiet_vm_serialization():
-            lib = tvm.runtime.load_module(str(path))
+        with quiet_vm_serialization(), private_copy(data, path.suffix or ".so") as copy:
+            lib = tvm.runtime.load_module(str(copy))
     except Exception as e:  # noqa: BLE001 - TVM raises InternalError / TVMError / OSError
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a loadable compiled model ({first}); it may be "
-                         "truncated, or built for another architecture (export again, or "
-                         "cross-compile for this machine)") from None
+        raise ValueError(f"{path}: not a loadable compiled model ({_first_line(e)}); export "
+                         "it again, or cross-compile it for this machine") from None
     try:
+        model = LoadedModel(lib, device, meta)
         with quiet_vm_serialization():
-            return LoadedModel(lib, device, meta)
+            model.vm  # noqa: B018 - make this thread's VM now: a wrong library fails here
+    except ValueError:
+        raise
     except Exception as e:  # noqa: BLE001 - a library without a Relax VM entry point
         raise ValueError(f"{path}: a shared library, but not a model tetris-tvm exported "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                         ) from None
+                         f"({_first_line(e)})") from None
+    _check_signature(model, path)
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return re.sub(r"^.*Check failed: ", "", text)[:200]
+
+
+def _check_signature(model: LoadedModel, path: Path) -> None:
+    """The metadata's inputs against the library's ``main`` (a sidecar of another model
+    beside this library)."""
+    vm = model.vm
+    try:
+        arity = int(vm._get_function_arity("main"))
+        params = [str(vm._get_function_param_name("main", i)) for i in range(arity)]
+    except Exception:  # noqa: BLE001 - a VM without these queries: nothing to compare
+        return
+    names = list(model.meta["input_names"])
+    if params != names:
+        raise ValueError(f"{path}: the library's model takes inputs ({', '.join(params)}), its "
+                         f"metadata names ({', '.join(names)}): keep each .so with its own "
+                         ".tetris.json, or export the model again")

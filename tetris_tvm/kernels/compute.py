@@ -149,10 +149,11 @@ def fast_erf(v: tirx.Expr) -> tirx.Expr:
 def apply_activation(v: tirx.Expr, activation: str | None) -> tirx.Expr:
     if activation is None:
         return v
+    # written as selects that keep NaN (T.max(v, 0) is 0 for NaN; torch's relu is NaN)
     if activation == "relu":
-        return T.max(v, _f32(0.0))
+        return T.Select(v < _f32(0.0), _f32(0.0), v)
     if activation == "relu6":
-        return T.min(T.max(v, _f32(0.0)), _f32(6.0))
+        return T.Select(v < _f32(0.0), _f32(0.0), T.Select(v > _f32(6.0), _f32(6.0), v))
     if activation == "gelu":
         return _f32(0.5) * v * (_f32(1.0) + fast_erf(v * _f32(1.0 / math.sqrt(2.0))))
     if activation == "gelu_tanh":

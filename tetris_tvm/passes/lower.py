@@ -201,6 +201,7 @@ class LowerBlockSparse:
             epilogue[b.var] = (bias, act, last)
 
         self.layers = []
+        self._symbols: set[str] = set()
 
         def rewrite(bb: relax.BlockBuilder, var: Any, value: Any, mapping: dict) -> Any:
             if var in skipped:
@@ -341,7 +342,11 @@ class LowerBlockSparse:
     def _add_kernel(self, bb, func, kernel, layer, kind, shape, block, bsr, bias, act) -> Any:
         """Add ``func`` to the module under a name from the kernel and layer; record the layer."""
         safe = layer.replace(".", "_")
-        gv = bb.add_func(func.with_attr("global_symbol", f"{kernel}_{safe}"), f"{kernel}_{safe}")
+        symbol = f"{kernel}_{safe}"
+        if symbol in self._symbols:  # a layer computed twice (a module called twice)
+            symbol = f"{symbol}_{sum(s.startswith(symbol) for s in self._symbols)}"
+        self._symbols.add(symbol)
+        gv = bb.add_func(func.with_attr("global_symbol", symbol), symbol)
         total = bsr.num_block_rows * bsr.num_block_cols
         self.layers.append(
             LoweredLayer(

@@ -17,6 +17,7 @@ Planning only reads the module; :class:`~tetris_tvm.passes.TetrisPrune` applies 
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..plan import PruningPlan, as_override, clamp_block, with_retained
+from ..plan import PruningPlan, as_override, clamp_block, warn_unpruned, with_retained
 from ..reorder import JointMember, LayerPlan, prune_coupled, prune_joint, prune_weight
 from .gather_rules import Gather, inverse, is_identity, push_gather
 from .layer_sites import LayerGraph, LayerSite, layer_graph
@@ -113,6 +114,9 @@ class _Planner:
     scores: dict[str, np.ndarray]
     progress: bool
     stream_report: list[dict[str, Any]] = field(default_factory=list)
+    # weights computed with by several layer sites (a module called twice, one parameter in
+    # two layers): planned once, without reordering, so every site reads one storage order
+    shared: set[str] = field(default_factory=set)
 
     def planning_weight(self, site: LayerSite) -> np.ndarray:
         """What the plan clusters: the importance scores if given, else the weight."""
@@ -151,7 +155,7 @@ class _Planner:
         for user, pos in uses:
             site = graph.layers.get(user)
             if site is not None and pos == 0:
-                if site.channel_axis_in != axis:
+                if site.channel_axis_in != axis or site.torch_name in self.shared:
                     return False
                 if reached is not None:
                     reached.append(site)
@@ -175,6 +179,8 @@ class _Planner:
         coupled: dict[str, LayerPlan] = {}
         pairs: dict[tuple[str, int], str] = {}  # (layer, axis) -> the axis it shares
         todo = {b.var for b in graph.bindings if b.var in graph.layers}
+        uses = Counter(site.torch_name for site in graph.layers.values())
+        self.shared = {name for name, n in uses.items() if n > 1}
         progress = tqdm(total=len(todo), desc="TETRIS", unit="layer",
                         disable=len(todo) < 4 or not self.progress)
         for b in graph.bindings:
@@ -188,6 +194,11 @@ class _Planner:
             if (self.eligible is not None and name not in self.eligible) or skip:
                 continue
             w = self.planning_weight(site)
+            if name in self.shared:
+                if name not in layers:
+                    layers[name] = _plan_layer(w, name, s, block, None, (False, False),
+                                               self.prune_options)
+                continue
             pending = carried.get(site.x)
             fixed_in = None
             if pending is not None and pending.axis == site.channel_axis_in:
@@ -211,6 +222,8 @@ class _Planner:
                     site.out_var, inverse(lp.perms[0]), site.channel_axis_out
                 )
         progress.close()
+        for name, lp in layers.items():
+            warn_unpruned(name, lp, self.settings_for(name)[0])
         if (
             self.streams != "separate"
             and not self.allow_gathers
@@ -239,6 +252,8 @@ class _Planner:
         if len(reached) != 1 or self.prune_options.get("reorder") is False:
             return None
         other = reached[0]
+        if other.torch_name in self.shared or other.torch_name == name:
+            return None
         s_b, block_b, skip_b = self.settings_for(other.torch_name)
         if skip_b or (self.eligible is not None and other.torch_name not in self.eligible):
             return None
@@ -296,6 +311,9 @@ class _Planner:
         }
         if st.broken:
             record["reason"] = st.broken
+            return record, {}
+        if self.shared.intersection(names):
+            record["reason"] = "a weight of the stream is computed with by several layers"
             return record, {}
         if any(not is_identity(layers[n].perms[a]) for n in names for a in sides[n]):
             record["reason"] = "the separate plan already orders a stream axis"

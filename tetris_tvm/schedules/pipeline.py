@@ -23,6 +23,7 @@ from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
+from ..passes.nan_safe import nan_safe_legalizations
 from . import cpu, cuda
 from .cpu.fallback import Fallback
 from .cpu.row_reduction import RowReduction
@@ -68,7 +69,7 @@ def lowering_pipeline() -> tvm.transform.Pass:
             # one computation of what every layer repeats (e.g. a transformer's attention mask)
             relax.transform.EliminateCommonSubexpr(),
             relax.transform.DeadCodeElimination(),
-            relax.transform.LegalizeOps(),
+            relax.transform.LegalizeOps(nan_safe_legalizations()),  # NaN as in torch
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
