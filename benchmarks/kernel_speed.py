@@ -4,8 +4,8 @@ One process, all candidates of a case timed interleaved (round-robin), median of
 threads everywhere.  Random block masks with an exact kept-block count (this measures kernels,
 not pruning quality).  Prints a table and optionally writes JSON:
 
-    python benchmarks/kernels.py --quick
-    python benchmarks/kernels.py --rounds 3 --json benchmarks/results/kernels.json \
+    python benchmarks/kernel_speed.py --quick
+    python benchmarks/kernel_speed.py --rounds 3 --json benchmarks/results/kernels.json \
         | tee benchmarks/results/kernels.txt
 
 Columns: ``vs_dense`` = best dense time (our dense, torch) / ours; ``frac_ideal`` = vs_dense /
