@@ -5,7 +5,6 @@ stale data."""
 from __future__ import annotations
 
 import pytest
-
 import reliability_probe as probe
 
 ISOLATED = [c for c in probe.CASES if c.isolate]
