@@ -656,6 +656,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # the command has said what it kept; no traceback
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         if args.debug:
             raise
