@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("version workarounds", ("_compat",)),
     ("algorithm", ("reorder", "assignment", "_auction")),
     ("torch side", ("plan", "calibration", "importance", "reconstruct", "allocation", "oneshot",
+                    "quantization",
                     "finetuning", "zoo", "quality", "profiling")),
     ("compute definitions", ("kernels",)),
     ("frontend and passes", ("frontend", "passes")),

@@ -92,20 +92,22 @@ class Report:
         }
 
     def format_table(self) -> str:
+        names = [r["name"] for r in self.layers] + [s["name"] for s in self.skipped]
+        w = max([len(n) for n in names] + [5])
         head = (
-            f"{'layer':<44} {'shape':<16} {'block':<7} {'kept':>9} {'ret.L1':>7} "
-            f"{'kernel':<13} fused"
+            f"{'layer':<{w}} {'shape':<16} {'block':<7} {'kept':>9} {'ret.L1':>7} "
+            f"{'precision':<9} {'kernel':<17} fused"
         )
         lines = [head, "-" * len(head)]
         for r in self.layers:
             lines.append(
-                f"{r['name']:<44} {'x'.join(map(str, r['shape'])):<16} "
+                f"{r['name']:<{w}} {'x'.join(map(str, r['shape'])):<16} "
                 f"{'x'.join(map(str, r['block'])):<7} "
                 f"{str(r['kept_blocks']) + '/' + str(r['blocks']):>9} {r['retained_l1']:>7.3f} "
-                f"{r['kernel']:<13} {r['fused']}"
+                f"{r.get('precision', 'float32'):<9} {r['kernel']:<17} {r['fused']}"
             )
         for s in self.skipped:
-            lines.append(f"{s['name']:<44} dense: {s['reason']}")
+            lines.append(f"{s['name']:<{w}} dense: {s['reason']}")
         for st in self.streams:
             shared = st["retained_l1_shared"]
             lines.append(
@@ -314,6 +316,8 @@ def lower_model(
     importance: str | None = None,
     reconstruct: bool = False,
     allocation: str = "uniform",
+    quantize: str | None = None,
+    activations: str = "dynamic",
     progress: bool = True,
 ) -> LoweredModel:
     """Everything :func:`compile` does before scheduling (arguments as there).
@@ -338,19 +342,24 @@ def lower_model(
     _check_model(model)
     sparsity, block_size = _pruning_settings(plan, sparsity, block_size)
     tgt = resolve_target(target)
+    _check_quantize(quantize, activations, tgt, model, dynamic_batch, dtype, calibration)
     # checks dtype before the slow steps; CPU schedules run row chunks in parallel, and their
     # dense linears use 32-wide weight panels (docs/results.md, "CPU schedule choices")
     cpu = tgt.kind.name == "llvm"
-    lower = LowerBlockSparse(dtype=dtype, row_chunks=cpu, dense_block_n=32 if cpu else 16)
     max_batch(dynamic_batch)  # checks an int bound
     eligible, skipped = _eligible_names(model)
     imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)
     plan, prune_pass, stream_report = _plan_imported(
         model, imported, plan, eligible, sparsity, block_size,
         allow_gathers=allow_gathers, overrides=overrides, prune_options=prune_options,
-        streams=streams, calibration=calibration, importance=importance,
-        reconstruct=reconstruct, allocation=allocation, progress=progress,
+        streams=streams, calibration=None if quantize and plan is not None else calibration,
+        importance=importance, reconstruct=reconstruct, allocation=allocation,
+        progress=progress,
     )
+    if quantize is not None:
+        plan = _quantized_plan(model, plan, tgt, activations, calibration)
+    lower = LowerBlockSparse(dtype=dtype, row_chunks=cpu, dense_block_n=32 if cpu else 16,
+                             quantization=plan.quantization, threads=_threads(tgt))
     passes = tvm.transform.Sequential(
         [
             prune_pass,  # apply the plan (computed by plan_graph above, or given)
@@ -458,6 +467,56 @@ def graph_planner(model: Any, example_inputs: Sequence[Any] | Any,
     """A planner for :func:`tetris_tvm.finetune` whose plans compile with no runtime gathers
     (``compile(model, example_inputs, plan=plan)``)."""
     return GraphPlanner(model, example_inputs, block_size, overrides, streams)
+
+
+def _threads(target: Any) -> int:
+    """Threads the target's kernels run on: its ``num-cores``, else this machine's cores."""
+    cores = target.attrs.get("num-cores") if target.attrs is not None else None
+    return int(cores) if cores else len(os.sched_getaffinity(0))
+
+
+def _check_quantize(quantize: Any, activations: str, target: Any, model: Any,
+                    dynamic_batch: Any, dtype: str, calibration: Any) -> None:
+    """``quantize`` / ``activations`` against what an int8 build supports, in our words."""
+    import torch
+
+    from .quantization import ACTIVATION_MODES, QUANTIZE
+
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if activations not in ACTIVATION_MODES:
+        raise ValueError(f"activations must be one of {ACTIVATION_MODES}, got {activations!r}")
+    if quantize is None:
+        return
+    if target.kind.name != "llvm":
+        raise ValueError("int8 builds target CPUs (target='llvm' or an llvm dict); CUDA int8 "
+                         "kernels are not built")
+    if dynamic_batch:
+        raise ValueError("int8 builds need a fixed batch (compile without dynamic_batch)")
+    if dtype != "float32":
+        raise ValueError("give quantize='int8' or a half dtype, not both")
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError("an int8 build needs the torch.nn.Module (its Linear layers), not an "
+                         "ExportedProgram")
+    if activations == "static" and calibration is None:
+        raise ValueError("activations='static' calibrates each layer's input range: pass "
+                         "calibration=[example inputs]")
+
+
+def _quantized_plan(model: Any, plan: Any, target: Any, activations: str,
+                    calibration: Any) -> Any:
+    """``plan`` with the int8 settings of :mod:`tetris_tvm.quantization` for ``target``."""
+    from dataclasses import replace
+
+    from .kernels.int8 import dot_for_target
+    from .quantization import calibrate_ranges, int8_settings
+
+    dot = dot_for_target(target)
+    ranges = None
+    if activations == "static":
+        ranges = calibrate_ranges(model, plan, calibration, list(plan))
+    return replace(plan, quantization=int8_settings(model, plan, dot, activations, ranges),
+                   _handles=[])
 
 
 def _check_model(model: Any) -> None:
@@ -675,6 +734,12 @@ def compile(  # noqa: A001 - the public name of the API contract
             model output), ``"separate"`` never. ``report.streams`` has the comparison.
         overrides: per-layer ``{pattern: {"sparsity", "block_size", "skip"}}``.
         prune_options: extra arguments for :func:`~tetris_tvm.prune_weight` (e.g. balanced).
+        quantize: ``"int8"`` runs the Linear layers on int8 operands (weights per output
+            channel after pruning, inputs per row; :mod:`tetris_tvm.quantization`) with the
+            target's dot-product instructions; ``cm.plan.quantization`` says how, and
+            :func:`tetris_tvm.quantization.quantized_reference` is what the build computes.
+        activations: ``"dynamic"`` (each row's own range, no calibration needed) or
+            ``"static"`` (one range per layer from ``calibration``).
         dtype: ``"float16"`` or ``"bfloat16"`` stores the block-sparse linear and conv
             layers' weights in that type and runs them with half operands and float32
             accumulation (tensor cores for linears on CUDA); inputs, outputs, layers kept
@@ -742,6 +807,7 @@ def _report(plan: Any, lowered: Sequence[Any], gathers: int, skipped: list) -> R
                 "flops": weights,  # per output position; relative figures only
                 "kernel": low.kernel if low is not None else "dense (not lowered)",
                 "fused": low.fused if low is not None else "",
+                "precision": low.precision if low is not None else "float32",
                 "perm_out": not bool(np.array_equal(lp.perms[0], np.arange(lp.perms[0].size))),
                 "perm_in": not bool(np.array_equal(lp.perms[1], np.arange(lp.perms[1].size))),
             }

@@ -77,6 +77,8 @@ class PruningPlan(Mapping[str, LayerPlan]):
     # a parameter the model holds under several names (tied weights) is planned once: its
     # other names map to the key it is planned under, and look it up as well
     aliases: dict[str, str] = field(default_factory=dict)
+    # how a build quantizes the planned layers (tetris_tvm.quantization; empty: float32)
+    quantization: dict[str, Any] = field(default_factory=dict)
     _handles: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     # Mapping protocol ----------------------------------------------------------------------
@@ -133,6 +135,11 @@ class PruningPlan(Mapping[str, LayerPlan]):
             lines.append(f"{sk.name:<48} skipped ({sk.kind}): {sk.reason}")
         for alias, key in self.aliases.items():
             lines.append(f"{alias:<48} the same tensor as {key} (tied): pruned with it")
+        if self.quantization:
+            q = self.quantization
+            lines.append(f"{q['scheme']}: {len(q['layers'])} layers, {q['activations']} "
+                         f"activations in [{q['qmin']}, {q['qmax']}] ({q['dot']}); "
+                         f"{len(q.get('float32', {}))} stay float32")
         return "\n".join(lines)
 
     def with_params(self, params: Mapping[str, np.ndarray]) -> PruningPlan:
@@ -144,6 +151,7 @@ class PruningPlan(Mapping[str, LayerPlan]):
             settings=dict(self.settings),
             params=merged,
             aliases=dict(self.aliases),
+            quantization=dict(self.quantization),
         )
 
     # applying to a model --------------------------------------------------------------------
@@ -260,6 +268,7 @@ class PruningPlan(Mapping[str, LayerPlan]):
             "skipped": [vars(s) for s in self.skipped],
             "settings": self.settings,
             "aliases": self.aliases,
+            "quantization": self.quantization,
         }
         for i, name in enumerate(self.params):
             arrays[f"p{i}"] = np.asarray(self.params[name])
@@ -323,7 +332,8 @@ class PruningPlan(Mapping[str, LayerPlan]):
             raise ValueError(f"{path}: a damaged pruning plan ({str(e).splitlines()[0]})"
                              ) from None
         plan = cls(layers=layers, skipped=skipped, settings=meta.get("settings", {}),
-                   params=params, aliases=dict(meta.get("aliases", {})))
+                   params=params, aliases=dict(meta.get("aliases", {})),
+                   quantization=dict(meta.get("quantization", {})))
         return plan.validate(str(path))
 
 
@@ -473,7 +483,7 @@ def remask_plan(
         layers[name] = with_retained(new, w)
     return PruningPlan(layers=layers, skipped=list(layout.skipped),
                        settings=dict(layout.settings), params=dict(layout.params),
-                       aliases=dict(layout.aliases))
+                       aliases=dict(layout.aliases), quantization=dict(layout.quantization))
 
 
 def plan_layers(

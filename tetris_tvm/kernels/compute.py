@@ -147,13 +147,19 @@ def fast_erf(v: tirx.Expr) -> tirx.Expr:
 
 
 def apply_activation(v: tirx.Expr, activation: str | None) -> tirx.Expr:
+    """``activation`` of the float32 value (or vector) ``v``."""
     if activation is None:
         return v
+    lanes = int(v.ty.dtype.lanes)
+
+    def c(value: float) -> tirx.Expr:  # a constant of v's lanes
+        return _f32(value) if lanes == 1 else T.broadcast(_f32(value), lanes)
+
     # written as selects that keep NaN (T.max(v, 0) is 0 for NaN; torch's relu is NaN)
     if activation == "relu":
-        return T.Select(v < _f32(0.0), _f32(0.0), v)
+        return T.Select(v < c(0.0), c(0.0), v)
     if activation == "relu6":
-        return T.Select(v < _f32(0.0), _f32(0.0), T.Select(v > _f32(6.0), _f32(6.0), v))
+        return T.Select(v < c(0.0), c(0.0), T.Select(v > c(6.0), c(6.0), v))
     if activation == "gelu":
         return _f32(0.5) * v * (_f32(1.0) + fast_erf(v * _f32(1.0 / math.sqrt(2.0))))
     if activation == "gelu_tanh":

@@ -56,6 +56,7 @@ class LoweredLayer:
     total_blocks: int
     kernel: str
     fused: str
+    precision: str = "float32"
 
 
 def _product_or_none(dims: Any) -> int | None:
@@ -115,6 +116,10 @@ class LowerBlockSparse:
             runs the chunks in parallel).
         dense_block_n: the output panel of the dense linear kernel's packed weight (its
             register tile's width: 32 gives the CPU schedule two AVX-512 vectors).
+        quantization: a plan's ``quantization`` settings (:mod:`tetris_tvm.quantization`):
+            the linear layers it names run the int8 kernels of :mod:`..kernels.int8` with the
+            dot-product instruction it names, their inputs quantized per row first.
+        threads: threads the int8 kernels split their work for.
 
     After running, :attr:`layers` lists what each layer became.
     """
@@ -126,6 +131,8 @@ class LowerBlockSparse:
         dtype: str = "float32",
         row_chunks: bool = False,
         dense_block_n: int = 16,
+        quantization: Mapping[str, Any] | None = None,
+        threads: int = 1,
     ) -> None:
         from ..kernels.half import HALF_DTYPES
 
@@ -136,6 +143,8 @@ class LowerBlockSparse:
         self.dtype = dtype
         self.row_chunks = row_chunks
         self.dense_block_n = dense_block_n
+        self.quantization = dict(quantization or {})
+        self.threads = threads
         self.layers: list[LoweredLayer] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
@@ -244,6 +253,8 @@ class LowerBlockSparse:
             w = const_value(call.args[1]).T  # (N, K), permuted storage order
             bsr = BSRMatrix.from_dense(w, (min(block[0], w.shape[0]), min(block[1], w.shape[1])))
             kind = "linear"
+            if layer in self.quantization.get("layers", {}):
+                return self._lower_int8(bb, layer, x, x_shape, out_shape, w, bsr, bias, act)
             if bsr.density > self.dense_above:
                 bn = self.dense_block_n
                 func = K.dense_linear(x_shape, w.shape[0], block_n=bn, bias=bias is not None,
@@ -311,6 +322,45 @@ class LowerBlockSparse:
         args = [x, *(relax.const(c) for c in consts)]
         return relax.call_tir(gv, args, relax.TensorType(out_shape, str(out_ty.dtype)))
 
+    def _lower_int8(self, bb, layer, x, x_shape, out_shape, w, bsr, bias, act) -> Any:
+        """The int8 linear: quantize ``x`` per row, then the int8 kernel (dense when the
+        layer kept almost everything)."""
+        from ..kernels import int8 as K8
+
+        q = self.quantization
+        dot = K8.DOTS[q["dot"]]
+        entry = q["layers"][layer]
+        static = (float(entry["scale"]), int(entry["zero"])) if entry else None
+        qw, scale = K8.quantize_weight(w)
+        dense = bsr.density > self.dense_above
+        block = tuple(bsr.block)
+        if block[0] % min(dot.widths):  # a whole-axis block of an odd width: pad to lanes
+            block = (-(-block[0] // min(dot.widths)) * min(dot.widths), block[1])
+        k = int(x_shape[-1])
+        kq = K8.padded_k(k, k if dense else block[1])
+        rows = 1
+        for d in x_shape[:-1]:
+            rows *= int(d)
+        quant = K8.quantize_rows(tuple(x_shape), kq, dot, static=static, threads=self.threads)
+        # one function per distinct quantization: layers reading the same tensor (Q, K, V)
+        # share it, and their identical calls are computed once (common subexpressions)
+        tag = "dynamic" if static is None else f"s{abs(hash(static)) % 10**8}"
+        name = f"quantize_rows_{tag}_{rows}x{k}_{kq}"
+        qgv = bb.add_func(quant.with_attr("global_symbol", name), name)
+        outs = [relax.TensorType((rows, kq), dot.act_dtype), relax.TensorType((rows,), "float32"),
+                relax.TensorType((rows,), "int32")]
+        quantized = bb.emit(relax.call_tir(qgv, [x], outs))
+        args = K8.int8_linear_args(qw, scale, block, dense, bias)
+        func = K8.int8_linear(tuple(x_shape), w.shape[0], block, args[0].shape[0], dot,
+                              dense=dense, bias=bias is not None, activation=act,
+                              threads=self.threads)
+        kernel = str(func.attrs[K.KERNEL_ATTR])
+        gv = self._add_kernel(bb, func, kernel, layer, "linear", tuple(w.shape),
+                              tuple(bsr.block), bsr, bias, act, precision="int8")
+        operands = [relax.TupleGetItem(quantized, i) for i in range(3)]
+        return relax.call_tir(gv, [*operands, *(relax.const(a) for a in args)],
+                              relax.TensorType(out_shape, "float32"))
+
     def _half(self, bsr: BSRMatrix, x_shape: list) -> bool:
         """Whether this linear layer runs the half kernel (no padding blocks, static rows)."""
         n, k = bsr.shape
@@ -329,7 +379,8 @@ class LowerBlockSparse:
         from ..kernels.half import half_weight_args
 
         kernel = f"{func.attrs[K.KERNEL_ATTR]}_{self.dtype}"
-        gv = self._add_kernel(bb, func, kernel, layer, kind, shape, block, bsr, bias, act)
+        gv = self._add_kernel(bb, func, kernel, layer, kind, shape, block, bsr, bias, act,
+                              precision=self.dtype)
         consts = half_weight_args(bsr, None if bias is None else bias.reshape(-1), dtype=self.dtype)
         xh = bb.emit(relax.op.astype(x, self.dtype))
         y = bb.emit(
@@ -339,7 +390,8 @@ class LowerBlockSparse:
         )
         return relax.op.astype(y, "float32")
 
-    def _add_kernel(self, bb, func, kernel, layer, kind, shape, block, bsr, bias, act) -> Any:
+    def _add_kernel(self, bb, func, kernel, layer, kind, shape, block, bsr, bias, act,
+                    precision: str = "float32") -> Any:
         """Add ``func`` to the module under a name from the kernel and layer; record the layer."""
         safe = layer.replace(".", "_")
         symbol = f"{kernel}_{safe}"
@@ -352,6 +404,7 @@ class LowerBlockSparse:
             LoweredLayer(
                 layer, kind, shape, block, int(bsr.nnzb), int(total), kernel,
                 "+".join(p for p in ("bias" if bias is not None else "", act or "") if p),
+                precision,
             )
         )
         return gv

@@ -1,0 +1,197 @@
+"""int8 quantization, torch side: what an int8 build computes, and its reference.
+
+An int8 build (``compile(..., quantize="int8")``) runs every pruned (or dense) Linear layer
+on int8 operands: the weight quantized symmetrically per output channel after pruning (only
+kept blocks are stored), the layer's input quantized per row (token) into the dot-product
+instruction's range, either from each row's own range (``activations="dynamic"``) or with one
+scale and zero point per layer calibrated on example inputs (``"static"``); int32
+accumulation, and dequantization, bias and activation in float32. Everything else (attention
+matmuls, softmax, layer norms, convs) stays float32.
+
+The **reference** of an int8 build is the masked model with the same fake quantization
+(:func:`quantized_reference`): each quantized layer's weight replaced by its dequantized int8
+values and its input rounded the way the kernels round. The compiled model equals it up to
+the order of float32 operations (a value on a rounding boundary may land one step apart).
+
+The settings live in ``plan.quantization`` (a dict, saved with the plan)::
+
+    {"scheme": "int8", "activations": "dynamic" | "static", "dot": "vnni",
+     "qmin": 0, "qmax": 255,                      # the activations' integer range
+     "layers": {name: {"scale": s, "zero": z} | {}},   # static: per layer; dynamic: {}
+     "float32": {name: reason}}                   # planned layers that stay float32
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .calibration import as_batches, run_batch
+
+__all__ = [
+    "ACTIVATION_MODES",
+    "QUANTIZE",
+    "calibrate_ranges",
+    "fake_quantize_rows",
+    "int8_settings",
+    "quantize_weight",
+    "quantized_reference",
+    "static_params",
+    "weight_fake_quant",
+]
+
+QUANTIZE = (None, "int8")
+ACTIVATION_MODES = ("dynamic", "static")
+
+
+def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output channel: ``(q, scale)`` with ``w ~= q * scale[:, None]``,
+    ``q`` in [-127, 127] (rows of zeros get scale 1)."""
+    w = np.asarray(w, dtype=np.float32).reshape(w.shape[0], -1)
+    amax = np.abs(w).max(axis=1) if w.size else np.zeros(w.shape[0], np.float32)
+    scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.floor(w / scale[:, None] + np.float32(0.5)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def weight_fake_quant(w: np.ndarray) -> np.ndarray:
+    """``w`` as int8 per output channel, dequantized (what an int8 build computes with)."""
+    q, scale = quantize_weight(w)
+    return (q.astype(np.float32) * scale[:, None]).reshape(np.shape(w))
+
+
+def static_params(lo: float, hi: float, qmin: int, qmax: int) -> tuple[float, int]:
+    """Scale and zero point that map ``[min(lo, 0), max(hi, 0)]`` onto ``[qmin, qmax]``
+    (the same arithmetic as the kernels' dynamic rows, in float32)."""
+    f = np.float32
+    lo, hi = f(min(lo, 0.0)), f(max(hi, 0.0))
+    span = (hi - lo) / f(qmax - qmin)
+    scale = span if span > 0 else f(1.0)
+    zero = f(qmin) - np.floor(lo / scale + f(0.5))
+    return float(scale), int(np.clip(zero, qmin, qmax))
+
+
+def fake_quantize_rows(x: Any, qmin: int, qmax: int,
+                       static: tuple[float, int] | None = None) -> Any:
+    """``x`` (a torch tensor, rows = all but the last axis) quantized per row and back, with
+    the kernels' arithmetic: ``q = clip(floor(x * (1 / s) + 0.5) + z)``, ``x' = s * (q - z)``."""
+    import torch
+
+    f32 = torch.float32
+    xf = x.to(f32)
+    if static is None:
+        lo = torch.minimum(xf.amin(dim=-1, keepdim=True), torch.zeros((), dtype=f32))
+        hi = torch.maximum(xf.amax(dim=-1, keepdim=True), torch.zeros((), dtype=f32))
+        nan = torch.isnan(xf).any(dim=-1, keepdim=True)
+        span = (hi - lo) / float(qmax - qmin)
+        scale = torch.where(span > 0, span, torch.ones_like(span))
+        scale = torch.where(nan, torch.full_like(scale, float("nan")), scale)
+        zero = (float(qmin) - torch.floor(lo / scale + 0.5)).clamp(qmin, qmax)
+        zero = torch.nan_to_num(zero, nan=float(qmin))
+    else:
+        scale = torch.tensor(static[0], dtype=f32)
+        zero = torch.tensor(float(static[1]), dtype=f32)
+    inv = 1.0 / scale
+    q = (torch.floor(xf * inv + 0.5) + zero).clamp(qmin, qmax)
+    return ((q - zero) * scale).to(x.dtype)
+
+
+def int8_settings(model: Any, plan: Any, dot: Any, activations: str,
+                  ranges: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+    """``plan.quantization`` for an int8 build with the dot-product instruction ``dot``
+    (:class:`tetris_tvm.kernels.int8.Dot`): which planned layers run int8 (Linear layers
+    whose blocks the kernels take), and for static activations each one's scale and zero."""
+    import torch
+
+    if activations not in ACTIVATION_MODES:
+        raise ValueError(f"activations must be one of {ACTIVATION_MODES}, got {activations!r}")
+    modules = dict(model.named_modules(remove_duplicate=False))
+    layers: dict[str, dict[str, Any]] = {}
+    float32: dict[str, str] = {}
+    for name, lp in plan.items():
+        module = modules.get(name.rsplit(".", 1)[0] if "." in name else "")
+        if not isinstance(module, torch.nn.Linear):
+            float32[name] = "int8 runs Linear layers (convs stay float32)"
+            continue
+        bn = int(lp.block_size[0])
+        if bn % min(dot.widths) and bn != lp.shape[0]:
+            float32[name] = f"int8 blocks need rows in multiples of {min(dot.widths)}"
+            continue
+        entry: dict[str, Any] = {}
+        if activations == "static":
+            if ranges is None or name not in ranges:
+                raise ValueError(f"static activations need calibrated ranges; none for {name}")
+            scale, zero = static_params(*ranges[name], dot.qmin, dot.qmax)
+            entry = {"scale": scale, "zero": zero}
+        layers[name] = entry
+    return {"scheme": "int8", "activations": activations, "dot": dot.name,
+            "qmin": int(dot.qmin), "qmax": int(dot.qmax), "layers": layers,
+            "float32": float32}
+
+
+def calibrate_ranges(model: Any, plan: Any, batches: Iterable[Any],
+                     names: Iterable[str]) -> dict[str, tuple[float, float]]:
+    """The smallest and largest input value each layer ``names`` sees when the masked model
+    (``plan`` applied to a copy) runs ``batches``."""
+    import torch
+
+    work = plan.apply(copy.deepcopy(model).eval(), keep=False)
+    modules = dict(work.named_modules(remove_duplicate=False))
+    ranges: dict[str, list[float]] = {}
+    mask: list[Any] = [None]  # the current batch's real tokens
+    handles = []
+    for name in names:
+        module = modules[name.rsplit(".", 1)[0]]
+
+        def record(_m: Any, inputs: Any, name: str = name) -> None:
+            x = inputs[0].detach()
+            if mask[0] is not None and x.shape[:2] == mask[0].shape:
+                x = x[mask[0]]  # real tokens only, not padding
+            lo, hi = float(x.min()), float(x.max())
+            old = ranges.get(name)
+            ranges[name] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+
+        handles.append(module.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(as_batches(batches, "calibration")):
+                mask[0] = batch.token_mask
+                run_batch(work, batch, i)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if n not in ranges]
+    if missing:
+        raise ValueError(f"calibration never reached {missing[:3]}: the batches must run "
+                         "through those layers")
+    return {n: (v[0], v[1]) for n, v in ranges.items()}
+
+
+def quantized_reference(model: Any, plan: Any) -> Any:
+    """The reference of an int8 build: a copy of ``model`` with the plan's weights and masks
+    applied, each quantized layer's weight fake-quantized per output channel, and its input
+    fake-quantized per row as the kernels do. Without ``plan.quantization`` it is the masked
+    reference."""
+    import torch
+
+    work = plan.apply(copy.deepcopy(model).eval(), keep=False)
+    settings = getattr(plan, "quantization", None)
+    if not settings:
+        return work
+    modules = dict(work.named_modules(remove_duplicate=False))
+    qmin, qmax = int(settings["qmin"]), int(settings["qmax"])
+    for name, entry in settings["layers"].items():
+        module = modules[name.rsplit(".", 1)[0]]
+        with torch.no_grad():
+            w = module.weight.detach().cpu().numpy()
+            module.weight.copy_(torch.from_numpy(weight_fake_quant(w)).to(module.weight.dtype))
+        static = (entry["scale"], entry["zero"]) if entry else None
+
+        def quantize_input(_m: Any, inputs: Any, static: Any = static) -> Any:
+            return (fake_quantize_rows(inputs[0], qmin, qmax, static), *inputs[1:])
+
+        module.register_forward_pre_hook(quantize_input)
+    return work
