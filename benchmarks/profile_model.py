@@ -25,8 +25,10 @@ from tetris_tvm.zoo import load_minilm, minilm_inputs, mobilenet_v2
 
 def kind_of(kernel: str) -> str:
     parts = kernel.split("_")
-    if kernel.startswith(("bsr", "ell", "dense")):
+    if kernel.startswith(("bsr", "ell", "dense", "quantize")):
         return "_".join(parts[:2])
+    if kernel.startswith("int8"):
+        return "_".join(parts[:3])
     return parts[0]
 
 
@@ -37,6 +39,8 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=None,
                     help="block side (default: 16 for mobilenet, 32 for minilm)")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5])
+    ap.add_argument("--quantize", choices=["int8"], default=None,
+                    help="profile int8 builds (dynamic activations)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.model == "minilm":
@@ -48,7 +52,7 @@ def main() -> None:
         block = args.block or 16
     for s in args.sparsity:
         cm = tetris_tvm.compile(model, (x,), sparsity=s, block_size=(block, block),
-                                progress=False)
+                                quantize=args.quantize, progress=False)
         cm._ensure_vm()
         rows = profile_kernels(cm.vm, [tvm.runtime.tensor(x.numpy())], runs=3)
         total = sum(r[1] for r in rows)

@@ -167,9 +167,11 @@ def _lanes(dot: Dot, bn: int) -> int:
 
 def int8_tile_rows(bn: int, rows: int) -> int:
     """Rule table: rows of the register tile; the ``rows x bn`` int32 accumulator stays below
-    the stack-array limit (so LLVM keeps it in registers) and at most 8 rows (on a Zen 4,
-    4-7 rows x 32 outputs all ran within 3% of each other)."""
-    return max(1, min(8, (STACK_BYTES - 1) // (4 * bn), rows))
+    the stack-array limit (so LLVM keeps it in registers), at most 8 rows (on a Zen 4, 4-7
+    rows x 32 outputs all ran within 3% of each other), and preferably a divisor of ``rows``
+    of at least 4 (no second, ragged tile to compile)."""
+    top = max(1, min(8, (STACK_BYTES - 1) // (4 * bn), rows))
+    return next((t for t in range(top, 3, -1) if rows % t == 0), top)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,9 +361,6 @@ def int8_linear(
     lanes_p = max(1, min(threads, items))
     per = -(-items // lanes_p)
     tr = tile_rows or int8_tile_rows(bn, chunk)
-    tiles = [(t * tr, tr) for t in range(chunk // tr)]
-    if chunk % tr:
-        tiles.append((chunk - chunk % tr, chunk % tr))
     vecs = bn // lanes
     apply_activation(T.float32(0.0), activation)  # validate early
     with IRBuilder() as ib:
@@ -391,12 +390,16 @@ def int8_linear(
                     item = o * lanes_p + lane
                     with T.If(item < items):
                         with T.Then():
-                            blk = item % nb
-                            m0 = (item // nb) * chunk
-                            for start, height in tiles:
-                                _tile(qx, sx, zx, w, ws, wsum, b, yf, blk, m0 + start, height,
-                                      lanes, vecs, bn, bk, k4, n, dot, activation,
-                                      None if dense else (ind, ptr))
+                            blk = TB.bind(item % nb)
+                            m0 = TB.bind((item // nb) * chunk)
+                            sparse = None if dense else (ind, ptr)
+                            with T.serial(0, chunk // tr) as t:
+                                _tile(qx, sx, zx, w, ws, wsum, b, yf, blk, m0 + t * tr, tr,
+                                      lanes, vecs, bn, bk, k4, n, dot, activation, sparse)
+                            if chunk % tr:  # the ragged last tile
+                                _tile(qx, sx, zx, w, ws, wsum, b, yf, blk,
+                                      m0 + chunk - chunk % tr, chunk % tr, lanes, vecs, bn, bk,
+                                      k4, n, dot, activation, sparse)
     return ib.get()
 
 
@@ -430,17 +433,24 @@ def _tile(qx, sx, zx, w, ws, wsum, b, yf, blk, m0, height, lanes, vecs, bn, bk, 
     else:
         ind, ptr = sparse
         with T.serial(ptr[blk], ptr[blk + 1]) as j:
-            base = ind[j] * bk
+            base = TB.bind(ind[j] * bk)
             for ko in range(k4):
                 step(lambda v, j=j, ko=ko: w.vload([j, ko, v * lanes, 0], f"int8x{4 * lanes}"),
                      base + ko * 4)
-    # epilogue: dequantise, bias, activation; the last block-row may be cut at N
+    # epilogue: dequantise, bias, activation; the last block-row may be cut at N. The
+    # accumulators are copied out with constant indices (so LLVM keeps ``acc`` in registers)
+    # and the rows are walked by a loop: one copy of the epilogue code, not one per row
+    res = TB.alloc_buffer((height, bn), I32)
     for r in range(height):
+        for v in range(vecs):
+            T.buffer_store(res, acc.vload([r, v * lanes], f"int32x{lanes}"),
+                           [r, T.ramp(v * lanes, 1, lanes)])
+    with T.serial(0, height) as r:
         m = m0 + r
         for v in range(vecs):
             n0 = blk * bn + v * lanes
             cols = T.ramp(n0, 1, lanes)
-            comp = acc.vload([r, v * lanes], f"int32x{lanes}") - \
+            comp = res.vload([r, v * lanes], f"int32x{lanes}") - \
                 T.broadcast(zx[m], lanes) * wsum.vload([n0], f"int32x{lanes}")
             val = T.Cast(f"float32x{lanes}", comp) * \
                 (T.broadcast(sx[m], lanes) * ws.vload([n0], f"float32x{lanes}"))

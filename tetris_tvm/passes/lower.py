@@ -211,6 +211,7 @@ class LowerBlockSparse:
 
         self.layers = []
         self._symbols: set[str] = set()
+        self._quantizers: dict[Any, Any] = {}
 
         def rewrite(bb: relax.BlockBuilder, var: Any, value: Any, mapping: dict) -> Any:
             if var in skipped:
@@ -341,12 +342,16 @@ class LowerBlockSparse:
         rows = 1
         for d in x_shape[:-1]:
             rows *= int(d)
-        quant = K8.quantize_rows(tuple(x_shape), kq, dot, static=static, threads=self.threads)
         # one function per distinct quantization: layers reading the same tensor (Q, K, V)
         # share it, and their identical calls are computed once (common subexpressions)
-        tag = "dynamic" if static is None else f"s{abs(hash(static)) % 10**8}"
-        name = f"quantize_rows_{tag}_{rows}x{k}_{kq}"
-        qgv = bb.add_func(quant.with_attr("global_symbol", name), name)
+        key = (tuple(x_shape), kq, static, dot.name)
+        qgv = self._quantizers.get(key)
+        if qgv is None:
+            quant = K8.quantize_rows(tuple(x_shape), kq, dot, static=static,
+                                     threads=self.threads)
+            name = f"quantize_rows_{len(self._quantizers)}"
+            qgv = bb.add_func(quant.with_attr("global_symbol", name), name)
+            self._quantizers[key] = qgv
         outs = [relax.TensorType((rows, kq), dot.act_dtype), relax.TensorType((rows,), "float32"),
                 relax.TensorType((rows,), "int32")]
         quantized = bb.emit(relax.call_tir(qgv, [x], outs))
