@@ -12,6 +12,16 @@ from typing import Any
 __all__ = ["main", "build_parser"]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, unless it has none or the help already says."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _block(text: str) -> tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
@@ -85,18 +95,23 @@ def _calibration(args: argparse.Namespace) -> Any:
                      "a list of input batches with torch.save and pass --calibration FILE")
 
 
-def _recovery(args: argparse.Namespace) -> dict[str, Any]:
-    """compile/prune keyword arguments of the quality-recovery flags."""
+def _recovery(args: argparse.Namespace, quantize: str | None = None) -> dict[str, Any]:
+    """compile/prune keyword arguments of the quality-recovery flags (and the calibration of
+    static int8 activations)."""
     calibration = _calibration(args)
-    if calibration is None:
-        if args.reconstruct or args.allocation != "uniform" or args.importance not in (
+    if calibration is not None and getattr(args, "plan", None):
+        return {"calibration": calibration} if quantize else {}
+    if calibration is None:  # recovery off; options asked for explicitly need the data
+        if args.reconstruct or args.allocation == "sensitivity" or args.importance not in (
             None, "magnitude"
         ):
             raise SystemExit("error: --reconstruct, --allocation sensitivity and --importance "
                              "need calibration data: --calibrate N or --calibration FILE")
         return {}
+    on = args.recovery_default  # with calibration data, the command's recipe by default
     return {"calibration": calibration, "importance": args.importance,
-            "reconstruct": args.reconstruct, "allocation": args.allocation}
+            "reconstruct": on if args.reconstruct is None else args.reconstruct,
+            "allocation": args.allocation or ("sensitivity" if on else "uniform")}
 
 
 def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0) -> None:
@@ -109,13 +124,15 @@ def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0) -> No
                    "of inputs or dicts of keyword inputs)")
     g.add_argument("--importance", choices=("magnitude", "activation", "hessian"),
                    help="what TETRIS clusters (default: activation with calibration data)")
-    g.add_argument("--reconstruct", action=argparse.BooleanOptionalAction,
-                   default=default_calibrate > 0,
-                   help="refit the kept weights layer by layer to the dense outputs")
-    g.add_argument("--allocation", choices=("uniform", "sensitivity"),
-                   default="sensitivity" if default_calibrate > 0 else "uniform",
+    on = default_calibrate > 0
+    p.set_defaults(recovery_default=on)
+    g.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
+                   help="refit the kept weights layer by layer to the dense outputs (default: "
+                   f"{'on' if on else 'off'} with calibration data)")
+    g.add_argument("--allocation", choices=("uniform", "sensitivity"), default=None,
                    help="per-layer sparsities: all equal, or chosen on the calibration data to "
-                   "meet --sparsity globally at the least output error")
+                   "meet --sparsity globally at the least output error (default: "
+                   f"{'sensitivity' if on else 'uniform'} with calibration data)")
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -198,7 +215,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         model, inputs, target=_target_arg(args.target), sparsity=args.sparsity,
         block_size=args.block, plan=plan, tuning=args.tuning,
         tuning_fallback=args.tuning_fallback, dtype=args.dtype,
-        dynamic_batch=args.dynamic_batch, streams=args.streams, **_recovery(args),
+        dynamic_batch=args.dynamic_batch, streams=args.streams, quantize=args.quantize,
+        activations=args.activations, **_recovery(args, quantize=args.quantize),
     )
     print(f"compiled in {time.perf_counter() - start:.1f} s\n")
     print(cm.report.format_table())
@@ -282,7 +300,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import copy
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -292,12 +309,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import quality as q
     from .bench import time_interleaved
     from .compiler import compile as tetris_compile
+    from .quantization import quantized_reference
 
     torch.set_num_threads(args.threads)
     model = _load_any(args.model)
     inputs = _example_inputs(args, model)
     if args.model not in ("minilm", "mnist-cnn") and not args.calibration:
-        args.calibrate, args.reconstruct, args.allocation = 0, False, "uniform"
+        args.calibrate = 0
     recovery = _recovery(args)
 
     from .calibration import model_output as first
@@ -341,11 +359,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"reconstruct={recovery['reconstruct']}, allocation={recovery['allocation']}")
     for s in args.sparsity:
         print(f"compiling at sparsity {s} ...", flush=True)
+        options = dict(recovery if s > 0 else {})
+        if args.quantize and args.activations == "static" and "calibration" not in options:
+            options["calibration"] = recovery.get("calibration")
         cm = tetris_compile(model, inputs, target=_target_arg(args.target), sparsity=s,
                             block_size=args.block or (32, 32), streams=args.streams,
-                            **(recovery if s > 0 else {}))
+                            quantize=args.quantize, activations=args.activations, **options)
         out = first(cm(*inputs)).numpy()
-        reference = cm.plan.apply(copy.deepcopy(model), keep=False)
+        reference = quantized_reference(model, cm.plan)
         with torch.no_grad():
             ref = first(reference(*inputs)).numpy()
         rel = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
@@ -476,7 +497,7 @@ def _command(
 ) -> argparse.ArgumentParser:
     """The subcommand ``name`` that runs ``func``, with the argument ``groups`` added first."""
     p = sub.add_parser(name, help=help, description=description,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("--debug", action="store_true",
                    help="show the Python traceback of an error instead of one line")
     for add in groups:
@@ -531,6 +552,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--block", type=_block, default=None,
                        help="block, e.g. 32 or 16x32 (default 32x32; a --plan fixes its own)")
 
+    def quant_args(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("int8 (CPU targets)")
+        g.add_argument("--quantize", choices=["int8"], default=None,
+                       help="run the Linear layers on int8 operands with the target's "
+                       "dot-product instructions (default: float32)")
+        g.add_argument("--activations", choices=["dynamic", "static"], default="dynamic",
+                       help="int8 inputs quantized per row from their own range (dynamic) or "
+                       "with per-layer ranges calibrated on --calibrate/--calibration data")
+
     def pruning_args(p: argparse.ArgumentParser) -> None:
         """How compile and tune prune: a sparsity, or a saved plan (same plan -> same kernels)."""
         p.add_argument("--sparsity", type=_sparsity, default=None,
@@ -557,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="weights and operands of the block-sparse linear and conv layers (float32 "
                    "accumulation; everything else stays float32); half types suit CUDA")
+    quant_args(c)
     c.add_argument("--out", help="export the compiled model to this .so")
     c.add_argument("--cross-compiler", help="e.g. aarch64-linux-gnu-gcc (with a matching --target)")
     c.add_argument("--bundle", metavar="DIR",
@@ -605,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time ONNX Runtime and OpenVINO (dense, float32; pip install -e "
                    "\".[peers]\")")
     b.add_argument("--threads", type=int, default=2, help="torch threads")
+    quant_args(b)
     b.add_argument("--streams", choices=("auto", "shared", "separate"), default="auto",
                    help="residual-stream permutations, as for compile")
     _recovery_args(b, default_calibrate=512)

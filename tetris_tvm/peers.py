@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PEERS", "available", "first_output", "onnxruntime_runner", "openvino_runner", "runner"]
+__all__ = ["PEERS", "VARIANTS", "PeerModel", "available", "build", "first_output",
+           "onnxruntime_model", "onnxruntime_runner", "openvino_model", "openvino_runner",
+           "runner"]
 
 PEERS = ("onnxruntime", "openvino")
 
@@ -69,39 +71,84 @@ def _inputs(example_inputs: Any) -> tuple[Any, ...]:
     return tuple(torch.as_tensor(x) for x in example_inputs)
 
 
-def onnxruntime_runner(model: Any, example_inputs: Any, threads: int = 2,
-                       work_dir: str | os.PathLike[str] | None = None) -> Callable[[], Any]:
-    """ONNX Runtime on ``model`` exported to ONNX (opset 17, TorchScript exporter)."""
-    import onnxruntime as ort
+def _export_onnx(model: Any, inputs: tuple[Any, ...], folder: Path,
+                 dynamic: bool) -> tuple[Path, list[str]]:
     import torch
 
-    inputs = _inputs(example_inputs)
-    folder = Path(work_dir or tempfile.mkdtemp(prefix="tetris-ort-"))
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     names = [f"input{i}" for i in range(len(inputs))]
+    axes = None
+    if dynamic:  # batch (and, for token ids and masks, the sequence) may vary
+        axes = {n: ({0: "batch", 1: "seq"} if x.ndim == 2 and not x.is_floating_point()
+                    else {0: "batch"}) for n, x in zip(names, inputs, strict=True)}
     with torch.no_grad(), warnings.catch_warnings():
         # torch 2.13 deprecates the TorchScript exporter; the torch.export one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(_plain(model), inputs, str(path), input_names=names,
-                          opset_version=17, dynamo=False)
+                          opset_version=17, dynamo=False, dynamic_axes=axes)
+    return path, names
+
+
+class PeerModel:
+    """A model compiled by a peer runtime: ``model(*arrays)`` runs it on numpy inputs of any
+    shape it was exported for and returns its outputs (numpy); :meth:`timer` binds fixed
+    inputs for timing (one call per sample, nothing converted)."""
+
+    def __init__(self, name: str, run: Callable[[list[np.ndarray]], list[np.ndarray]],
+                 bind: Callable[[list[np.ndarray]], Callable[[], Any]]) -> None:
+        self.name = name
+        self._run = run
+        self._bind = bind
+
+    def __call__(self, *arrays: Any) -> list[np.ndarray]:
+        return self._run([np.ascontiguousarray(np.asarray(a)) for a in arrays])
+
+    def timer(self, *arrays: Any) -> Callable[[], Any]:
+        return self._bind([np.ascontiguousarray(np.asarray(a)) for a in arrays])
+
+
+def onnxruntime_model(model: Any, example_inputs: Any, threads: int = 2, *,
+                      int8: bool = False, dynamic: bool = True,
+                      work_dir: str | os.PathLike[str] | None = None) -> PeerModel:
+    """ONNX Runtime on ``model`` exported to ONNX (opset 17); ``int8``: its dynamic
+    quantization (``quantize_dynamic``: int8 weights, activations quantized per call)."""
+    import onnxruntime as ort
+
+    inputs = _inputs(example_inputs)
+    folder = Path(work_dir or tempfile.mkdtemp(prefix="tetris-ort-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path, names = _export_onnx(model, inputs, folder, dynamic)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantized = folder / "model.int8.onnx"
+        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+        path = quantized
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {n: x.numpy() for n, x in zip(names, inputs, strict=True)}
-    return lambda: session.run(None, feed)
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return list(session.run(None, dict(zip(names, arrays, strict=True))))
+
+    def bind(arrays: list[np.ndarray]) -> Callable[[], Any]:
+        feed = dict(zip(names, arrays, strict=True))
+        return lambda: session.run(None, feed)
+
+    return PeerModel("onnxruntime-int8" if int8 else "onnxruntime", run, bind)
 
 
-def openvino_runner(model: Any, example_inputs: Any, threads: int = 2,
-                    precision: str = "f32") -> Callable[[], Any]:
-    """OpenVINO on ``model`` converted from torch directly, latency hint.
+def openvino_model(model: Any, example_inputs: Any, threads: int = 2, *,
+                   precision: str | None = "f32", calibration: Any = None) -> PeerModel:
+    """OpenVINO on ``model`` converted from torch, latency hint.
 
-    ``precision`` is OpenVINO's inference precision hint: ``"f32"`` computes what the model
-    computes (like the other runtimes here); on CPUs with AVX512-BF16 / AMX OpenVINO would
-    otherwise run in bfloat16 by default (``precision=None`` keeps its default).
+    ``precision``: the inference precision hint, ``"f32"`` (what the model computes), or
+    None for OpenVINO's default on this CPU (bfloat16 where it has AVX512-BF16 / AMX).
+    ``calibration`` (a list of input tuples): quantize to int8 first with NNCF's
+    post-training quantization (``model_type=TRANSFORMER`` for inputs that are token ids).
     """
     import openvino as ov
     import torch
@@ -110,22 +157,80 @@ def openvino_runner(model: Any, example_inputs: Any, threads: int = 2,
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO traces with torch.jit
         converted = ov.convert_model(_plain(model), example_input=inputs)
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    name = "openvino" if precision == "f32" else "openvino-default"
+    if calibration is not None:
+        import nncf
+
+        items = [tuple(np.asarray(a) for a in (b if isinstance(b, (tuple, list)) else (b,)))
+                 for b in calibration]
+        tokens = not inputs[0].is_floating_point()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = nncf.quantize(
+                converted, nncf.Dataset(items), subset_size=len(items),
+                model_type=nncf.ModelType.TRANSFORMER if tokens else None)
+        name = "openvino-int8"
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     if precision is not None:
         config["INFERENCE_PRECISION_HINT"] = precision
     compiled = ov.Core().compile_model(converted, "CPU", config)
     request = compiled.create_infer_request()
-    arrays = [x.numpy() for x in inputs]
+    outputs = len(compiled.outputs)
 
-    def run() -> Any:
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
         request.infer(arrays)
-        return [request.get_output_tensor(i).data for i in range(len(compiled.outputs))]
+        return [np.array(request.get_output_tensor(i).data) for i in range(outputs)]
 
-    return run
+    def bind(arrays: list[np.ndarray]) -> Callable[[], Any]:
+        def call() -> Any:
+            request.infer(arrays)
+            return [request.get_output_tensor(i).data for i in range(outputs)]
+
+        return call
+
+    return PeerModel(name, run, bind)
+
+
+def onnxruntime_runner(model: Any, example_inputs: Any, threads: int = 2,
+                       work_dir: str | os.PathLike[str] | None = None) -> Callable[[], Any]:
+    """ONNX Runtime (float32) on the example inputs, as a zero-argument callable."""
+    peer = onnxruntime_model(model, example_inputs, threads, dynamic=False, work_dir=work_dir)
+    return peer.timer(*(x.numpy() for x in _inputs(example_inputs)))
+
+
+def openvino_runner(model: Any, example_inputs: Any, threads: int = 2,
+                    precision: str | None = "f32") -> Callable[[], Any]:
+    """OpenVINO on the example inputs, as a zero-argument callable (see :func:`openvino_model`)."""
+    peer = openvino_model(model, example_inputs, threads, precision=precision)
+    return peer.timer(*(x.numpy() for x in _inputs(example_inputs)))
+
+
+VARIANTS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-default", "openvino-int8")
+"""Every peer at every precision: float32, OpenVINO's default for the CPU, int8."""
+
+
+def build(variant: str, model: Any, example_inputs: Any, threads: int = 2,
+          calibration: Any = None) -> PeerModel:
+    """Peer ``variant`` (one of :data:`VARIANTS`) compiled for ``model``; ``openvino-int8``
+    needs ``calibration`` (a list of input tuples for NNCF)."""
+    if variant == "onnxruntime":
+        return onnxruntime_model(model, example_inputs, threads)
+    if variant == "onnxruntime-int8":
+        return onnxruntime_model(model, example_inputs, threads, int8=True)
+    if variant == "openvino":
+        return openvino_model(model, example_inputs, threads, precision="f32")
+    if variant == "openvino-default":
+        return openvino_model(model, example_inputs, threads, precision=None)
+    if variant == "openvino-int8":
+        if calibration is None:
+            raise ValueError("openvino-int8 quantizes with NNCF: pass calibration inputs")
+        return openvino_model(model, example_inputs, threads, precision=None,
+                              calibration=calibration)
+    raise ValueError(f"unknown peer variant {variant!r}; known: {', '.join(VARIANTS)}")
 
 
 def runner(name: str, model: Any, example_inputs: Any, threads: int = 2) -> Callable[[], Any]:
-    """The runner of peer ``name`` (one of :data:`PEERS`)."""
+    """The runner of peer ``name`` (one of :data:`PEERS`, float32)."""
     if name == "onnxruntime":
         return onnxruntime_runner(model, example_inputs, threads)
     if name == "openvino":

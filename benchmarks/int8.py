@@ -1,0 +1,219 @@
+"""Sparsity on top of int8: all-MiniLM-L6-v2 against the runtimes a user already has, at
+every precision, each row with its held-out quality and its speed.
+
+Rows: torch eager; ONNX Runtime float32 and int8 (``quantize_dynamic``); OpenVINO float32
+(precision hint f32), its default precision on this CPU (bfloat16 where it has AVX512-BF16 or
+AMX) and int8 (NNCF post-training quantization on the calibration sentences); ours dense and
+block-sparse (32x32) in float32 and int8 (dynamic per-token activations; static per-layer
+ranges for the dense build too). Block-sparse builds use one plan per sparsity, made
+one-shot on the calibration sentences (activation-aware TETRIS + reconstruction), the same
+plan for float32 and int8.
+
+Quality (held-out ``lee.cor`` sentences no step saw, in-domain): mean cosine of the
+mean-pooled embeddings to the dense float32 model's, and WordSim353 Spearman. Our rows are
+measured on their reference (the masked model with the same fake quantization), which the
+compiled model is checked against on the timing input; the peers are run themselves.
+Speed: batch 8 and 1 x 128 tokens, 2 threads, interleaved in one process, median.
+
+    python benchmarks/int8.py                       # everything, ~40 min on 2 cores
+    python benchmarks/int8.py --quick               # batch 8, fewer rows and repeats
+    python benchmarks/int8.py --out benchmarks/results/int8_minilm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import tetris_tvm  # noqa: E402
+from tetris_tvm import peers, quality, zoo  # noqa: E402
+from tetris_tvm.bench import median_interleaved, wall_sampler  # noqa: E402
+from tetris_tvm.quantization import quantized_reference  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CACHE = Path(__file__).parent / "cache"
+SKIP = {"pooler.*": {"skip": True}}  # the pooler output is not the sentence embedding
+
+
+class PeerEncoder(torch.nn.Module):
+    """A peer runtime behind the encoder's interface, for the held-out evaluator."""
+
+    def __init__(self, peer: peers.PeerModel) -> None:
+        super().__init__()
+        self.peer = peer
+
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        out = self.peer(input_ids.numpy(), attention_mask.numpy())
+        return (torch.from_numpy(np.asarray(out[0])),)
+
+
+def one_shot_plan(model: Any, tok: Any, ids: Any, sparsity: float) -> Any:
+    """The plan ``compile`` makes with one-shot recovery, cached in benchmarks/cache/."""
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"minilm_oneshot_{int(sparsity * 100)}.npz"
+    if path.exists():
+        return tetris_tvm.PruningPlan.load(path)
+    start = time.perf_counter()
+    plan = tetris_tvm.plan_model(model, (ids,), sparsity, (32, 32), overrides=SKIP,
+                                 calibration=quality.minilm_calibration(tok, n=256),
+                                 importance="activation", reconstruct=True)
+    plan.settings["seconds"] = time.perf_counter() - start
+    plan.save(path)
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75])
+    ap.add_argument("--batch", type=int, nargs="+", default=[8, 1])
+    ap.add_argument("--repeats", type=int, default=15, help="interleaved repeats (median)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="batch 8, 5 repeats, no static row")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS / "int8_minilm.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batch, args.repeats = [8], 5
+    torch.set_num_threads(args.threads)
+    model, tok = zoo.load_minilm()
+    evaluator = quality.EncoderEvaluator(model, tok)
+    calibration = quality.minilm_calibration(tok, n=256)
+    rows: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, kind: str, metrics: dict[str, float], **extra: Any) -> None:
+        rows[name] = {"kind": kind, "cosine": metrics["cosine"],
+                      "wordsim353": metrics["wordsim353"], "ms": {}, **extra}
+        print(f"{name:<32} cosine {metrics['cosine']:.4f}  wordsim353 "
+              f"{metrics['wordsim353']:.3f}", flush=True)
+
+    record("torch eager (float32)", "dense", evaluator.dense)
+    plans = {s: one_shot_plan(model, tok, zoo.minilm_inputs(tok, 8, 128), s)
+             for s in args.sparsity}
+    builds: list[tuple[str, dict[str, Any]]] = [
+        ("ours dense float32", {"sparsity": 0.0}),
+        ("ours dense int8", {"sparsity": 0.0, "quantize": "int8"}),
+    ]
+    if not args.quick:
+        builds.append(("ours dense int8 (static)", {"sparsity": 0.0, "quantize": "int8",
+                                                   "activations": "static",
+                                                   "calibration": calibration}))
+    for s in args.sparsity:
+        builds += [(f"ours {s:.0%} float32", {"plan": plans[s]}),
+                   (f"ours {s:.0%} int8", {"plan": plans[s], "quantize": "int8"})]
+    compiled: dict[tuple[str, int], Any] = {}
+    for name, options in builds:
+        for batch in args.batch:
+            ids = zoo.minilm_inputs(tok, batch, 128)
+            opts = dict(options)
+            if "plan" not in opts:
+                opts["overrides"] = SKIP
+            start = time.perf_counter()
+            cm = tetris_tvm.compile(model, (ids,), block_size=None if "plan" in opts else 32,
+                                    progress=False, **opts)
+            seconds = time.perf_counter() - start
+            compiled[(name, batch)] = cm
+        reference = quantized_reference(model, cm.plan)
+        with torch.no_grad():
+            want = reference(ids)[0].numpy()
+        got = cm(ids)[0].numpy()
+        diff = np.abs(got - want)
+        record(name, "ours", evaluator.evaluate(reference), compile_s=seconds,
+               compiled_vs_reference={"max_rel": float(diff.max() / np.abs(want).max()),
+                                      "mean_rel": float(diff.mean() / np.abs(want).mean())},
+               weights_kept=cm.report.totals["weights_kept_fraction"],
+               precision=cm.plan.quantization.get("scheme", "float32"))
+    peer_models: dict[str, Any] = {}
+    if not args.no_peers:
+        ids8 = zoo.minilm_inputs(tok, 8, 128)
+        example = (ids8, torch.ones_like(ids8))
+        nncf_data = [(b["input_ids"], b["attention_mask"]) for b in calibration]
+        for variant, reason in _peer_variants():
+            if reason:
+                print(f"{variant}: skipped ({reason})")
+                continue
+            start = time.perf_counter()
+            peer = peers.build(variant, model, example, args.threads,
+                               calibration=nncf_data if variant.endswith("int8") else None)
+            peer_models[variant] = peer
+            record(variant, "peer", evaluator.evaluate(PeerEncoder(peer)),
+                   prepare_s=time.perf_counter() - start)
+    for batch in args.batch:
+        ids = zoo.minilm_inputs(tok, batch, 128)
+        mask = torch.ones_like(ids)
+        samplers = {}
+        with torch.no_grad():
+            samplers["torch eager (float32)"] = wall_sampler(lambda ids=ids: model(ids))
+        for variant, peer in peer_models.items():
+            samplers[variant] = wall_sampler(peer.timer(ids.numpy(), mask.numpy()))
+        for name, _ in builds:
+            cm = compiled[(name, batch)]
+            cm._ensure_vm()
+            args_np = [np.ascontiguousarray(ids.numpy())]
+            samplers[name] = wall_sampler(lambda cm=cm, a=args_np: cm.run_numpy(*a))
+        print(f"\ntiming batch {batch} ({args.repeats} interleaved repeats) ...", flush=True)
+        times = median_interleaved(samplers, repeats=args.repeats)
+        for name, t in times.items():
+            rows[name]["ms"][str(batch)] = t * 1e3
+    _print_table(rows, args.batch)
+    out = {"machine": platform.processor() or platform.machine(), "cpu": _cpu_name(),
+           "threads": args.threads, "repeats": args.repeats, "block": [32, 32],
+           "plans": {str(s): {k: plans[s].settings.get(k) for k in ("importance", "seconds")}
+                     for s in args.sparsity},
+           "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    print(f"\nwritten {args.out}")
+    return 0
+
+
+def _peer_variants() -> list[tuple[str, str | None]]:
+    found = peers.available()
+    out = []
+    for variant in peers.VARIANTS:
+        reason = found.get(variant.split("-")[0])
+        if reason is None and variant == "openvino-int8":
+            import importlib.util
+
+            if importlib.util.find_spec("nncf") is None:
+                reason = "nncf is not installed (pip install -e \".[peers]\")"
+        out.append((variant, reason))
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _print_table(rows: dict[str, dict[str, Any]], batches: list[int]) -> None:
+    ov = rows.get("openvino", {}).get("ms", {})
+    ov8 = rows.get("openvino-int8", {}).get("ms", {})
+    print(f"\n{'runtime':<32} " + " ".join(f"{'b' + str(b) + ' ms':>9}" for b in batches)
+          + "  vs OV f32  vs OV int8  cosine  wordsim353")
+    for name, r in rows.items():
+        ms = r["ms"]
+        b = str(batches[0])
+        rel = f"{ov[b] / ms[b]:>9.2f}x" if b in ov and b in ms else " " * 10
+        rel8 = f"{ov8[b] / ms[b]:>10.2f}x" if b in ov8 and b in ms else " " * 11
+        print(f"{name:<32} " + " ".join(f"{ms.get(str(x), float('nan')):>9.1f}" for x in batches)
+              + f" {rel} {rel8}  {r['cosine']:.4f}  {r['wordsim353']:.3f}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
