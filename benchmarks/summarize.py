@@ -2,7 +2,8 @@
 
     python benchmarks/summarize.py            # everything
     python benchmarks/summarize.py quality    # docs/quality.md's tables only
-    python benchmarks/summarize.py readme     # the README's headline table
+    python benchmarks/summarize.py readme     # the README's headline tables
+    python benchmarks/summarize.py int8       # MiniLM at every precision (docs/int8.md)
 """
 
 from __future__ import annotations
@@ -329,11 +330,55 @@ def headline_table() -> None:
               f"({best / r['ms_pruned']:.2f}x best dense) |")
 
 
+def int8_table() -> None:
+    """MiniLM at every precision: ours against ONNX Runtime and OpenVINO (benchmarks/int8.py)."""
+    path = RESULTS / "int8_minilm.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    batches = sorted({b for r in rows.values() for b in r["ms"]}, key=int, reverse=True)
+    ov, ov8 = rows.get("openvino", {}).get("ms", {}), rows.get("openvino-int8", {}).get("ms", {})
+    names = {"torch eager (float32)": "torch eager, float32",
+             "onnxruntime": "ONNX Runtime, float32", "onnxruntime-int8":
+             "ONNX Runtime, int8 (quantize_dynamic)", "openvino": "OpenVINO, float32",
+             "openvino-default": "OpenVINO, default precision (bf16 on this CPU)",
+             "openvino-int8": "OpenVINO, int8 (NNCF post-training)"}
+    print(f"\nall-MiniLM-L6-v2, {data['cpu']}, {data['threads']} threads, 128 tokens, median "
+          f"of {data['repeats']} interleaved runs; held-out cosine = mean cosine of the "
+          "sentence embeddings to the dense float32 model's on lee.cor (in-domain)\n")
+    head = " | ".join(f"batch {b}" for b in batches)
+    print(f"| runtime | weights kept | {head} | vs OpenVINO f32 (batch {batches[0]}) | vs "
+          f"OpenVINO int8 | held-out cosine | WordSim353 |")
+    print("| --- | --- |" + " --- |" * len(batches) + " --- | --- | --- | --- |")
+    order = ["torch eager (float32)", "onnxruntime", "onnxruntime-int8", "openvino",
+             "openvino-default", "openvino-int8"]
+    order += [n for n in rows if n not in order]
+    b0 = batches[0]
+    for name in order:
+        r = rows.get(name)
+        if r is None:
+            continue
+        ms = " | ".join(f"{r['ms'][b]:.1f} ms" if b in r["ms"] else "-" for b in batches)
+        vs = f"{ov[b0] / r['ms'][b0]:.2f}x" if b0 in ov and b0 in r["ms"] else "-"
+        vs8 = f"{ov8[b0] / r['ms'][b0]:.2f}x" if b0 in ov8 and b0 in r["ms"] else "-"
+        kept = f"{r['weights_kept']:.2f}" if "weights_kept" in r else "1.00"
+        label = names.get(name, name)
+        if name.startswith("ours"):
+            label = f"**{label}**"
+        print(f"| {label} | {kept} | {ms} | {vs} | {vs8} | {r['cosine']:.3f} | "
+              f"{r['wordsim353']:.3f} |")
+
+
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["readme"]:
+        int8_table()
         headline_table()
+        sys.exit(0)
+    if sys.argv[1:] == ["int8"]:
+        int8_table()
         sys.exit(0)
     quality_tables()
     finetune_tables()

@@ -45,17 +45,19 @@ def _run(bundle, inputs, emulate: bool):
     return subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=300)
 
 
-def _check(tmp_path, target, emulate: bool):
+def _check(tmp_path, target, emulate: bool, quantize=None):
+    from tetris_tvm.quantization import quantized_reference
+
     for name, model, x in _models():
         cm = tetris_tvm.compile(model, (x,), target=target, sparsity=0.5, block_size=(16, 16),
-                                progress=False)
+                                quantize=quantize, progress=False)
         bundle = cm.export_bundle(tmp_path / name)
         assert sorted(p.name for p in (bundle / "lib").iterdir()) == ["libtvm_ffi.so",
                                                                       "libtvm_runtime.so"]
         done = _run(bundle, [x.numpy()], emulate)
         assert done.returncode == 0, done.stderr
         assert "latency: median" in done.stdout
-        reference = cm.plan.apply(model, keep=False)
+        reference = quantized_reference(model, cm.plan)
         with torch.no_grad():
             want = reference(x).numpy()
         got = np.load(bundle / "output0.npy")
@@ -75,6 +77,17 @@ def test_aarch64_bundle_runs_under_emulation(tmp_path):
         pytest.skip(f"needs {' and '.join(missing)} (apt-get install g++-aarch64-linux-gnu "
                     "qemu-user)")
     _check(tmp_path, AARCH64, emulate=True)
+
+
+def test_aarch64_int8_bundle_runs_under_emulation(tmp_path):
+    """An int8 build for a board with the dot-product extension (``sdot``) matches its
+    fake-quantised reference under emulation."""
+    missing = [t for t in ("aarch64-linux-gnu-g++", "qemu-aarch64") if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"needs {' and '.join(missing)} (apt-get install g++-aarch64-linux-gnu "
+                    "qemu-user)")
+    target = {**AARCH64, "mattr": ["+neon", "+dotprod"]}
+    _check(tmp_path, target, emulate=True, quantize="int8")
 
 
 def test_target_arch():
