@@ -51,7 +51,7 @@ def _run_linear(dot_name, rows, k, n, block, density, *, dense=False, bias=True,
     x = (rng.standard_normal((rows, k)) * 2 + 0.3).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
     kq = K8.padded_k(k, k if dense else bk)
-    args = K8.int8_linear_args(q, scale, block, dense, b if bias else None)
+    args = K8.int8_linear_args(q, scale, block, dense, b if bias else None, threads=2)
     quant = K8.quantize_rows((rows, k), kq, dot, static=static, threads=2)
     lin = K8.int8_linear((rows, k), n, block, args[0].shape[0], dot, dense=dense,
                          bias=bias, activation=activation, threads=2)

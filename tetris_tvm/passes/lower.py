@@ -355,7 +355,7 @@ class LowerBlockSparse:
         outs = [relax.TensorType((rows, kq), dot.act_dtype), relax.TensorType((rows,), "float32"),
                 relax.TensorType((rows,), "int32")]
         quantized = bb.emit(relax.call_tir(qgv, [x], outs))
-        args = K8.int8_linear_args(qw, scale, block, dense, bias)
+        args = K8.int8_linear_args(qw, scale, block, dense, bias, threads=self.threads)
         func = K8.int8_linear(tuple(x_shape), w.shape[0], block, args[0].shape[0], dot,
                               dense=dense, bias=bias is not None, activation=act,
                               threads=self.threads)
