@@ -47,18 +47,6 @@ CACHE = Path(__file__).parent / "cache"
 SKIP = {"pooler.*": {"skip": True}}  # the pooler output is not the sentence embedding
 
 
-class PeerEncoder(torch.nn.Module):
-    """A peer runtime behind the encoder's interface, for the held-out evaluator."""
-
-    def __init__(self, peer: peers.PeerModel) -> None:
-        super().__init__()
-        self.peer = peer
-
-    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        out = self.peer(input_ids.numpy(), attention_mask.numpy())
-        return (torch.from_numpy(np.asarray(out[0])),)
-
-
 class WithMask(torch.nn.Module):
     """The encoder taking (input_ids, attention_mask) positionally (what is compiled to
     measure a build's own held-out quality on padded batches)."""
@@ -67,8 +55,9 @@ class WithMask(torch.nn.Module):
         super().__init__()
         self.m = model
 
-    def forward(self, ids: Any, mask: Any) -> Any:
-        return self.m(input_ids=ids, attention_mask=mask)[0]
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+        return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                      token_type_ids=token_type_ids)[0]
 
 
 class CompiledEncoder(torch.nn.Module):
@@ -206,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             peer = peers.build(variant, model, example, args.threads,
                                calibration=nncf_data if variant.endswith("int8") else None)
             peer_models[variant] = peer
-            record(variant, "peer", evaluator.evaluate(PeerEncoder(peer)),
+            module = peers.as_torch_module(peer, ["input_ids", "attention_mask"], as_tuple=True)
+            record(variant, "peer", evaluator.evaluate(module),
                    prepare_s=time.perf_counter() - start)
     for batch in args.batch:
         ids = zoo.minilm_inputs(tok, batch, 128)

@@ -1700,6 +1700,25 @@ def finetune_resume_without_dir(tmp):
     _ft(tmp, resume=True)
 
 
+@case("finetune", "error", r"cannot write the checkpoint")
+def finetune_checkpoint_on_a_full_disk(tmp):
+    """A checkpoint that cannot be written (a full disk) is an error in our words, and no
+    half-written file is left behind."""
+    torch = _torch()
+    real = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64")
+
+    torch.save = full_disk
+    try:
+        _ft(tmp, checkpoint_dir=tmp / "ck", checkpoint_every=2)
+    finally:
+        torch.save = real
+        if list((tmp / "ck").glob("*.tmp")):
+            raise Wrong("a half-written checkpoint was left behind")
+
+
 @case("finetune", "result")
 def finetune_result_compiles_to_reference(tmp):
     model, plan = _ft(tmp)

@@ -185,7 +185,7 @@ def test_deploy_tutorial(tmp_path: Path) -> None:
     s = _summary(proc.stdout)
     assert float(s["max_rel_diff"]) < 1e-4
     assert s["device_agrees"] == "True"
-    assert float(s["accuracy"]) > 0.3  # one-shot 75% block pruning of a 0.99 CNN: about 0.6
+    assert float(s["accuracy"]) > 0.97  # one-shot recovery keeps the 0.99 CNN near dense
     assert Path(s["so"]).exists() and (tmp_path / "mnist_cnn.so.tetris.json").exists()
     assert s["arm"] == ("skipped" if not cross else
                         "aarch64-ran" if qemu else "aarch64-built")

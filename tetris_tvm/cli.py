@@ -111,10 +111,13 @@ def _recovery(args: argparse.Namespace, quantize: str | None = None) -> dict[str
     on = args.recovery_default  # with calibration data, the command's recipe by default
     return {"calibration": calibration, "importance": args.importance,
             "reconstruct": on if args.reconstruct is None else args.reconstruct,
-            "allocation": args.allocation or ("sensitivity" if on else "uniform")}
+            "allocation": args.allocation or (args.recovery_allocation if on else "uniform")}
 
 
-def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0) -> None:
+def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0,
+                   allocation: str = "sensitivity") -> None:
+    """The quality-recovery flags; with ``default_calibrate`` > 0, zoo models calibrate by
+    default (reconstruction on, ``allocation`` per-layer sparsities)."""
     g = p.add_argument_group("quality recovery (one-shot, needs calibration data)")
     g.add_argument("--calibrate", type=int, default=default_calibrate, metavar="N",
                    help="zoo models: calibrate on N samples of the model's calibration split "
@@ -125,14 +128,14 @@ def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0) -> No
     g.add_argument("--importance", choices=("magnitude", "activation", "hessian"),
                    help="what TETRIS clusters (default: activation with calibration data)")
     on = default_calibrate > 0
-    p.set_defaults(recovery_default=on)
+    p.set_defaults(recovery_default=on, recovery_allocation=allocation)
     g.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
                    help="refit the kept weights layer by layer to the dense outputs (default: "
                    f"{'on' if on else 'off'} with calibration data)")
     g.add_argument("--allocation", choices=("uniform", "sensitivity"), default=None,
                    help="per-layer sparsities: all equal, or chosen on the calibration data to "
                    "meet --sparsity globally at the least output error (default: "
-                   f"{'sensitivity' if on else 'uniform'} with calibration data)")
+                   f"{allocation if on else 'uniform'} with calibration data)")
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -220,6 +223,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     )
     print(f"compiled in {time.perf_counter() - start:.1f} s\n")
     print(cm.report.format_table())
+    if args.model in ("minilm", "mnist-cnn"):
+        print(f"\nheld-out quality (data no step saw): {_zoo_quality(args.model, model, cm)}",
+              flush=True)
     if args.out:
         path = cm.export(args.out, cross_compiler=args.cross_compiler)
         print(f"\nwritten {path} (+ {path.name}.tetris.json)")
@@ -232,6 +238,25 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         cm.plan.save(args.save_plan)
         print(f"plan written to {args.save_plan}")
     return 0
+
+
+def _zoo_quality(name: str, model: Any, cm: Any) -> str:
+    """The held-out metric of a zoo model's build (measured on its reference, which the build
+    computes) next to the dense model's."""
+    from . import quality as q
+    from .quantization import quantized_reference
+
+    reference = quantized_reference(model, cm.plan)
+    if name == "mnist-cnn":
+        _, (hx, hy) = q.mnist_split()
+        got, dense = q.classifier_accuracy(reference, hx, hy), q.classifier_accuracy(model, hx, hy)
+        return f"accuracy {got:.3f} (dense {dense:.3f})"
+    from .zoo import load_minilm
+
+    evaluator = q.EncoderEvaluator(model, load_minilm()[1])
+    got = evaluator.evaluate(reference)
+    return (f"cosine to the dense embeddings {got['cosine']:.3f}, WordSim353 "
+            f"{got['wordsim353']:.3f} (dense {evaluator.dense['wordsim353']:.3f})")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -343,17 +368,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     dense = torch_out()
     rows = []
     fns: dict[str, Any] = {"torch eager (dense)": torch_out}
-    peer_names: list[str] = []
+    peer_quality: dict[str, str] = {}
     if args.peers:
-        from . import peers
-
-        for name, reason in peers.available().items():
-            if reason is not None:
-                print(f"{name}: skipped ({reason})")
-                continue
-            print(f"preparing {name} (dense) ...", flush=True)
-            fns[f"{name} (dense)"] = peers.runner(name, model, inputs, threads=args.threads)
-            peer_names.append(f"{name} (dense)")
+        peer_quality = _bench_peers(args, model, inputs, recovery, evaluate, names, fns)
     if recovery:
         print(f"quality recovery: {len(recovery['calibration'])} calibration batches, "
               f"reconstruct={recovery['reconstruct']}, allocation={recovery['allocation']}")
@@ -387,18 +404,74 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"\n{'variant':<22} {'ms':>8} {'speedup':>8}  quality on {where}")
     dq = ", ".join(f"{k} {dense_quality[k]:.3f}" for k in names) if evaluate else "-"
     print(f"{'torch eager (dense)':<22} {base * 1e3:>8.1f} {1.0:>8.2f}  {dq}")
-    for name in peer_names:
-        print(f"{name:<22} {times[name] * 1e3:>8.1f} {base / times[name]:>8.2f}  {dq}")
+    for name, quality_text in peer_quality.items():
+        print(f"{name:<22} {times[name] * 1e3:>8.1f} {base / times[name]:>8.2f}  "
+              f"{quality_text}")
     for s, quality, kept, rel in rows:
         t = times[f"tetris-tvm s={s}"]
         name = f"tetris-tvm s={s}"
         print(f"{name:<22} {t * 1e3:>8.1f} {base / t:>8.2f}  {quality} "
               f"(weights kept {kept:.2f}; compiled = reference to {rel:.1e})")
-    if peer_names:
-        best = min(peer_names, key=lambda k: times[k])
-        print(f"\nspeedups above are over torch eager; the best dense peer is {best} "
-              f"({times[best] * 1e3:.1f} ms)")
+    if peer_quality:
+        best = min(peer_quality, key=lambda k: times[k])
+        print(f"\nspeedups above are over torch eager; the fastest peer is {best} "
+              f"({times[best] * 1e3:.1f} ms): compare at equal quality")
     return 0
+
+
+def _bench_peers(args: argparse.Namespace, model: Any, inputs: tuple, recovery: dict,
+                 evaluate: Any, names: tuple, fns: dict[str, Any]) -> dict[str, str]:
+    """Every peer at every precision (float32, OpenVINO's default, int8), timed in ``fns``;
+    returns each one's quality, measured by running the peer itself on the held-out data."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from . import peers
+
+    found = peers.available()
+    minilm = args.model == "minilm"
+    example = (inputs[0], torch.ones_like(inputs[0])) if minilm else inputs
+    cal = recovery.get("calibration")
+    if cal is None and args.model in ("minilm", "mnist-cnn"):
+        from . import quality as q
+
+        if minilm:
+            from .zoo import load_minilm
+
+            cal = q.minilm_calibration(load_minilm()[1], n=256)
+        else:
+            cal = q.mnist_calibration(n=500)
+    nncf_data = None
+    if cal is not None:
+        nncf_data = [(b["input_ids"], b["attention_mask"]) if isinstance(b, dict)
+                     else (b if isinstance(b, (tuple, list)) else (b,)) for b in cal]
+    out: dict[str, str] = {}
+    for variant in peers.VARIANTS:
+        reason = found.get(variant.split("-")[0])
+        if variant == "openvino-int8" and reason is None:
+            if importlib.util.find_spec("nncf") is None:
+                reason = "nncf is not installed (pip install -e \".[peers]\")"
+            elif nncf_data is None:
+                reason = "needs calibration data (--calibration FILE)"
+        if reason is not None:
+            print(f"{variant}: skipped ({reason})")
+            continue
+        print(f"preparing {variant} ...", flush=True)
+        peer = peers.build(variant, model, example, threads=args.threads,
+                           calibration=nncf_data if variant.endswith("int8") else None)
+        fns[variant] = peer.timer(*(np.ascontiguousarray(x.numpy()) for x in example))
+        if evaluate is None:
+            got = peers.first_output(peer(*(x.numpy() for x in example)))
+            want = fns["torch eager (dense)"]()  # the dense model's output
+            diff = np.abs(got - want).max() / np.abs(want).max()
+            out[variant] = f"max rel. diff to dense {diff:.3g}"
+            continue
+        keywords = ["input_ids", "attention_mask"] if minilm else None
+        got = evaluate(peers.as_torch_module(peer, keywords, as_tuple=minilm))
+        out[variant] = ", ".join(f"{k} {got[k]:.3f}" for k in names)
+    return out
 
 
 def _hidden_layers(args: argparse.Namespace) -> Any:
@@ -589,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "accumulation; everything else stays float32); half types suit CUDA")
     quant_args(c)
     c.add_argument("--out", help="export the compiled model to this .so")
-    c.add_argument("--cross-compiler", help="e.g. aarch64-linux-gnu-gcc (with a matching --target)")
+    c.add_argument("--cross-compiler",
+                   help="e.g. aarch64-linux-gnu-g++ (with a matching --target)")
     c.add_argument("--bundle", metavar="DIR",
                    help="write a deploy bundle: the model, the TVM runtime for the target's "
                    "architecture and a C++ runner (no Python on the device)")
@@ -597,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for --bundle: the device's libtvm_runtime.so / libtvm_ffi.so (or the "
                    "apache-tvm wheels); default: this machine's TVM, or pip download")
     c.add_argument("--save-plan", help="write the plan used to this .npz")
-    _recovery_args(c)
+    _recovery_args(c, default_calibrate=256, allocation="uniform")
 
     t = _command(
         sub, "tune", _cmd_tune, model_args, pruning_args,
@@ -633,13 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sparsities to compile (0 = dense through the same path)")
     b.add_argument("--repeats", type=int, default=7, help="interleaved repeats")
     b.add_argument("--peers", action="store_true",
-                   help="also time ONNX Runtime and OpenVINO (dense, float32; pip install -e "
-                   "\".[peers]\")")
+                   help="also time ONNX Runtime and OpenVINO at every precision (float32, "
+                   "OpenVINO's default, int8), each with its own held-out quality (pip "
+                   "install -e \".[peers]\")")
     b.add_argument("--threads", type=int, default=2, help="torch threads")
     quant_args(b)
     b.add_argument("--streams", choices=("auto", "shared", "separate"), default="auto",
                    help="residual-stream permutations, as for compile")
-    _recovery_args(b, default_calibrate=512)
+    _recovery_args(b, default_calibrate=256, allocation="uniform")
 
     f = _command(
         sub, "finetune", _cmd_finetune, model_args,

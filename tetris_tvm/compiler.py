@@ -63,6 +63,9 @@ class Report:
     runtime_gathers: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
     tuned_kernels: int = 0  # kernels whose schedule came from a tuning database
+    # the compiled model's outputs against the dense torch model's on the example inputs
+    # (relative L2 error, cosine): what pruning (and int8) changed, before any held-out data
+    output_change: dict[str, float] = field(default_factory=dict)
     # one row per channel stream shared by several layers: separate vs shared permutation
     streams: list[dict[str, Any]] = field(default_factory=list)
 
@@ -89,6 +92,7 @@ class Report:
             "totals": self.totals,
             "skipped": self.skipped,
             "streams": self.streams,
+            "output_change": self.output_change,
         }
 
     def format_table(self) -> str:
@@ -123,6 +127,10 @@ class Report:
             f"{t['flops_kept_fraction']:.3f}, runtime gathers {t['runtime_gathers']}, "
             f"tuned kernels {t['tuned_kernels']}"
         )
+        if self.output_change:
+            c = self.output_change
+            lines.append(f"outputs on the example inputs vs the dense model: cosine "
+                         f"{c['cosine']:.4f}, relative error {c['relative_error']:.3g}")
         return "\n".join(lines)
 
 
@@ -761,12 +769,95 @@ def compile(  # noqa: A001 - the public name of the API contract
         lowered.report.tuned_kernels = tuned
     mod = schedule_module(mod, tgt)  # the rest: default schedules; then build-time marks
     executable = tvm.compile(mod, target=tgt)
+    cm = CompiledModel(executable, tgt, lowered.plan, lowered.report, lowered.meta, ir=mod)
     if tgt.kind.name == "cuda" and not tvm.cuda(0).exist:
         import warnings
 
         warnings.warn("compiled for CUDA, but this machine has no CUDA GPU: export the model "
                       "and run it on a machine with one (calling it here fails)", stacklevel=2)
-    return CompiledModel(executable, tgt, lowered.plan, lowered.report, lowered.meta, ir=mod)
+    elif _runs_here(tgt):
+        _measure_output_change(model, cm, example_inputs)
+    return cm
+
+
+def _runs_here(target: Any) -> bool:
+    """Whether a model built for ``target`` can run on this machine (same architecture and,
+    for llvm, this CPU or a generic one): only then does compile call it."""
+    import platform
+
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm":
+        return False
+    attrs = target.attrs
+    triple = str(attrs.get("mtriple", "") or "")
+    if triple and triple.split("-")[0] not in (platform.machine(), "x86_64"
+                                               if platform.machine() == "amd64" else ""):
+        return False
+    cpu = str(attrs.get("mcpu", "") or "")
+    return cpu in ("", "generic", codegen.llvm_get_system_cpu()) and not attrs.get("mattr")
+
+
+WARN_COSINE = 0.98
+"""compile warns when its outputs on the example inputs have a lower cosine to the dense
+model's (pruning without recovery data can cost a model most of its accuracy)."""
+
+
+def _measure_output_change(model: Any, cm: CompiledModel, example_inputs: Any) -> None:
+    """Record in ``cm.report`` how far the compiled outputs are from the dense torch model's
+    on the example inputs, and warn, with the way out, when they are far."""
+    import torch
+
+    from .frontend import to_torch_inputs
+
+    if not isinstance(model, torch.nn.Module):
+        return
+    inputs = to_torch_inputs(example_inputs)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            dense = model(*inputs)
+    except Exception:  # noqa: BLE001 - the comparison is a courtesy; the build stands
+        return
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    want = [t.float().reshape(-1) for t in _float_tensors(dense)]
+    got = [t.float().reshape(-1) for t in _float_tensors(cm(*inputs))]
+    if not want or len(want) != len(got):
+        return
+    a, b = torch.cat(got), torch.cat(want)
+    finite = torch.isfinite(a) & torch.isfinite(b)
+    a, b = a[finite], b[finite]
+    norm = float(b.norm())
+    if norm == 0.0 or a.numel() == 0:
+        return
+    cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    change = {"cosine": cosine, "relative_error": float((a - b).norm()) / norm}
+    cm.report.output_change = change
+    if cosine < WARN_COSINE:
+        import warnings
+
+        warnings.warn(
+            f"the compiled model's outputs on the example inputs are far from the dense "
+            f"model's (cosine {cosine:.3f}, relative error {change['relative_error']:.2f}): "
+            "pruning at this sparsity without recovery loses accuracy. Pass calibration="
+            "[example batches] (one-shot recovery, minutes), fine-tune with tetris_tvm."
+            "finetune, or lower the sparsity; check quality on held-out data", stacklevel=3)
+
+
+def _float_tensors(out: Any) -> list[Any]:
+    """The floating-point tensors of a model output (tensors, tuples, dicts, ModelOutputs)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict) or hasattr(out, "values") and not isinstance(out, (list, tuple)):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in _float_tensors(item)]
+    return []
 
 
 def _check_options(options: Mapping[str, Any]) -> None:

@@ -332,9 +332,9 @@ def _save(path: Path, state: dict[str, Any]) -> None:
         tmp.replace(path / _CKPT)  # never leaves a half-written checkpoint behind
     except (OSError, RuntimeError) as e:  # a full disk is torch's RuntimeError
         tmp.unlink(missing_ok=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OSError(f"cannot write the checkpoint to {path} (is the disk full?): "
-                      f"{first[:200]}; the last good checkpoint is kept") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed"
+        raise OSError(f"cannot write the checkpoint to {path}: {why} (is the disk full?); "
+                      "the last good checkpoint is kept") from None
 
 
 def _jsonable_block(block: Any) -> Any:

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PEERS", "VARIANTS", "PeerModel", "available", "build", "first_output",
+__all__ = ["PEERS", "VARIANTS", "PeerModel", "as_torch_module", "available", "build",
+           "first_output",
            "onnxruntime_model", "onnxruntime_runner", "openvino_model", "openvino_runner",
            "runner"]
 
@@ -236,6 +237,26 @@ def runner(name: str, model: Any, example_inputs: Any, threads: int = 2) -> Call
     if name == "openvino":
         return openvino_runner(model, example_inputs, threads)
     raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
+
+
+def as_torch_module(peer: PeerModel, keywords: Sequence[str] | None = None,
+                    as_tuple: bool = False) -> Any:
+    """``peer`` behind a torch module's interface (torch tensors in, torch out: its first
+    output, or with ``as_tuple`` all of them as a tuple), so that held-out evaluators written
+    for torch models measure the peer itself. ``keywords``: the keyword names the evaluator
+    passes (``input_ids``, ``attention_mask``), in the peer's input order."""
+    import torch
+
+    names = list(keywords or [])
+
+    class Peer(torch.nn.Module):
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            arrays = [a.numpy() for a in args] + [kwargs[n].numpy() for n in names
+                                                  if n in kwargs]
+            outs = tuple(torch.from_numpy(np.asarray(o)) for o in peer(*arrays))
+            return outs if as_tuple else outs[0]
+
+    return Peer().eval()
 
 
 def first_output(result: Sequence[Any] | Any) -> np.ndarray:

@@ -96,6 +96,10 @@ def main() -> None:
     took_ft = time.perf_counter() - start
     acc_ft = accuracy(model)
     print(f"fine-tuned ({args.steps} steps, {took_ft:.0f} s): {acc_ft:.4f}")
+    if acc_ft < acc_oneshot:
+        print(f"  (below one-shot: {args.steps} steps are too few for gradual pruning, which "
+              "starts from the dense model and ramps the sparsity up over the steps; run it "
+              "without --small, and docs/quality.md has what longer runs reach)")
     args.out.mkdir(parents=True, exist_ok=True)
     plan.save(args.out / "plan.npz")
 
