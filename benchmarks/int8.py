@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[name]["ms"][str(batch)] = t * 1e3
     _print_table(rows, args.batch)
     out = {"machine": platform.processor() or platform.machine(), "cpu": _cpu_name(),
+           "cpu_features": _cpu_features(),
            "threads": args.threads, "repeats": args.repeats, "block": [32, 32],
            "plans": {str(s): {k: plans[s].settings.get(k) for k in ("importance", "seconds")}
                      for s in args.sparsity},
@@ -245,6 +246,20 @@ def _peer_variants() -> list[tuple[str, str | None]]:
                 reason = "nncf is not installed (pip install -e \".[peers]\")"
         out.append((variant, reason))
     return out
+
+
+def _cpu_features() -> list[str]:
+    """The SIMD features that decide the int8 and bf16 paths (from /proc/cpuinfo)."""
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+              "amx_int8", "amx_bf16")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
 
 
 def _cpu_name() -> str:
