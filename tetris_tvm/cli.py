@@ -71,7 +71,9 @@ def _calibration(args: argparse.Namespace) -> Any:
     """Calibration batches from --calibration FILE (a torch-saved list of batches) or, for zoo
     models, --calibrate N samples of the model's calibration split (never its held-out one)."""
     path = getattr(args, "calibration", None)
-    n = getattr(args, "calibrate", 0) or 0
+    n = getattr(args, "calibrate", 0)
+    if n is None:  # the command's default: zoo models calibrate, others need --calibration
+        n = args.calibrate_default if args.model in ("minilm", "mnist-cnn") else 0
     if path:
         import torch
 
@@ -119,7 +121,7 @@ def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0,
     """The quality-recovery flags; with ``default_calibrate`` > 0, zoo models calibrate by
     default (reconstruction on, ``allocation`` per-layer sparsities)."""
     g = p.add_argument_group("quality recovery (one-shot, needs calibration data)")
-    g.add_argument("--calibrate", type=int, default=default_calibrate, metavar="N",
+    g.add_argument("--calibrate", type=int, default=None, metavar="N",
                    help="zoo models: calibrate on N samples of the model's calibration split "
                    f"(0 = off; default {default_calibrate})")
     g.add_argument("--calibration", metavar="FILE",
@@ -128,7 +130,8 @@ def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0,
     g.add_argument("--importance", choices=("magnitude", "activation", "hessian"),
                    help="what TETRIS clusters (default: activation with calibration data)")
     on = default_calibrate > 0
-    p.set_defaults(recovery_default=on, recovery_allocation=allocation)
+    p.set_defaults(recovery_default=on, recovery_allocation=allocation,
+                   calibrate_default=default_calibrate)
     g.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
                    help="refit the kept weights layer by layer to the dense outputs (default: "
                    f"{'on' if on else 'off'} with calibration data)")
@@ -339,8 +342,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = _load_any(args.model)
     inputs = _example_inputs(args, model)
-    if args.model not in ("minilm", "mnist-cnn") and not args.calibration:
-        args.calibrate = 0
     recovery = _recovery(args)
 
     from .calibration import model_output as first
@@ -677,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for --bundle: the device's libtvm_runtime.so / libtvm_ffi.so (or the "
                    "apache-tvm wheels); default: this machine's TVM, or pip download")
     c.add_argument("--save-plan", help="write the plan used to this .npz")
-    _recovery_args(c, default_calibrate=256, allocation="uniform")
+    _recovery_args(c, default_calibrate=256, allocation="sensitivity")
 
     t = _command(
         sub, "tune", _cmd_tune, model_args, pruning_args,

@@ -104,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = np.ascontiguousarray(images[pick]), labels[pick]
 
     # 2. one build for every batch size; without tutorial 01's plan, one-shot recovery on
-    #    calibration images (activation-aware TETRIS + refitted weights) keeps the accuracy
+    #    calibration images (activation-aware TETRIS, per-layer sparsities, refitted weights)
+    #    keeps the accuracy
     example = torch.from_numpy(images[:8])
     recovery = {} if plan is not None else {
         "calibration": quality.mnist_calibration(n=256 if args.small else 1000),
-        "reconstruct": True}
+        "reconstruct": True, "allocation": "sensitivity"}
     cm = tetris_tvm.compile(model, (example,), sparsity=None if plan else args.sparsity,
                             block_size=None if plan else (args.block, args.block), plan=plan,
                             dynamic_batch=True, progress=False, **recovery)
