@@ -107,7 +107,8 @@ def one_shot_plan(model: Any, tok: Any, ids: Any, sparsity: float) -> Any:
     start = time.perf_counter()
     plan = tetris_tvm.plan_model(model, (ids,), sparsity, (32, 32), overrides=SKIP,
                                  calibration=quality.minilm_calibration(tok, n=256),
-                                 importance="activation", reconstruct=True)
+                                 importance="activation", reconstruct=True,
+                                 allocation="uniform")
     plan.settings["seconds"] = time.perf_counter() - start
     plan.save(path)
     return plan

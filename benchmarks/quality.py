@@ -41,11 +41,14 @@ from tetris_tvm.bench import check_and_time  # noqa: E402
 RECIPES: list[tuple[str, dict[str, Any]]] = [
     ("element-wise magnitude", {"method": "element"}),
     ("element-wise + activation + reconstruction",
-     {"method": "element", "importance": "activation", "reconstruct": True}),
+     {"method": "element", "importance": "activation", "reconstruct": True,
+      "allocation": "uniform"}),
     ("block, no reorder", {"reorder": False}),
     ("TETRIS (magnitude)", {}),
-    ("+ activation-aware", {"importance": "activation"}),
-    ("+ reconstruction", {"importance": "activation", "reconstruct": True}),
+    ("+ activation-aware",
+     {"importance": "activation", "reconstruct": False, "allocation": "uniform"}),
+    ("+ reconstruction",
+     {"importance": "activation", "reconstruct": True, "allocation": "uniform"}),
     ("+ sensitivity allocation",
      {"importance": "activation", "reconstruct": True, "allocation": "sensitivity"}),
 ]

@@ -191,8 +191,10 @@ def test_refit_rows_never_worse_and_keeps_pruned_entries_zero():
 
 def test_reconstruction_lowers_every_layer_error_and_holds_masks(mlp):
     cal = _inputs((64, 48), n=4)
-    base = tetris_tvm.prune(mlp, 0.5, (8, 8), calibration=cal)
-    plan = tetris_tvm.prune(mlp, 0.5, (8, 8), calibration=cal, reconstruct=True)
+    base = tetris_tvm.prune(mlp, 0.5, (8, 8), calibration=cal, reconstruct=False,
+                            allocation="uniform")
+    plan = tetris_tvm.prune(mlp, 0.5, (8, 8), calibration=cal, reconstruct=True,
+                            allocation="uniform")
     assert set(plan.params) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc3.weight", "fc3.bias"}
     for name, lp in plan.items():
         np.testing.assert_array_equal(lp.mask, base[name].mask)  # masks fixed
@@ -331,3 +333,28 @@ def test_compile_with_calibration_plans_foldable_permutations(mlp):
         np.testing.assert_array_equal(plan[name].mask, cm.plan[name].mask)
     with pytest.raises(ValueError, match="either plan= or the recovery options"):
         tetris_tvm.compile(mlp, (x,), plan=plan, calibration=cal)
+
+
+def test_calibration_alone_turns_on_the_full_one_shot_recipe(mlp):
+    cal = _inputs((32, 48))
+    for plan in (tetris_tvm.prune(mlp, 0.5, (8, 8), calibration=cal),
+                 tetris_tvm.plan_model(mlp, (torch.randn(4, 48),), 0.5, (8, 8),
+                                       calibration=cal, progress=False)):
+        assert plan.settings["reconstruct"] is True
+        assert plan.settings["allocation"] == "sensitivity"
+        assert plan.settings["importance"] == "activation"
+    # an explicit choice wins; no calibration keeps plain magnitude pruning
+    plan = tetris_tvm.prune(mlp, 0.5, (8, 8), calibration=cal, reconstruct=False,
+                            allocation="uniform")
+    assert plan.settings["reconstruct"] is False and plan.settings["allocation"] == "uniform"
+    assert "allocation" not in tetris_tvm.prune(mlp, 0.5, (8, 8)).settings or \
+        tetris_tvm.prune(mlp, 0.5, (8, 8)).settings["allocation"] == "uniform"
+
+
+def test_far_output_warning_names_the_next_step(mlp):
+    x = torch.randn(4, 48)
+    with pytest.warns(UserWarning, match="Pass calibration"):
+        tetris_tvm.compile(mlp, (x,), sparsity=0.95, block_size=(8, 8))
+    with pytest.warns(UserWarning, match="one-shot recovery did not close the gap"):
+        tetris_tvm.compile(mlp, (x,), sparsity=0.95, block_size=(8, 8),
+                           calibration=_inputs((32, 48)), progress=False)

@@ -110,10 +110,10 @@ def _recovery(args: argparse.Namespace, quantize: str | None = None) -> dict[str
             raise SystemExit("error: --reconstruct, --allocation sensitivity and --importance "
                              "need calibration data: --calibrate N or --calibration FILE")
         return {}
-    on = args.recovery_default  # with calibration data, the command's recipe by default
+    # with calibration data, the command's full recipe unless a flag says otherwise
     return {"calibration": calibration, "importance": args.importance,
-            "reconstruct": on if args.reconstruct is None else args.reconstruct,
-            "allocation": args.allocation or (args.recovery_allocation if on else "uniform")}
+            "reconstruct": True if args.reconstruct is None else args.reconstruct,
+            "allocation": args.allocation or args.recovery_allocation}
 
 
 def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0,
@@ -129,16 +129,14 @@ def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0,
                    "of inputs or dicts of keyword inputs)")
     g.add_argument("--importance", choices=("magnitude", "activation", "hessian"),
                    help="what TETRIS clusters (default: activation with calibration data)")
-    on = default_calibrate > 0
-    p.set_defaults(recovery_default=on, recovery_allocation=allocation,
-                   calibrate_default=default_calibrate)
+    p.set_defaults(recovery_allocation=allocation, calibrate_default=default_calibrate)
     g.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
                    help="refit the kept weights layer by layer to the dense outputs (default: "
-                   f"{'on' if on else 'off'} with calibration data)")
+                   "on with calibration data)")
     g.add_argument("--allocation", choices=("uniform", "sensitivity"), default=None,
                    help="per-layer sparsities: all equal, or chosen on the calibration data to "
                    "meet --sparsity globally at the least output error (default: "
-                   f"{allocation if on else 'uniform'} with calibration data)")
+                   f"{allocation} with calibration data)")
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:

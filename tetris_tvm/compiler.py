@@ -322,8 +322,8 @@ def lower_model(
     dtype: str = "float32",
     calibration: Any = None,
     importance: str | None = None,
-    reconstruct: bool = False,
-    allocation: str = "uniform",
+    reconstruct: bool | None = None,
+    allocation: str | None = None,
     quantize: str | None = None,
     activations: str = "dynamic",
     progress: bool = True,
@@ -404,8 +404,8 @@ def plan_model(
     prune_options: Mapping[str, Any] | None = None,
     calibration: Any = None,
     importance: str | None = None,
-    reconstruct: bool = False,
-    allocation: str = "uniform",
+    reconstruct: bool | None = None,
+    allocation: str | None = None,
     progress: bool = True,
 ) -> Any:
     """The plan :func:`compile` would compute for ``model`` (same arguments), without
@@ -596,8 +596,8 @@ def _plan_imported(
     streams: str,
     calibration: Any,
     importance: str | None,
-    reconstruct: bool,
-    allocation: str,
+    reconstruct: bool | None,
+    allocation: str | None,
     progress: bool,
 ) -> tuple[Any, Any, list[dict[str, Any]]]:
     """The plan for an imported model (computed by :func:`~tetris_tvm.passes.plan_graph`
@@ -612,12 +612,19 @@ def _plan_imported(
         missing = [n for n in plan if n not in imported.torch_names.values()]
         if missing:
             raise ValueError(f"plan has layers the model does not: {missing[:5]}")
-        if calibration is not None or reconstruct or allocation != "uniform":
+        if calibration is not None or reconstruct or allocation not in (None, "uniform"):
             raise ValueError("give either plan= or the recovery options (calibration, "
                              "reconstruct, allocation), not both: a given plan is used as it is")
     setup = None
+    from .oneshot import recovery_defaults
+
+    if sparsity == 0 and not overrides:  # nothing pruned: calibration only sets int8 ranges
+        reconstruct = bool(reconstruct)
+        allocation = allocation or "uniform"
+    importance, reconstruct, allocation = recovery_defaults(
+        calibration, importance, reconstruct, allocation)
     if plan is None and (calibration is not None or reconstruct or allocation != "uniform"
-                         or importance not in (None, "magnitude")):
+                         or importance != "magnitude"):
         import torch
 
         if not isinstance(model, torch.nn.Module):
@@ -754,9 +761,11 @@ def compile(  # noqa: A001 - the public name of the API contract
             dense and every other op stay float32.
         calibration, importance, reconstruct, allocation: quality recovery for a computed
             plan, as in :func:`tetris_tvm.prune` (calibration batches are run through the
-            torch model; the plan still only permutes what the graph can fold away).
-            ``cm.plan`` then carries the refitted weights, and the compiled model computes
-            the model with ``cm.plan.params`` and the masks applied.
+            torch model; the plan still only permutes what the graph can fold away). With
+            calibration data the defaults are the full one-shot recipe: activation-aware
+            importance, reconstruction and sensitivity allocation. ``cm.plan`` then carries
+            the refitted weights, and the compiled model computes the model with
+            ``cm.plan.params`` and the masks applied.
         progress: show progress bars for the recovery steps.
     """
     import tvm
@@ -842,9 +851,21 @@ def _measure_output_change(model: Any, cm: CompiledModel, example_inputs: Any) -
         warnings.warn(
             f"the compiled model's outputs on the example inputs are far from the dense "
             f"model's (cosine {cosine:.3f}, relative error {change['relative_error']:.2f}): "
-            "pruning at this sparsity without recovery loses accuracy. Pass calibration="
-            "[example batches] (one-shot recovery, minutes), fine-tune with tetris_tvm."
-            "finetune, or lower the sparsity; check quality on held-out data", stacklevel=3)
+            f"{_way_out(cm.plan)}; check quality on held-out data", stacklevel=3)
+
+
+def _way_out(plan: Any) -> str:
+    """What to try next when a build's outputs are far from the dense model's."""
+    settings = getattr(plan, "settings", {}) or {}
+    if settings.get("finetune"):
+        return ("the fine-tuned plan has not recovered the dense outputs: train longer, lower "
+                "the sparsity or use smaller blocks")
+    if settings.get("calibration_batches"):
+        return ("one-shot recovery did not close the gap at this sparsity: fine-tune with "
+                "tetris_tvm.finetune, lower the sparsity or use smaller blocks")
+    return ("pruning at this sparsity without recovery loses accuracy. Pass calibration="
+            "[example batches] (one-shot recovery, minutes), fine-tune with "
+            "tetris_tvm.finetune, or lower the sparsity")
 
 
 def _float_tensors(out: Any) -> list[Any]:

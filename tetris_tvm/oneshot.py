@@ -27,7 +27,22 @@ from .reconstruct import reconstruct as reconstruct_plan
 from .reconstruct import refit_rows
 from .reorder import SOLVERS, check_block_size, check_sparsity, prune_elementwise, prune_weight
 
-__all__ = ["prune", "RecoverySetup", "prepare_recovery"]
+__all__ = ["prune", "RecoverySetup", "prepare_recovery", "recovery_defaults"]
+
+
+def recovery_defaults(
+    calibration: Any, importance: str | None, reconstruct: bool | None, allocation: str | None
+) -> tuple[str, bool, str]:
+    """``(importance, reconstruct, allocation)`` with the unset (``None``) ones chosen by
+    whether calibration data is given: with it, the full one-shot recipe (activation-aware
+    importance, reconstruction, sensitivity allocation), since calibration data alone with
+    uniform sparsity leaves most of the loss in place; without it, magnitude pruning."""
+    given = calibration is not None
+    return (
+        importance if importance is not None else ("activation" if given else "magnitude"),
+        bool(reconstruct) if reconstruct is not None else given,
+        allocation if allocation is not None else ("sensitivity" if given else "uniform"),
+    )
 
 
 @dataclass
@@ -90,17 +105,18 @@ def prepare_recovery(
     *,
     calibration: Any = None,
     importance: str | None = None,
-    allocation: str = "uniform",
-    reconstruct: bool = False,
+    allocation: str | None = None,
+    reconstruct: bool | None = None,
     method: str = "tetris",
     overrides: Mapping[str, Any] | None = None,
     damp: float = 0.01,
     sensitivity_batches: int = 2,
     progress: bool = False,
 ) -> RecoverySetup:
-    """Check the recovery options and measure what they need on the calibration data."""
-    if importance is None:
-        importance = "activation" if calibration is not None else "magnitude"
+    """Check the recovery options (unset ones as :func:`recovery_defaults`) and measure what
+    they need on the calibration data."""
+    importance, reconstruct, allocation = recovery_defaults(
+        calibration, importance, reconstruct, allocation)
     if importance not in IMPORTANCE:
         raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
     if allocation not in ALLOCATIONS:
@@ -154,8 +170,8 @@ def prune(
     *,
     calibration: Any = None,
     importance: str | None = None,
-    reconstruct: bool = False,
-    allocation: str = "uniform",
+    reconstruct: bool | None = None,
+    allocation: str | None = None,
     reorder: bool = True,
     method: str = "tetris",
     solver: str = "assign",
@@ -179,10 +195,12 @@ def prune(
             (OBS saliency); see :mod:`tetris_tvm.importance`.
         reconstruct: refit the kept weights and biases layer by layer so each pruned layer
             reproduces the dense layer's output on the calibration data; the plan carries
-            the refitted values (``plan.params``) and ``plan.apply`` sets them.
+            the refitted values (``plan.params``) and ``plan.apply`` sets them. Default:
+            on when ``calibration`` is given.
         allocation: ``"uniform"`` (every layer at ``sparsity``) or ``"sensitivity"``
             (per-layer sparsities chosen on the calibration data to meet the global target
-            at the least output error; the plan's table shows each layer's).
+            at the least output error; the plan's table shows each layer's). Default:
+            ``"sensitivity"`` when ``calibration`` is given, else ``"uniform"``.
         reorder, method, solver, balanced, overrides, permute: as
             :func:`tetris_tvm.plan.plan_layers` (``method="element"``: unstructured pruning,
             the accuracy anchor; it uses the importance scores too).
@@ -201,6 +219,8 @@ def prune(
     check_block_size(block_size, "prune")
     if solver not in SOLVERS:
         raise ValueError(f"prune: solver must be one of {SOLVERS}, got {solver!r}")
+    importance, reconstruct, allocation = recovery_defaults(
+        calibration, importance, reconstruct, allocation)
     setup = prepare_recovery(
         model, sparsity, block_size, calibration=calibration, importance=importance,
         allocation=allocation, reconstruct=reconstruct, method=method, overrides=overrides,
