@@ -146,8 +146,10 @@ def _max_pool2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         # ceil_mode windows may reach past the explicit padding: pad them with -inf too
         after_h = max(pb, (out_h - 1) * sh + (kh - 1) * dh + 1 - h - pt)
         after_w = max(pr, (out_w - 1) * sw + (kw - 1) * dw + 1 - w - pl)
-        padded = topi.nn.pad(x, [0, 0, pt, pl], [0, 0, after_h, after_w],
-                             pad_value=tirx.const(float("-inf"), x.dtype))
+        padded = x
+        if pt or pl or after_h or after_w:  # no stage (a full copy) when nothing is padded
+            padded = topi.nn.pad(x, [0, 0, pt, pl], [0, 0, after_h, after_w],
+                                 pad_value=tirx.const(float("-inf"), x.dtype))
         rh = te.reduce_axis((0, kh), name="rh")
         rw = te.reduce_axis((0, kw), name="rw")
         return te.compute(
