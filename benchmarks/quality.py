@@ -119,7 +119,8 @@ def run_compiled(w: Workload, s: float, b: int, dense_cm: Any, repeats: int) -> 
 
 
 def fmt(row: dict[str, Any]) -> str:
-    keys = [k for k in ("cosine", "pair_spearman", "wordsim353", "simlex999", "accuracy",
+    keys = [k for k in ("cosine", "cosine_conversation", "cosine_technical", "cosine_ood",
+                        "pair_spearman", "wordsim353", "simlex999", "accuracy",
                         "retained_l1", "seconds", "ms_pruned", "ms_torch_eager") if k in row]
     return ", ".join(f"{k} {row[k]:.3f}" for k in keys)
 

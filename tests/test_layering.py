@@ -19,8 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tetris_tvm"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("version workarounds", ("_compat",)),
     ("algorithm", ("reorder", "assignment", "_auction")),
-    ("torch side", ("plan", "calibration", "importance", "reconstruct", "allocation", "oneshot",
-                    "quantization",
+    ("torch side", ("plan", "calibration", "holdout", "importance", "reconstruct", "allocation",
+                    "oneshot", "quantization",
                     "finetuning", "zoo", "quality", "profiling")),
     ("compute definitions", ("kernels",)),
     ("frontend and passes", ("frontend", "passes")),

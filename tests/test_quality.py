@@ -22,6 +22,51 @@ def test_text_split_is_fixed_and_disjoint():
     assert quality.text_split() == split
 
 
+def test_out_of_domain_sets_share_nothing_with_training_or_calibration():
+    split = quality.text_split()
+    sets = quality.out_of_domain()
+    assert set(sets) == set(quality.OUT_OF_DOMAIN)
+    seen = set(split.train) | set(split.heldout)
+    for name, sents in sets.items():
+        assert 200 <= len(sents) <= 256, name
+        assert not set(sents) & seen, name
+        assert all(len(s.split()) >= 5 for s in sents), name
+    assert not set(sets["conversation"]) & set(sets["technical"])
+    assert quality.out_of_domain() == sets  # fixed
+
+
+def test_prose_sentences_leave_out_code_and_headings():
+    text = "Title\n=====\n\nThe estimator fits a linear model to the data.\n\n" \
+           ">>> fit(X, y)\n\n.. note:: ignored\n\nUse X_train = f(x) for this one."
+    assert quality._prose_sentences(text) == ["The estimator fits a linear model to the data."]
+
+
+def test_evaluator_reports_each_domain():
+    class Echo:  # an "encoder" whose hidden state is a hash of the tokens
+        def __call__(self, input_ids, attention_mask):
+            import torch
+
+            g = torch.Generator().manual_seed(0)
+            table = torch.randn(1000, 8, generator=g)
+            return (table[input_ids % 1000] * (1 + 0 * attention_mask[..., None]),)
+
+    class Tok:
+        def __call__(self, sents, **_):
+            import torch
+
+            ids = [[hash(w) % 1000 for w in s.split()][:6] for s in sents]
+            n = max(len(i) for i in ids)
+            return {"input_ids": torch.tensor([i + [0] * (n - len(i)) for i in ids]),
+                    "attention_mask": torch.tensor([[1] * len(i) + [0] * (n - len(i))
+                                                    for i in ids])}
+
+    ev = quality.EncoderEvaluator(Echo(), Tok(), sentences=["a b c d e", "f g h i j"],
+                                  word_sets=(), other_domains={"chat": ["k l m n o"]})
+    got = ev.evaluate(Echo())
+    assert got["cosine"] == pytest.approx(1.0) and got["cosine_chat"] == pytest.approx(1.0)
+    assert got["cosine_ood"] == pytest.approx(1.0) and ev.dense["cosine_chat"] == 1.0
+
+
 def test_word_pairs_parse_the_human_scores():
     ws = quality.word_pairs("wordsim353")
     sl = quality.word_pairs("simlex999")

@@ -358,3 +358,53 @@ def test_far_output_warning_names_the_next_step(mlp):
     with pytest.warns(UserWarning, match="one-shot recovery did not close the gap"):
         tetris_tvm.compile(mlp, (x,), sparsity=0.95, block_size=(8, 8),
                            calibration=_inputs((32, 48)), progress=False)
+
+
+def test_holdout_split_keeps_a_quarter_back():
+    from tetris_tvm.holdout import split_holdout
+
+    fit, held = split_holdout(as_batches([torch.randn(4, 48) for _ in range(8)]))
+    assert (len(fit), len(held)) == (6, 2)
+    fit, held = split_holdout(as_batches([{"input_ids": torch.zeros(16, 5, dtype=torch.long),
+                                           "attention_mask": torch.ones(16, 5)}]))
+    assert fit[0].size == 12 and held[0].size == 4
+    assert held[0].token_mask is None or held[0].token_mask.shape == (4, 5)
+    assert split_holdout(as_batches([torch.randn(2, 48)]))[1] == []  # too small to split
+
+
+def test_recovery_worse_than_plain_tetris_on_held_back_inputs_is_refused(mlp):
+    from tetris_tvm.oneshot import prepare_recovery
+
+    cal = _inputs((64, 48), n=4)
+    setup = prepare_recovery(mlp, 0.5, (8, 8), calibration=cal)
+    assert len(setup.batches) == 3 and len(setup.held) == 1  # recovery never sees one
+    good = tetris_tvm.prune(mlp, 0.5, (8, 8), calibration=cal)
+    check = good.settings["holdout_check"]
+    assert "used" not in check and check["recovered"] <= check["plain"] and good.params
+    # a "recovered" plan that broke the model loses to plain TETRIS and is replaced
+    broken = good.with_params({k: np.zeros_like(v) for k, v in good.params.items()})
+    with pytest.warns(UserWarning, match="did worse than plain magnitude TETRIS"):
+        used = setup.keep_better(mlp, broken, lambda: tetris_tvm.prune(mlp, 0.5, (8, 8)))
+    assert used.settings["holdout_check"]["used"] == "plain" and not used.params
+    assert used.settings["reconstruct"] is False
+
+
+def test_scarce_calibration_rows_are_warned_about(mlp):
+    with pytest.warns(UserWarning, match="fewer calibration rows"):
+        tetris_tvm.prune(mlp, 0.5, (8, 8), calibration=[torch.randn(16, 48)],
+                         reconstruct=True, allocation="uniform")
+
+
+def test_refit_with_a_dense_prior_tends_to_plain_pruning_as_damping_grows():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(6, 10))
+    x = rng.normal(size=(40, 10))
+    keep = rng.random((6, 10)) < 0.5
+    h = x.T @ x
+    heavy = refit_rows(w, keep, h, damp=1e6, prior="dense").weight
+    np.testing.assert_allclose(heavy, w * keep, atol=1e-3)
+    light = refit_rows(w, keep, h, damp=1e-6, prior="dense")
+    assert light.after < light.before  # little damping: the least-squares refit
+    assert np.all(light.weight[~keep] == 0.0)
+    with pytest.raises(ValueError, match="prior"):
+        refit_rows(w, keep, h, prior="mean")

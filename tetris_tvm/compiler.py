@@ -638,6 +638,7 @@ def _plan_imported(
             allocation=allocation, reconstruct=reconstruct, method=method,
             overrides=overrides, progress=progress,
         )
+        user_overrides = overrides
         overrides = setup.overrides(overrides)
 
     def compute_plan() -> tuple[Any, list[dict[str, Any]]]:
@@ -665,6 +666,15 @@ def _plan_imported(
 
             plan, rows = reconstruct_plan(model, plan, setup.batches, progress=progress)
             plan.settings["reconstruction"] = rows
+
+        def plain() -> Any:
+            return plan_graph(imported.mod, imported.weights, imported.torch_names,
+                              eligible=eligible, sparsity=sparsity, block_size=block_size,
+                              prune_options=prune_options, allow_gathers=allow_gathers,
+                              overrides=user_overrides, streams=streams, scores=None,
+                              progress=False)[0]
+
+        plan = setup.keep_better(model, plan, plain)
     elif plan is None:
         plan, stream_report = compute_plan()
     plan = _canonical(plan, imported.aliases)

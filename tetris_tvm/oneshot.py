@@ -14,13 +14,13 @@ closer to the dense one, each optional and each measured in ``docs/quality.md``:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .allocation import ALLOCATIONS, allocate, measure_costs, sparsity_grid
-from .calibration import CalibrationBatch, InputGram, as_batches, layer_modules
+from .calibration import CalibrationBatch, InputGram, as_batches, layer_modules, run_batch
 from .importance import IMPORTANCE, layer_importance
 from .plan import PruningPlan, clamp_block, plan_layers, select_layers
 from .reconstruct import reconstruct as reconstruct_plan
@@ -59,6 +59,35 @@ class RecoverySetup:
     sparsities: dict[str, float] | None
     importance: str
     allocation: str
+    held: list[CalibrationBatch] = field(default_factory=list)
+    """calibration inputs held back from every recovery step, to check it on."""
+
+    def keep_better(self, model: Any, recovered: PruningPlan,
+                    plain: Callable[[], PruningPlan]) -> PruningPlan:
+        """``recovered``, unless the ``plain()`` plan (magnitude TETRIS, no recovery) has a
+        lower whole-model output error on the held-back inputs: then ``plain()`` with a
+        warning. Both errors go into the plan's settings (``"holdout_check"``)."""
+        if not self.held:
+            return recovered
+        from .holdout import output_error
+
+        alt = plain()
+        ours, theirs = output_error(model, recovered, self.held), output_error(
+            model, alt, self.held)
+        check = {"recovered": ours, "plain": theirs, "held_batches": len(self.held)}
+        if ours <= theirs:
+            recovered.settings["holdout_check"] = check
+            return recovered
+        import warnings
+
+        warnings.warn(
+            f"one-shot recovery did worse than plain magnitude TETRIS on the calibration "
+            f"inputs held back from it (relative output error {ours:.3g} vs {theirs:.3g}): "
+            "the plain plan is used. Give more and more varied calibration inputs",
+            stacklevel=3)
+        alt.settings.update(importance="magnitude", allocation="uniform", reconstruct=False,
+                            holdout_check={**check, "used": "plain"})
+        return alt
 
     def overrides(self, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
         """The user's overrides with the allocated sparsities added (they win)."""
@@ -91,7 +120,7 @@ def _refitter(
         if b is not None:
             flat = np.concatenate([flat, b[:, None].astype(np.float64)], axis=1)
             keep = np.concatenate([keep, np.ones((keep.shape[0], 1), dtype=bool)], axis=1)
-        new = refit_rows(flat, keep, grams[name].gram, damp=damp).weight
+        new = refit_rows(flat, keep, grams[name].gram, damp=damp, prior="dense").weight
         cols = int(np.prod(w.shape[1:]))
         return new[:, :cols].reshape(w.shape), (new[:, cols] if b is not None else None)
 
@@ -131,7 +160,13 @@ def prepare_recovery(
             raise ValueError(f"{', '.join(needs)} needs calibration data: pass calibration=[...]"
                              " (example inputs the model accepts)")
         return RecoverySetup(None, None, None, importance, allocation)
+    from .holdout import split_holdout
+
     batches = as_batches(calibration)
+    if len(batches) < 4:  # split by samples below: a batch the model refuses is named whole
+        for i, b in enumerate(batches):
+            run_batch(model, b, i)
+    batches, held = split_holdout(batches)
     todo, _ = select_layers(model, sparsity, block_size, overrides)
     names = [t[0] for t in todo]
     modules = layer_modules(model, names)
@@ -160,7 +195,7 @@ def prepare_recovery(
             sparsity_grid(sparsity), refit=refit, progress=progress,
         )
         sparsities = allocate(costs, sparsity)
-    return RecoverySetup(batches, scores, sparsities, importance, allocation)
+    return RecoverySetup(batches, scores, sparsities, importance, allocation, held)
 
 
 def prune(
@@ -236,4 +271,8 @@ def prune(
         assert setup.batches is not None
         plan, report = reconstruct_plan(model, plan, setup.batches, damp=damp, progress=progress)
         plan.settings["reconstruction"] = report
+    if method == "tetris":
+        plan = setup.keep_better(model, plan, lambda: plan_layers(
+            model, sparsity, block_size, reorder=reorder, method=method, solver=solver,
+            balanced=balanced, overrides=overrides, permute=permute))
     return plan

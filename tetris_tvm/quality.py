@@ -1,7 +1,7 @@
 """Held-out quality: real text and images that install offline, split once, and the metrics.
 
 Pruning and fine-tuning may only see the *calibration / training* side of every split; quality
-is only ever measured on the *held-out* side.
+is only ever measured on the *held-out* side, in the calibration's domain and out of it.
 
 Text (sentence embeddings, all-MiniLM-L6-v2):
 
@@ -9,11 +9,17 @@ Text (sentence embeddings, all-MiniLM-L6-v2):
   the ``gensim`` wheel (``pip install --no-deps gensim==4.4.0``; the files are found with
   ``importlib.util.find_spec``, gensim itself is never imported). Their sentences of five or
   more words are split by document: the background corpus is for calibration and training,
-  ``lee.cor`` is held out.
-- ``chatterbot-corpus`` (``pip install --no-deps chatterbot-corpus==1.3.3``) ships ~4.4k
-  English utterances as YAML: more training text, never evaluated on.
+  ``lee.cor`` is held out (the *in-domain* held-out set: same news source and style).
 - The standard library's ``pydoc_data.topics`` (Python's own documentation): more training
   text for distillation, present on every Python.
+- Out-of-domain held-out sets, from sources no calibration or training step reads:
+  ``"conversation"``, the English dialogues of ``chatterbot-corpus``
+  (``pip install --no-deps chatterbot-corpus==1.3.3``, short questions and answers), and
+  ``"technical"``, prose of scikit-learn's documentation (its dataset descriptions and the
+  summaries of its public docstrings, read from the installed package's source files without
+  importing it; scikit-learn comes with mlxtend). Python's documentation in the training
+  text is technical writing too, so ``"conversation"`` is the furthest from anything a
+  pruning step saw.
 - ``wordsim353.tsv`` and ``simlex999.txt`` (also in gensim's test data): word pairs with human
   similarity scores, an external benchmark no pruning step ever sees.
 
@@ -21,9 +27,11 @@ Images: mlxtend's 5000 MNIST digits, split class-balanced and fixed into 4000 fo
 and fine-tuning and 1000 held out.
 
 Metrics of a pruned encoder against its dense original on the held-out sentences:
-``cosine`` (mean cosine between pruned and dense sentence embeddings), ``pair_spearman``
-(Spearman of all pairwise sentence similarities against the dense model's), and Spearman of
-embedding cosine against the human scores on WordSim353 and SimLex-999.
+``cosine`` (mean cosine between pruned and dense sentence embeddings, in-domain),
+``cosine_conversation`` and ``cosine_technical`` (the same out of domain) and ``cosine_ood``
+(their mean), ``pair_spearman`` (Spearman of all pairwise in-domain sentence similarities
+against the dense model's), and Spearman of embedding cosine against the human scores on
+WordSim353 and SimLex-999.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,8 @@ __all__ = [
     "TextSplit",
     "split_sentences",
     "text_split",
+    "OUT_OF_DOMAIN",
+    "out_of_domain",
     "word_pairs",
     "mnist_split",
     "minilm_calibration",
@@ -119,6 +129,80 @@ def _pydoc_sentences() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+_DOC_SECTION = re.compile(
+    r"^\s*(Parameters|Returns|Attributes|See Also|Notes|Examples|References|Yields|Raises|"
+    r"Read more)\b", re.M)
+
+
+def _prose_sentences(text: str) -> list[str]:
+    """Sentences of the prose paragraphs of reStructuredText / a docstring (no headings,
+    directives, lists, tables or code; no sentence with code-like characters)."""
+    out: list[str] = []
+    for para in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in para.strip().splitlines()]
+        if not lines or lines[0].startswith((">>>", "..", ":", "|", "=", "-", "*", "+", "#")):
+            continue
+        if any(set(line) <= set("=-~^*+ ") for line in lines):  # a heading underline
+            continue
+        para = re.sub(r"[`*]|:\w+:", "", " ".join(lines))
+        for s in split_sentences(para):
+            if (5 <= len(s.split()) <= 60 and s[0].isupper() and s[-1] in ".!?"
+                    and not re.search(r"[{}\[\]=<>_]", s)):
+                out.append(s)
+    return out
+
+
+def _sklearn_doc_sentences() -> list[str]:
+    import ast
+
+    root = _package_dir("sklearn", "pip install scikit-learn (it comes with mlxtend)")
+    out: list[str] = []
+    for f in sorted((root / "datasets" / "descr").glob("*.rst")):
+        out += _prose_sentences(f.read_text(encoding="utf-8"))
+    for f in sorted(root.rglob("*.py")):
+        parts = f.relative_to(root).parts
+        if any(p.startswith(("_", "test")) for p in parts[:-1]):
+            continue
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)) and not getattr(
+                    node, "name", "").startswith("_"):
+                doc = ast.get_docstring(node)
+                if doc:
+                    out += _prose_sentences(_DOC_SECTION.split(doc)[0])
+    return list(dict.fromkeys(out))
+
+
+OUT_OF_DOMAIN = ("conversation", "technical")
+"""The out-of-domain held-out sets :func:`out_of_domain` returns."""
+
+
+@functools.lru_cache(maxsize=4)
+def out_of_domain(n: int = 256, seed: int = 0) -> dict[str, tuple[str, ...]]:
+    """``{name: sentences}`` of every out-of-domain held-out set (:data:`OUT_OF_DOMAIN`), at
+    most ``n`` sentences of five or more words each (a fixed sample), none of them in the
+    calibration or training text. A set whose package is missing is left out."""
+    seen = set(text_split().train)
+    sources: dict[str, Callable[[], list[str]]] = {
+        "conversation": lambda: [s for s in _chatterbot_utterances()
+                                 if len(s.split()) >= _MIN_WORDS],
+        "technical": _sklearn_doc_sentences,
+    }
+    out: dict[str, tuple[str, ...]] = {}
+    for name in OUT_OF_DOMAIN:
+        try:
+            pool = [s for s in sources[name]() if s not in seen]
+        except ImportError:
+            continue
+        rng = np.random.default_rng(seed)
+        picked = sorted(rng.choice(len(pool), min(n, len(pool)), replace=False))
+        out[name] = tuple(pool[i] for i in picked)
+    return out
+
+
 @dataclass(frozen=True)
 class TextSplit:
     """Disjoint sentence sets: ``calibration`` (to prune with), ``train`` (to fine-tune on,
@@ -131,17 +215,14 @@ class TextSplit:
 
 @functools.lru_cache(maxsize=4)
 def text_split(extra_train: bool = True) -> TextSplit:
-    """The fixed text split. ``calibration`` is the Lee background corpus; ``train`` adds the
-    chatterbot utterances and Python's documentation when ``extra_train``; ``heldout`` is
-    ``lee.cor``, minus any sentence that also occurs in a training source."""
+    """The fixed in-domain text split. ``calibration`` is the Lee background corpus; ``train``
+    adds Python's documentation when ``extra_train``; ``heldout`` is ``lee.cor``, minus any
+    sentence that also occurs in a training source. The out-of-domain held-out sets are
+    :func:`out_of_domain`."""
     data = _gensim_data()
     calibration = _corpus_sentences(data / "lee_background.cor")
     train = list(calibration)
     if extra_train:
-        try:
-            train += _chatterbot_utterances()
-        except ImportError:
-            pass
         train += _pydoc_sentences()
     train = list(dict.fromkeys(train))
     seen = set(train)
@@ -306,10 +387,12 @@ def embedding_metrics(dense: np.ndarray, pruned: np.ndarray) -> dict[str, float]
 class EncoderEvaluator:
     """Held-out metrics of (pruned) copies of one sentence encoder.
 
-    Built once per dense model: it embeds the held-out sentences and the word-pair sets with
-    the dense model, so every candidate is compared on the same data. ``evaluate(model)``
-    returns ``cosine``, ``pair_spearman``, ``wordsim353`` and ``simlex999`` (Spearman of
-    embedding cosine against the human scores); ``dense`` holds the dense model's values.
+    Built once per dense model: it embeds the held-out sentences (in-domain and every
+    out-of-domain set) and the word-pair sets with the dense model, so every candidate is
+    compared on the same data. ``evaluate(model)`` returns ``cosine`` and ``pair_spearman``
+    (in-domain), ``cosine_<set>`` for each out-of-domain set and ``cosine_ood`` (their mean),
+    and ``wordsim353`` / ``simlex999`` (Spearman of embedding cosine against the human
+    scores); ``dense`` holds the dense model's values.
     """
 
     def __init__(
@@ -318,18 +401,29 @@ class EncoderEvaluator:
         tokenizer: Any,
         sentences: Sequence[str] | None = None,
         word_sets: Sequence[str] = ("wordsim353", "simlex999"),
+        other_domains: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
+        """``sentences``: the in-domain held-out set (default ``lee.cor``);
+        ``other_domains``: ``{name: sentences}`` held out from other sources (default
+        :func:`out_of_domain`; ``{}`` for none)."""
         self.tokenizer = tokenizer
         self.sentences = list(text_split().heldout if sentences is None else sentences)
         if not self.sentences:
             raise ValueError("EncoderEvaluator needs at least one held-out sentence")
+        domains = out_of_domain() if other_domains is None else other_domains
+        self.other_domains = {name: list(s) for name, s in domains.items() if len(s)}
         self.word_sets = {name: word_pairs(name) for name in word_sets}
         words = sorted({w for ps in self.word_sets.values() for a, b, _ in ps for w in (a, b)})
         self.words = words
         self._word_index = {w: i for i, w in enumerate(words)}
         self.dense_sentences = sentence_embeddings(dense_model, tokenizer, self.sentences)
+        self.dense_domains = {name: sentence_embeddings(dense_model, tokenizer, s)
+                              for name, s in self.other_domains.items()}
         self.dense = self._word_scores(sentence_embeddings(dense_model, tokenizer, words))
         self.dense.update(cosine=1.0, pair_spearman=1.0)
+        if self.other_domains:
+            self.dense.update({f"cosine_{name}": 1.0 for name in self.other_domains},
+                              cosine_ood=1.0)
 
     def _word_scores(self, word_emb: np.ndarray) -> dict[str, float]:
         out = {}
@@ -344,6 +438,13 @@ class EncoderEvaluator:
         """Held-out metrics of ``model`` (a torch encoder with the dense model's interface)."""
         emb = sentence_embeddings(model, self.tokenizer, self.sentences)
         out = embedding_metrics(self.dense_sentences, emb)
+        ood = []
+        for name, sents in self.other_domains.items():
+            got = sentence_embeddings(model, self.tokenizer, sents)
+            out[f"cosine_{name}"] = float(np.mean(np.sum(self.dense_domains[name] * got, 1)))
+            ood.append(out[f"cosine_{name}"])
+        if ood:
+            out["cosine_ood"] = float(np.mean(ood))
         out.update(self._word_scores(sentence_embeddings(model, self.tokenizer, self.words)))
         return out
 
