@@ -274,6 +274,26 @@ def quality_tables(name: str = "quality.json") -> None:
                       f"{r['seconds']:.0f} | {ms} |")
 
 
+def calibration_size_table() -> None:
+    """One-shot recovery against the calibration set's size (benchmarks/calibration_size.py)."""
+    path = RESULTS / "calibration_size.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    print(f"\n{data['model']}, {data['block']}x{data['block']} blocks, sparsity "
+          f"{data['sparsity']}, the compiler's plan (plan_model), held-out cosine to the dense "
+          f"embeddings (`{data['command']}`)\n")
+    print("| calibration | in-domain | conversation | technical | held-back check: output "
+          "error recovered / plain | plan used | time (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in data["rows"]:
+        check = r.get("holdout_check") or {}
+        errors = (f"{check['recovered']:.3f} / {check['plain']:.3f}" if check else "-")
+        used = check.get("used", "recovered") if check else "plain (no calibration)"
+        print(f"| {r['calibration']} | {r['cosine']:.3f} | {r['cosine_conversation']:.3f} | "
+              f"{r['cosine_technical']:.3f} | {errors} | {used} | {r['seconds']:.0f} |")
+
+
 def finetune_tables() -> None:
     path = RESULTS / "finetune.json"
     if not path.exists():
@@ -388,6 +408,7 @@ if __name__ == "__main__":
         sys.exit(0)
     quality_tables()
     quality_tables("quality_domains.json")
+    calibration_size_table()
     finetune_tables()
     if sys.argv[1:] == ["quality"]:
         sys.exit(0)

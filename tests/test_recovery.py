@@ -408,3 +408,16 @@ def test_refit_with_a_dense_prior_tends_to_plain_pruning_as_damping_grows():
     assert np.all(light.weight[~keep] == 0.0)
     with pytest.raises(ValueError, match="prior"):
         refit_rows(w, keep, h, prior="mean")
+
+
+def test_calibration_for_a_dense_int8_build_only_sets_ranges(mlp, monkeypatch):
+    import tetris_tvm.oneshot as oneshot
+
+    def refuse(*a, **k):
+        raise AssertionError("no recovery for a dense build")
+
+    monkeypatch.setattr(oneshot, "prepare_recovery", refuse)
+    x = torch.randn(4, 48)
+    cm = tetris_tvm.compile(mlp, (x,), sparsity=0.0, quantize="int8", activations="static",
+                            calibration=_inputs((32, 48)), overrides={"fc3.*": {"skip": True}})
+    assert cm.plan.quantization and not cm.plan.params

@@ -618,13 +618,15 @@ def _plan_imported(
     setup = None
     from .oneshot import recovery_defaults
 
-    if sparsity == 0 and not overrides:  # nothing pruned: calibration only sets int8 ranges
+    prunes = sparsity > 0 or any((o or {}).get("sparsity") for o in (overrides or {}).values())
+    if not prunes:  # nothing pruned: calibration data only sets int8 ranges
+        importance = importance or "magnitude"
         reconstruct = bool(reconstruct)
         allocation = allocation or "uniform"
     importance, reconstruct, allocation = recovery_defaults(
         calibration, importance, reconstruct, allocation)
-    if plan is None and (calibration is not None or reconstruct or allocation != "uniform"
-                         or importance != "magnitude"):
+    if plan is None and prunes and (calibration is not None or reconstruct
+                                    or allocation != "uniform" or importance != "magnitude"):
         import torch
 
         if not isinstance(model, torch.nn.Module):

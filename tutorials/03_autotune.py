@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     # recovery, seconds); its plan is reused below so tuning sees exactly these kernels.
     t0 = time.perf_counter()
     default = tetris_tvm.compile(model, (images,), sparsity=args.sparsity, block_size=args.block,
-                                 calibration=mnist_calibration(n=500))
+                                 calibration=mnist_calibration(n=250))
     print(f"compiled with default schedules in {time.perf_counter() - t0:.0f} s "
           f"(runtime gathers: {default.report.totals['runtime_gathers']})")
     options = {"sparsity": args.sparsity, "block_size": args.block, "plan": default.plan}
