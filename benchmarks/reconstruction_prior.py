@@ -2,7 +2,7 @@
 
 MiniLM at 50% 32x32, activation-aware TETRIS (uniform), then layer-wise reconstruction with
 its damping pulling the refit towards zero (ridge) or towards the dense layer's kept weights,
-calibrated on 512 sentences of the news corpus (``calibration``) or of the whole training
+calibrated on 512 (``--n``) sentences of the news corpus (``calibration``) or of the whole training
 text (news and Python's documentation, ``train``). Held-out cosine in-domain and out of
 domain for each.
 
@@ -36,6 +36,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sources", nargs="+", default=["calibration", "train"])
     ap.add_argument("--priors", nargs="+", default=["zero", "dense"])
+    ap.add_argument("--n", type=int, default=512, help="calibration sentences")
     ap.add_argument("--json", type=Path,
                     default=Path("benchmarks/results/reconstruction_prior.json"))
     args = ap.parse_args()
@@ -45,7 +46,7 @@ def main() -> None:
     ev = quality.EncoderEvaluator(model, tok)
     rows = []
     for source in args.sources:
-        cal = quality.minilm_calibration(tok, n=512, source=source)
+        cal = quality.minilm_calibration(tok, n=args.n, source=source)
         base = tetris_tvm.prune(model, 0.5, (32, 32), overrides=SKIP, calibration=cal,
                                 importance="activation", reconstruct=False,
                                 allocation="uniform")
@@ -53,11 +54,12 @@ def main() -> None:
             start = time.perf_counter()
             plan, report = reconstruct(model, base, as_batches(cal), prior=prior)
             got = ev.evaluate(plan.apply(copy.deepcopy(model), keep=False))
-            rows.append({"source": source, "prior": prior,
+            rows.append({"source": source, "prior": prior, "sentences": args.n,
                          "seconds": time.perf_counter() - start, **got,
                          "damps": [r.get("damp") for r in report]})
             print(f"{source:<12} {prior:<6} in-domain {got['cosine']:.3f}  conversation "
-                  f"{got['cosine_conversation']:.3f}  technical {got['cosine_technical']:.3f}",
+                  f"{got['cosine_conversation']:.3f}  technical {got['cosine_technical']:.3f}  "
+                  f"WordSim353 {got['wordsim353']:.3f}",
                   flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"model": "all-MiniLM-L6-v2", "sparsity": 0.5,
