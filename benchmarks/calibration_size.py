@@ -19,6 +19,7 @@ the plain plan was used, and the seconds the planning took.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -70,7 +71,7 @@ def main() -> None:
                                          (args.block, args.block), overrides=SKIP,
                                          calibration=cal, progress=False)
         took = time.perf_counter() - start
-        got = ev.evaluate(plan.apply(__import__("copy").deepcopy(model), keep=False))
+        got = ev.evaluate(plan.apply(copy.deepcopy(model), keep=False))
         row = {"calibration": name, "seconds": took, **got,
                "holdout_check": plan.settings.get("holdout_check"),
                "warnings": [str(w.message)[:160] for w in caught]}

@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         record(name, "ours", own, compile_s=seconds,
                reference={k: v for k, v in ref_metrics.items()
                           if k.startswith("cosine") or k == "wordsim353"},
-               token_cosine={"compiled_vs_reference": _cos(got, want),
-                             "compiled_vs_float32": _cos(got, dense),
-                             "reference_vs_float32": _cos(want, dense)},
+               token_cosine={"compiled_vs_reference": quality.mean_row_cosine(got, want),
+                             "compiled_vs_float32": quality.mean_row_cosine(got, dense),
+                             "reference_vs_float32": quality.mean_row_cosine(want, dense)},
                weights_kept=cm.report.totals["weights_kept_fraction"],
                precision=cm.plan.quantization.get("scheme", "float32"),
                dot=cm.plan.quantization.get("dot"))
@@ -230,12 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     print(f"\nwritten {args.out}")
     return 0
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean cosine of the rows (tokens) of two hidden-state matrices."""
-    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1)
-                                             * np.linalg.norm(b, axis=1))))
 
 
 def _peer_variants() -> list[tuple[str, str | None]]:

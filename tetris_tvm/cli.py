@@ -396,9 +396,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         with torch.no_grad():
             ref = first(reference(*inputs)).numpy()
         if args.quantize:  # int8: two roundings of one model agree as vectors, not digits
-            a, b = out.reshape(-1, out.shape[-1]), ref.reshape(-1, ref.shape[-1])
-            agree = float(np.mean(np.sum(a * b, 1) / np.maximum(
-                np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)))
+            agree = q.mean_row_cosine(out.reshape(-1, out.shape[-1]),
+                                      ref.reshape(-1, ref.shape[-1]))
             rel = f"token cosine {agree:.4f}"
         else:
             rel = f"{float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12)):.1e}"

@@ -3,7 +3,7 @@
 Recovery (activation-aware importance, sensitivity allocation, reconstruction) fits the
 calibration inputs; judged on the same inputs it always looks better than plain magnitude
 pruning. :func:`split_holdout` keeps a quarter of the calibration inputs away from recovery,
-and :func:`output_error` measures a plan's whole-model output error on them, so the recovered
+and :func:`output_errors` measures plans' whole-model output error on them, so the recovered
 plan can be compared with the plain one on inputs neither saw.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from .calibration import CalibrationBatch, model_output, run_batch
 
-__all__ = ["split_holdout", "output_error"]
+__all__ = ["split_holdout", "output_errors"]
 
 
 def _rows(batch: CalibrationBatch, rows: slice) -> CalibrationBatch:
@@ -57,23 +57,27 @@ def split_holdout(
     return fit, held
 
 
-def output_error(model: Any, plan: Any, batches: Sequence[CalibrationBatch]) -> float:
-    """Relative squared error of the pruned model's output (``plan`` applied to a copy of
-    ``model``) against the dense model's, over ``batches`` (padding positions left out)."""
+def output_errors(model: Any, plans: Sequence[Any],
+                  batches: Sequence[CalibrationBatch]) -> list[float]:
+    """Relative squared error of each pruned model's output (a plan applied to a copy of
+    ``model``) against the dense model's, over ``batches`` (padding positions left out); the
+    dense outputs are computed once for all plans."""
     import torch
 
-    pruned = plan.apply(copy.deepcopy(model).eval(), keep=False)
     dense = copy.deepcopy(model).eval()  # the caller's model keeps its mode
-    num = den = 0.0
+    pruned = [plan.apply(copy.deepcopy(model).eval(), keep=False) for plan in plans]
+    num, den = [0.0] * len(plans), 0.0
     for i, batch in enumerate(batches):
         want = model_output(run_batch(dense, batch, i))
-        got = model_output(run_batch(pruned, batch, i))
-        if want is None or got is None:
+        if want is None:
             continue
-        want, got = want.float(), got.float()
+        want = want.float()
         mask = batch.token_mask
-        if mask is not None and tuple(want.shape[:mask.ndim]) == tuple(mask.shape):
-            want, got = want[mask], got[mask]
-        num += float(torch.sum((got - want) ** 2))
+        keep = mask is not None and tuple(want.shape[:mask.ndim]) == tuple(mask.shape)
+        if keep:
+            want = want[mask]
+        for k, m in enumerate(pruned):
+            got = model_output(run_batch(m, batch, i)).float()
+            num[k] += float(torch.sum(((got[mask] if keep else got) - want) ** 2))
         den += float(torch.sum(want ** 2))
-    return num / den if den > 0 else 0.0
+    return [n / den if den > 0 else 0.0 for n in num]

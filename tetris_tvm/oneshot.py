@@ -69,11 +69,10 @@ class RecoverySetup:
         warning. Both errors go into the plan's settings (``"holdout_check"``)."""
         if not self.held:
             return recovered
-        from .holdout import output_error
+        from .holdout import output_errors
 
         alt = plain()
-        ours, theirs = output_error(model, recovered, self.held), output_error(
-            model, alt, self.held)
+        ours, theirs = output_errors(model, [recovered, alt], self.held)
         check = {"recovered": ours, "plain": theirs, "held_batches": len(self.held)}
         if ours <= theirs:
             recovered.settings["holdout_check"] = check

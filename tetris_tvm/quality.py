@@ -61,6 +61,7 @@ __all__ = [
     "spearman",
     "sentence_embeddings",
     "embedding_metrics",
+    "mean_row_cosine",
     "EncoderEvaluator",
     "classifier_accuracy",
 ]
@@ -377,9 +378,21 @@ def _pairwise_upper(e: np.ndarray) -> np.ndarray:
     return sims[np.triu_indices(len(e), k=1)]
 
 
+def _mean_dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine of matching rows of two L2-normalised embedding matrices."""
+    return float(np.mean(np.sum(a * b, axis=1)))
+
+
+def mean_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine of matching rows (e.g. tokens' hidden states) of two matrices of any scale;
+    a zero row counts as cosine 0."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
+
+
 def embedding_metrics(dense: np.ndarray, pruned: np.ndarray) -> dict[str, float]:
     """``cosine`` and ``pair_spearman`` of normalised embeddings against the dense ones."""
-    cos = float(np.mean(np.sum(dense * pruned, axis=1)))
+    cos = _mean_dot(dense, pruned)
     pairs = spearman(_pairwise_upper(dense), _pairwise_upper(pruned))
     return {"cosine": cos, "pair_spearman": pairs}
 
@@ -441,7 +454,7 @@ class EncoderEvaluator:
         ood = []
         for name, sents in self.other_domains.items():
             got = sentence_embeddings(model, self.tokenizer, sents)
-            out[f"cosine_{name}"] = float(np.mean(np.sum(self.dense_domains[name] * got, 1)))
+            out[f"cosine_{name}"] = _mean_dot(self.dense_domains[name], got)
             ood.append(out[f"cosine_{name}"])
         if ood:
             out["cosine_ood"] = float(np.mean(ood))

@@ -155,17 +155,17 @@ def refit_validated(
     energy = max(float(np.einsum("ij,ij->", wd @ held[2], wd)), 1e-300)
     best: tuple[float, float, np.ndarray] | None = None
     for damp in damps:
-        trial = refit_rows(wd, keep, *fit, damp=damp, prior=prior).weight
-        err = np.minimum(_row_errors(trial, wd, *held), masked_err)
+        trial_err = _row_errors(refit_rows(wd, keep, *fit, damp=damp, prior=prior).weight,
+                                wd, *held)
+        err = np.minimum(trial_err, masked_err)
         if best is None or err.sum() < best[1]:
-            best = (damp, float(err.sum()), _row_errors(trial, wd, *held) < masked_err)
+            best = (damp, float(err.sum()), trial_err < masked_err)
     assert best is not None
     damp, held_err, better = best
     full = tuple(f + h for f, h in zip(fit, held, strict=True))
     res = refit_rows(wd, keep, *full, damp=damp, prior=prior)
-    res.weight[~better] = masked[~better]
-    before = _row_errors(masked, wd, *full)
-    res.after = float(np.where(better, _row_errors(res.weight, wd, *full), before).sum())
+    res.weight[~better] = masked[~better]  # those rows' errors become their masked ones
+    res.after = float(_row_errors(res.weight, wd, *full).sum())
     return res, {"damp": damp, "held_error_masked": float(masked_err.sum()) / energy,
                  "held_error_refit": held_err / energy}
 
