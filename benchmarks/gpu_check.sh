@@ -53,7 +53,7 @@ fi
 "$PY" -c "import tvm; print('tvm', tvm.__version__, 'cuda visible:', tvm.cuda(0).exist)"
 
 mkdir -p "$OUT"
-timeout 470 "$PY" "$ROOT/benchmarks/gpu_check.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+timeout "${GPU_CHECK_TIMEOUT:-470}" "$PY" "$ROOT/benchmarks/gpu_check.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
 rc=${PIPESTATUS[0]}
 echo "== gpu_check.py exit code $rc (0: all correct; 1: some case wrong; 124: timed out)"
 exit "$rc"

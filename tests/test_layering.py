@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tetris_tvm"
 
 # (layer, module prefixes), lowest first; the longest matching prefix decides
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("version workarounds", ("_compat",)),
+    ("version workarounds and IR keys", ("_compat", "attr_keys")),
     ("algorithm", ("reorder", "assignment", "_auction")),
     ("torch side", ("plan", "calibration", "holdout", "importance", "reconstruct", "allocation",
                     "oneshot", "quantization",

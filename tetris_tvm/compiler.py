@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._compat import quiet_vm_serialization
+from .attr_keys import Attr
 from .runtime import (
     META_SUFFIX,
     LoadedModel,
@@ -384,7 +385,7 @@ def lower_model(
     )
     with tgt:
         mod = passes(imported.mod)
-    gathers = mod.attrs.get("tetris.runtime_gathers") if mod.attrs is not None else None
+    gathers = mod.attrs.get(Attr.RUNTIME_GATHERS) if mod.attrs is not None else None
     report = _report(plan, lowered_layers(mod), int(gathers or 0), skipped)
     report.streams = list(stream_report)
     meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple,

@@ -25,6 +25,7 @@ from tetris_tvm.schedules.cuda import (
     half_weight_args,
     linear_tile,
 )
+from tetris_tvm.schedules.cuda._common import SHARED_BYTES
 from tetris_tvm.schedules.cuda.build import CudaKernel, compile_cuda, cuda_source, nvcc_compile
 from tetris_tvm.schedules.pipeline import default_rules as pipeline_rules
 from tetris_tvm.schedules.pipeline import schedule_module
@@ -175,6 +176,22 @@ def test_half_conv_builds(dtype, x_shape, stride):
     src = cuda_source(compile_cuda(func, cuda_target()))
     assert "__shared__" in src
     assert ("half" if dtype == "float16" else "nv_bfloat16") in src
+
+
+@pytest.mark.parametrize("dtype,staged", [("float32", False), ("float16", True)])
+def test_conv_stays_within_static_shared_memory(dtype, staged):
+    """A 3x3 32x32 float32 weight block (36 KiB) and a 64-pixel tile of a 56-wide image do not
+    fit 48 KiB together (ptxas refuses such a kernel): the weight is then read through L1."""
+    import re
+
+    bsr = random_bsr(np.random.default_rng(7), (128, 64 * 9), (32, 288), 0.5)
+    func = K.block_sparse_conv2d((8, 64, 56, 56), bsr, 3, padding=1, dtype=dtype)
+    src = cuda_source(compile_cuda(func, cuda_target()))
+    sizes = {"float": 4, "half": 2}
+    shared = sum(sizes[t] * int(n) for t, n in
+                 re.findall(r"__shared__ alignas\(\d+\) (\w+) \w+\[(\d+)\]", src))
+    assert 0 < shared <= SHARED_BYTES
+    assert ("w_data_shared" in src) == staged
 
 
 def test_dense_conv_builds():

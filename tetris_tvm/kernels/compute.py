@@ -30,6 +30,7 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as TB
 
+from ..attr_keys import Attr
 from .bsr import BSRMatrix
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
     "weight_format",
 ]
 
-KERNEL_ATTR = "tetris.kernel"
+KERNEL_ATTR = Attr.KERNEL
 """PrimFunc attribute naming the kernel kind (``bsr_linear``, ``ell_linear``, ``dense_linear``,
 ``bsr_conv2d``, ``ell_conv2d``, ``dense_conv2d``)."""
 
@@ -322,11 +323,11 @@ def _linear_common(
             TB.func_attr(
                 {
                     KERNEL_ATTR: kind,
-                    "tetris.block": [bn, bk],
-                    "tetris.rows": ROWS_HINT if dynamic else m,
-                    "tetris.out_features": n,
-                    "tetris.activation": activation or "none",
-                    **({"tetris.row_chunk": chunk} if chunk else {}),
+                    Attr.BLOCK: [bn, bk],
+                    Attr.ROWS: ROWS_HINT if dynamic else m,
+                    Attr.OUT_FEATURES: n,
+                    Attr.ACTIVATION: activation or "none",
+                    **({Attr.ROW_CHUNK: chunk} if chunk else {}),
                 }
             )
             x = TB.arg("x", T.Buffer(x_shape, F32))
@@ -586,13 +587,13 @@ def _conv_common(
             TB.func_attr(
                 {
                     KERNEL_ATTR: kind,
-                    "tetris.block": [bn, bk],
-                    "tetris.rows": qc,  # GEMM columns of one work item
-                    "tetris.out_features": geo.cout,
-                    "tetris.activation": activation or "none",
-                    "tetris.conv_mode": mode,
-                    "tetris.pixel_chunks": pc,
-                    **({} if dtype == F32 else {"tetris.dtype": dtype}),
+                    Attr.BLOCK: [bn, bk],
+                    Attr.ROWS: qc,  # GEMM columns of one work item
+                    Attr.OUT_FEATURES: geo.cout,
+                    Attr.ACTIVATION: activation or "none",
+                    Attr.CONV_MODE: mode,
+                    Attr.PIXEL_CHUNKS: pc,
+                    **({} if dtype == F32 else {Attr.DTYPE: dtype}),
                 }
             )
             x = TB.arg("x", T.Buffer((nbatch, geo.cin, geo.h, geo.w), dtype))

@@ -27,6 +27,7 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as TB
 
+from ..attr_keys import Attr
 from .bsr import BSRMatrix
 from .compute import KERNEL_ATTR, apply_activation, linear_weight_args, weight_format
 
@@ -105,11 +106,11 @@ def block_sparse_linear_fp16(
             TB.func_attr(
                 {
                     KERNEL_ATTR: f"{fmt}_linear",
-                    "tetris.block": [bn, bk],
-                    "tetris.rows": m,
-                    "tetris.out_features": n,
-                    "tetris.activation": activation or "none",
-                    "tetris.dtype": dtype,
+                    Attr.BLOCK: [bn, bk],
+                    Attr.ROWS: m,
+                    Attr.OUT_FEATURES: n,
+                    Attr.ACTIVATION: activation or "none",
+                    Attr.DTYPE: dtype,
                 }
             )
             x = TB.arg("x", T.Buffer(x_shape, dtype))

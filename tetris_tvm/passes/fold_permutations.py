@@ -21,6 +21,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..attr_keys import Attr
 from ._dataflow import (
     const_lookup,
     const_value,
@@ -47,7 +48,7 @@ class FoldPermutations:
         state = _Folder(mod["main"])
         new = rebuild_main(mod, state.rewrite, finish=state.finish, raw=True)
         self.runtime_gathers = state.emitted
-        return new.with_attr("tetris.runtime_gathers", state.emitted)
+        return new.with_attr(Attr.RUNTIME_GATHERS, state.emitted)
 
 
 class _Folder:

@@ -21,6 +21,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..attr_keys import Attr
 from ..kernels import compute as K
 from ..kernels.bsr import BSRMatrix
 from ..kernels.compute import shape_dims
@@ -38,7 +39,7 @@ from .prune import COMPOSITE_CONV2D, COMPOSITE_LINEAR
 
 __all__ = ["LOWERED_ATTR", "LowerBlockSparse", "LoweredLayer", "lowered_layers"]
 
-LOWERED_ATTR = "tetris.lowered_layers"
+LOWERED_ATTR = Attr.LOWERED_LAYERS
 """Module attribute where LowerBlockSparse records its layers (JSON, see lowered_layers)."""
 
 _ACTIVATIONS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"}
@@ -245,8 +246,8 @@ class LowerBlockSparse:
         bias: np.ndarray | None,
         act: str | None,
     ) -> relax.Call:
-        layer = str(comp.attrs["tetris.layer"])
-        block = tuple(int(b) for b in comp.attrs["tetris.block"])
+        layer = str(comp.attrs[Attr.LAYER])
+        block = tuple(int(b) for b in comp.attrs[Attr.BLOCK])
         call = _composite_call(comp)
         x_shape = shape_dims(x.ty.shape)  # dim 0 symbolic with a dynamic batch
         out_shape = shape_dims(out_ty.shape)

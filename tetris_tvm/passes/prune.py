@@ -29,6 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..attr_keys import Attr
 from ..plan import PruningPlan
 from ..reorder import LayerPlan
 from ._dataflow import rebuild_main, substitute
@@ -45,9 +46,9 @@ __all__ = [
     "pruned_layers",
 ]
 
-COMPOSITE_LINEAR = "tetris.linear"
-COMPOSITE_CONV2D = "tetris.conv2d"
-PRUNED_ATTR = "tetris.pruned_layers"
+COMPOSITE_LINEAR = Attr.LINEAR_COMPOSITE
+COMPOSITE_CONV2D = Attr.CONV2D_COMPOSITE
+PRUNED_ATTR = Attr.PRUNED_LAYERS
 """Module attribute where TetrisPrune records the layers it rewrote (JSON, see pruned_layers)."""
 
 
@@ -259,9 +260,9 @@ def _add_composite(
     name = f"tetris_{site.kind}_{safe}"
     attrs = {
         "Composite": composite,
-        "tetris.layer": site.torch_name,
-        "tetris.block": [int(b) for b in lp.block_size[:2]],
-        "tetris.balanced": bool(lp.balanced),
+        Attr.LAYER: site.torch_name,
+        Attr.BLOCK: [int(b) for b in lp.block_size[:2]],
+        Attr.BALANCED: bool(lp.balanced),
     }
     fbb = relax.BlockBuilder()
     with fbb.function(name, [xv], attrs=attrs, private=True):

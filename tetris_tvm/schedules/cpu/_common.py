@@ -8,6 +8,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
+from ...attr_keys import Attr
 from ..analysis import loop_extent
 from ..rule import KernelRule
 
@@ -47,8 +48,8 @@ class NormalizedRule(CPUScheduleRule):
 
 def tile_rows_domain(func: tirx.PrimFunc) -> int:
     """Rows one ``row`` block of a linear kernel computes: its row chunk, else all rows."""
-    chunk = func.attrs.get("tetris.row_chunk")
-    return int(chunk) if chunk else int(func.attrs["tetris.rows"])
+    chunk = func.attrs.get(Attr.ROW_CHUNK)
+    return int(chunk) if chunk else int(func.attrs[Attr.ROWS])
 
 
 def is_cpu(target: Target) -> bool:

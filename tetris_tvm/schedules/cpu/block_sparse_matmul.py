@@ -7,6 +7,7 @@ from typing import Any
 from tvm import s_tir, tirx
 from tvm.target import Target
 
+from ...attr_keys import Attr
 from ...kernels.compute import LINEAR_KINDS
 from ..analysis import child_blocks, kernel_kind, loop_extent, row_block
 from ._common import (
@@ -66,8 +67,8 @@ def schedule_linear(
     block-row is empty).
     """
     func = sch.mod["main"]
-    bn = int(func.attrs["tetris.block"][0])
-    chunk = func.attrs.get("tetris.row_chunk")
+    bn = int(func.attrs[Attr.BLOCK][0])
+    chunk = func.attrs.get(Attr.ROW_CHUNK)
     rows = tile_rows_domain(func)
     row = row_block(sch, schedule_pad)
     outer = sch.get_loops(row)
@@ -114,7 +115,7 @@ def schedule_linear(
     for blk in (init, store):
         unroll_vectorize_tile(sch, loops_below(sch, blk, mo))
     sch.annotate(mo, "pragma_loop_partition_hint", 1)
-    bk = int(func.attrs["tetris.block"][1])
+    bk = int(func.attrs[Attr.BLOCK][1])
     if prefetch is None:
         prefetch = prefetches_operand(rows, bk, target)
     if sparse and prefetch:
@@ -136,7 +137,7 @@ def linear_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
     with the operand prefetch (:mod:`.prefetch`) the other way round.
     """
     rows = tile_rows_domain(func)
-    bn = int(func.attrs["tetris.block"][0])
+    bn = int(func.attrs[Attr.BLOCK][0])
     default = linear_tile(rows, bn, target)
     half = 2 * vector_lanes(target)
     widths = [bn] + ([half] if half < bn and bn % half == 0 else [])
@@ -146,7 +147,7 @@ def linear_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
         for t in (1, 2, 3, 4, 6, 8)
         if (t, c) != default and t <= rows and t * c * 4 < STACK_BYTES and (t > 1 or c == bn)
     ]
-    bk = int(func.attrs["tetris.block"][1])
+    bk = int(func.attrs[Attr.BLOCK][1])
     sparse = kernel_kind(func) != "dense_linear"
     if not sparse:  # block = (bn, K); the reduction steps through K
         bk = dense_k_step(bk)

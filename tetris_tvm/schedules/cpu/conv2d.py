@@ -12,6 +12,7 @@ from typing import Any
 from tvm import s_tir, tirx
 from tvm.target import Target
 
+from ...attr_keys import Attr
 from ...kernels.compute import CONV_KINDS
 from ..analysis import child_blocks, kernel_kind
 from ._common import (
@@ -57,8 +58,8 @@ def schedule_conv2d(
     (None when every block-row is empty).
     """
     func = sch.mod["main"]
-    bn = int(func.attrs["tetris.block"][0])
-    pixels = int(func.attrs["tetris.rows"])
+    bn = int(func.attrs[Attr.BLOCK][0])
+    pixels = int(func.attrs[Attr.ROWS])
     root = child_blocks(sch, sch.get_sblock("root"))
     row = root["row"]
     lpc, ln, lnb = sch.get_loops(row)  # pixel chunk (1 unless implicit), image, block-row
@@ -91,7 +92,7 @@ def schedule_conv2d(
     sch.reorder(lpo, lio, *red, lii, lpi)
     sch.vectorize(lpi)
     sch.unroll(lii)
-    if str(func.attrs["tetris.conv_mode"]) == "implicit":
+    if str(func.attrs[Attr.CONV_MODE]) == "implicit":
         for tap in red[-2:]:  # kh x kw taps
             sch.unroll(tap)
     init = sch.decompose_reduction(update, red_outer)
@@ -112,8 +113,8 @@ def schedule_conv2d(
 
 def conv_configs(func: tirx.PrimFunc, target: Target) -> list[dict[str, Any]]:
     """Channel x pixel register tiles; the rule-table default first."""
-    bn = int(func.attrs["tetris.block"][0])
-    pixels = int(func.attrs["tetris.rows"])
+    bn = int(func.attrs[Attr.BLOCK][0])
+    pixels = int(func.attrs[Attr.ROWS])
     lanes = vector_lanes(target)
     default = conv_tile(bn, pixels, target)
     tiles = [default]

@@ -27,6 +27,8 @@ import tvm_ffi
 from tvm import tirx
 from tvm.target import Target
 
+from ...attr_keys import Attr
+
 __all__ = [
     "PREFETCH_ATTR",
     "ExpandOperandPrefetch",
@@ -34,7 +36,7 @@ __all__ = [
     "prefetches_operand",
 ]
 
-PREFETCH_ATTR = "tetris.prefetch_operand"
+PREFETCH_ATTR = Attr.PREFETCH_OPERAND
 """Loop annotation: prefetch the operand of the kept block this many iterations ahead."""
 
 _LINE_BYTES = 64

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+from tvm import DataType, s_tir, tirx
 from tvm.target import Target
 
+from ...attr_keys import Attr
 from ..analysis import child_blocks, fresh_schedule, kernel_kind, loop_extent, row_block
 
 __all__ = [
     "SHARED_BYTES",
     "dtype_bytes",
+    "shared_bytes",
     "bind_elementwise",
     "bind_register_tile",
     "bind_threads",
@@ -61,7 +63,7 @@ def max_threads(target: Target) -> int:
 
 def kernel_dtype(func: tirx.PrimFunc) -> str:
     """Operand dtype of a tetris kernel (``tetris.dtype``; float32 kernels carry none)."""
-    value = func.attrs.get("tetris.dtype") if func.attrs is not None else None
+    value = func.attrs.get(Attr.DTYPE) if func.attrs is not None else None
     return "float32" if value is None else str(value)
 
 
@@ -174,3 +176,25 @@ SHARED_BYTES = 48 * 1024
 
 def dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
+
+
+def shared_bytes(sch: s_tir.Schedule) -> int:
+    """Bytes of shared memory the blocks of ``sch`` allocate (what ptxas counts as the
+    kernel's static shared data)."""
+    total, todo = 0, [sch.get_sblock("root")]
+    while todo:
+        block = todo.pop()
+        for buf in sch.get(block).alloc_buffers:
+            if buf.scope() == "shared":
+                size = 1
+                for extent in buf.shape:
+                    size *= int(extent)
+                total += size * tvm_dtype_bytes(buf.dtype)
+        todo.extend(sch.get_child_blocks(block))
+    return total
+
+
+def tvm_dtype_bytes(dtype: object) -> int:
+    """Bytes of one element of a TVM dtype (``float16`` -> 2)."""
+    d = DataType(str(dtype))
+    return d.bits * d.lanes // 8

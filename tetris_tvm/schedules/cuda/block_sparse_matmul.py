@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 from tvm.target import Target
 
+from ...attr_keys import Attr
 from ...kernels.compute import LINEAR_KINDS
 from ..rule import KernelRule
 from ._common import (
@@ -103,10 +104,10 @@ def linear_tile(rows: int, bn: int, bk: int, dtype: str, target: Target) -> Line
 def schedule_linear(sch: s_tir.Schedule, target: Target, tile: LinearTile | None = None) -> None:
     """Schedule a ``*_linear`` kernel of :mod:`..kernels` (or :mod:`.kernels`) in place."""
     func = sch.mod["main"]
-    if func.attrs.get("tetris.row_chunk"):
+    if func.attrs.get(Attr.ROW_CHUNK):
         raise ValueError("row-chunked linear kernels are a CPU layout; build with row_chunk=None")
-    bn, bk = (int(v) for v in func.attrs["tetris.block"])
-    rows = int(func.attrs["tetris.rows"])
+    bn, bk = (int(v) for v in func.attrs[Attr.BLOCK])
+    rows = int(func.attrs[Attr.ROWS])
     dtype = kernel_dtype(func)
     row = row_block(sch, bind_elementwise)
     (lnb,) = sch.get_loops(row)
@@ -165,8 +166,8 @@ def linear_configs(func: tirx.PrimFunc, target: Target) -> list[LinearTile]:
     columns) and the unrolled reduction step; WMMA (float16 kernels): thread-block rows (a
     multiple of 16 dividing M) x 16x16 fragments per warp.
     """
-    rows = int(func.attrs["tetris.rows"])
-    bn, bk = (int(v) for v in func.attrs["tetris.block"])
+    rows = int(func.attrs[Attr.ROWS])
+    bn, bk = (int(v) for v in func.attrs[Attr.BLOCK])
     dtype = kernel_dtype(func)
     limit = max_threads(target)
     nbytes = dtype_bytes(dtype)

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 from tvm.target import Target
 
+from ...attr_keys import Attr
 from ...kernels.compute import CONV_KINDS
 from ..rule import KernelRule
 from ._common import (
+    SHARED_BYTES,
     bind_elementwise,
     bind_register_tile,
     child_blocks,
@@ -29,6 +31,7 @@ from ._common import (
     max_threads,
     read_index,
     row_block,
+    shared_bytes,
     stage_shared,
     unroll_loops,
 )
@@ -61,9 +64,9 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target, tile: ConvTile | None =
     """Schedule a ``*_conv2d`` kernel in place (see the module docstring); ``tile`` overrides
     the rule table (:func:`conv_tile`, tuning)."""
     func = sch.mod["main"]
-    bn = int(func.attrs["tetris.block"][0])
-    pixels = int(func.attrs["tetris.rows"])
-    implicit = str(func.attrs["tetris.conv_mode"]) == "implicit"
+    bn = int(func.attrs[Attr.BLOCK][0])
+    pixels = int(func.attrs[Attr.ROWS])
+    implicit = str(func.attrs[Attr.CONV_MODE]) == "implicit"
     dense = kernel_kind(func) == "dense_conv2d"
     row = row_block(sch, bind_elementwise, ("x_pad", "im2col", "y_slice"))
     sch.bind(sch.fuse(*sch.get_loops(row)), "blockIdx.y")  # pixel chunk, image, block-row
@@ -98,7 +101,13 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target, tile: ConvTile | None =
     sch.reverse_compute_at(store, po, preserve_unit_loops=True)
     sch.blockize(ty)
     stage_shared(sch, update, read_index(sch, update, None), (ty_n, tx_n))
-    stage_shared(sch, update, read_index(sch, update, "w_data"), (ty_n, tx_n))
+    # the weight block is staged too when both fit the static shared memory (a 3x3 32x32
+    # float32 block alone is 36 KiB); otherwise its reads, the same for every thread of a
+    # row, go through the L1 cache
+    trial = sch.copy()
+    stage_shared(trial, update, read_index(trial, update, "w_data"), (ty_n, tx_n))
+    if shared_bytes(trial) <= SHARED_BYTES:
+        stage_shared(sch, update, read_index(sch, update, "w_data"), (ty_n, tx_n))
     unroll_loops(sch, [*red[-2:], ci, pi], limit=16)
     unroll_loops(sch, sch.get_loops(init)[-2:])
     bind_register_tile(sch, store, (ty_n, tx_n))
@@ -107,8 +116,8 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target, tile: ConvTile | None =
 def conv_configs(func: tirx.PrimFunc, target: Target) -> list[ConvTile]:
     """Tile configurations for a conv kernel (pixels per thread block, channels x pixels per
     thread), the rule table's first."""
-    bn = int(func.attrs["tetris.block"][0])
-    pixels = int(func.attrs["tetris.rows"])
+    bn = int(func.attrs[Attr.BLOCK][0])
+    pixels = int(func.attrs[Attr.ROWS])
     limit = max_threads(target)
     configs = [conv_tile(bn, pixels)]
     for tile_p in sorted({largest_divisor(pixels, cap) for cap in (32, 64, 128, 256)}):
