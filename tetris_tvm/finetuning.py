@@ -31,24 +31,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .calibration import CalibrationBatch, as_batches, model_output
-from .importance import layer_importance
-from .plan import PruningPlan, plan_layers, remask_plan, select_layers
+from .gradual import GradualPruner, Planner, sparsity_at
+from .plan import PruningPlan
 from .reorder import check_block_size, check_sparsity
 
 __all__ = ["finetune", "sparsity_at", "FinetuneInterrupted", "Planner", "FinetuneConfig"]
-
-Planner = Callable[..., PruningPlan]
 _CKPT = "checkpoint.pt"
 
 
@@ -60,25 +57,6 @@ class FinetuneInterrupted(KeyboardInterrupt):
                          + (f"; resume from {checkpoint}" if checkpoint else ""))
         self.step = step
         self.checkpoint = checkpoint
-
-
-def sparsity_at(
-    step: int, steps: int, target: float, initial: float = 0.0, ramp: float = 0.6,
-    every: int = 1, schedule: str = "cubic",
-) -> float:
-    """The scheduled sparsity after ``step`` of ``steps`` (updated every ``every`` steps):
-    ``schedule="cubic"`` ramps as Zhu & Gupta, ``"linear"`` linearly, ``"oneshot"`` is the
-    target from the start; reaches ``target`` exactly at ``ramp * steps`` and stays there."""
-    if schedule == "oneshot":
-        return target
-    end = max(int(round(ramp * steps)), 1)
-    t = end if step >= end else (step // every) * every
-    frac = t / end
-    if schedule == "cubic":
-        return target + (initial - target) * (1.0 - frac) ** 3
-    if schedule == "linear":
-        return initial + (target - initial) * frac
-    raise ValueError(f"schedule must be 'cubic', 'linear' or 'oneshot', got {schedule!r}")
 
 
 @dataclass
@@ -100,7 +78,6 @@ class FinetuneConfig:
     importance_batches: int = 4
     seed: int = 0
     hidden_weight: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,43 +236,6 @@ def _output_loss(s: Any, t: Any, batch: CalibrationBatch, labels: Any,
 
 
 # ---------------------------------------------------------------------------------------------
-# planning and masks
-
-
-def _default_planner(block_size: Any, method: str) -> Planner:
-    def plan(model: Any, sparsity: float, scores: Mapping[str, np.ndarray] | None,
-             overrides: Mapping[str, Any] | None = None) -> PruningPlan:
-        return plan_layers(model, sparsity, block_size, method=method, overrides=overrides,
-                           scores=scores)
-
-    return plan
-
-
-def _scores(
-    model: Any, batches: Sequence[CalibrationBatch], names: Sequence[str], importance: str
-) -> dict[str, np.ndarray] | None:
-    if importance == "magnitude":
-        return None
-    return layer_importance(model, batches, names, importance)[1]
-
-
-def _enforce(model: Any, plan: PruningPlan, optimizer: Any = None) -> None:
-    """Pruned weights exactly zero, and their optimizer moments cleared."""
-    import torch
-
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, lp in plan.items():
-            p = params[name]
-            mask = torch.as_tensor(lp.mask, device=p.device).to(p.dtype)
-            p.mul_(mask)
-            if optimizer is not None:
-                for v in optimizer.state.get(p, {}).values():
-                    if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                        v.mul_(mask)
-
-
-# ---------------------------------------------------------------------------------------------
 # checkpoints and Ctrl-C
 
 
@@ -354,21 +294,6 @@ def _check_resume(path: Path, saved: Mapping[str, Any] | None, run: Mapping[str,
                          "checkpoint_dir")
 
 
-def _plan_state(plan: PruningPlan | None) -> Any:
-    if plan is None:
-        return None
-    return {"layers": {n: lp.to_state() for n, lp in plan.items()}, "settings": plan.settings}
-
-
-def _plan_from_state(state: Any) -> PruningPlan | None:
-    if state is None:
-        return None
-    from .reorder import LayerPlan
-
-    layers = {n: LayerPlan.from_state(s) for n, s in state["layers"].items()}
-    return PruningPlan(layers=layers, settings=dict(state["settings"]))
-
-
 # ---------------------------------------------------------------------------------------------
 # the loop
 
@@ -412,6 +337,9 @@ def finetune(
     on_step: Callable[[int, Any, PruningPlan], None] | None = None,
 ) -> tuple[Any, PruningPlan]:
     """Prune ``model`` gradually to ``sparsity`` while distilling from its dense self.
+
+    This is our training loop around a :class:`tetris_tvm.GradualPruner` (the schedule and
+    the masks); to keep your own loop or trainer, use the pruner directly.
 
     Args:
         model: the dense torch model; it is trained IN PLACE (pass a copy to keep it).
@@ -464,7 +392,7 @@ def finetune(
         seed: seeds torch's RNG and the batch order.
         progress: a progress bar with the loss and the current sparsity.
         on_step: ``on_step(steps_done, model, plan)`` after every step (after its checkpoint),
-            e.g. for logging.
+            with the plan that step trained with, e.g. for logging.
 
     Returns:
         ``(model, plan)``: the fine-tuned model with the final masks applied (and kept by
@@ -484,13 +412,8 @@ def finetune(
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True continues from checkpoint_dir: give the folder the "
                          "interrupted run wrote")
-    if prune_every < 1:
-        raise ValueError(f"prune_every must be >= 1, got {prune_every}")
-    if not 0.0 < ramp <= 1.0:
-        raise ValueError(f"ramp must be in (0, 1], got {ramp}")
-    sparsity_at(0, steps, target, initial, ramp, prune_every, schedule)  # checks schedule
-    if permutations not in ("fixed", "replan"):
-        raise ValueError(f"permutations must be 'fixed' or 'replan', got {permutations!r}")
+    if allocation not in ("uniform", "sensitivity"):
+        raise ValueError(f"allocation must be 'uniform' or 'sensitivity', got {allocation!r}")
     batches = as_batches(data, "training data")
     cfg = FinetuneConfig(steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup,
                          clip=clip, temperature=temperature, task_weight=task_weight,
@@ -511,27 +434,25 @@ def finetune(
     for p in teacher.parameters():
         p.requires_grad_(False)
     tapped = hidden_modules(model, hidden_layers)
-    todo = select_layers(model, target, block_size, overrides)[0]
-    names = [t[0] for t in todo]
-    layer_final = {t[0]: float(t[2]) for t in todo}  # per-layer targets (overrides applied)
-    planner = planner or _default_planner(block_size, method)
     if calibration is not None:
         imp_batches = [_split_labels(b)[0] for b in as_batches(calibration)]
     else:
         k = min(len(batches), cfg.importance_batches)
         imp_batches = [_split_labels(batches[i * len(batches) // k])[0] for i in range(k)]
-    layer_targets: dict[str, float] | None = None
-    if allocation not in ("uniform", "sensitivity"):
-        raise ValueError(f"allocation must be 'uniform' or 'sensitivity', got {allocation!r}")
-    if allocation == "sensitivity" and target > 0:
-        from .oneshot import prepare_recovery
 
-        layer_targets = prepare_recovery(
-            model.eval(), target, block_size, calibration=imp_batches, importance=importance,
-            allocation="sensitivity", reconstruct=True, method=method, overrides=overrides,
-        ).sparsities
-        layer_final.update(layer_targets or {})
-    layout: PruningPlan | None = None
+    def broadcast(plan: Any) -> Any:
+        box = [plan]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    pruner = GradualPruner(
+        model, steps=steps, schedule=schedule, initial_sparsity=initial, ramp=ramp,
+        prune_every=prune_every, calibration=imp_batches, permutations=permutations,
+        planner=planner, teacher=teacher, reconstruct_first=reconstruct_first,
+        broadcast=broadcast if distributed else None, plans_here=main_rank,
+        sparsity=target, block_size=block_size, overrides=overrides, importance=importance,
+        allocation=allocation, method=method,
+    )
 
     model.train(dropout)
     student = model
@@ -551,7 +472,7 @@ def finetune(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
-    start, plan, current_s = 0, None, -1.0
+    start = 0
     history: list[dict[str, Any]] = []
     run = {"sparsity": target, "steps": steps, "block_size": _jsonable_block(block_size),
            "method": method, "seed": seed, "initial_sparsity": initial, "ramp": ramp,
@@ -568,70 +489,22 @@ def finetune(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start, current_s, history = state["step"], state["sparsity"], state["history"]
-        plan = _plan_from_state(state["plan"])
-        layout = _plan_from_state(state.get("layout"))
-        if plan is not None:
-            plan.apply(model)
+        start, history = state["step"], state["history"]
+        pruner.load_state_dict({"steps_done": start, "sparsity": state["sparsity"],
+                                "plan": state["plan"], "layout": state.get("layout")})
         if main_rank and progress:
             print(f"resumed from {ckpt_dir / _CKPT} at step {start}", flush=True)
-
-    def layer_sparsities(s: float) -> dict[str, float]:
-        scale = s / target if target > 0 else 0.0
-        return {n: min(t * scale, t) for n, t in layer_final.items()}
-
-    def replan(s: float) -> PruningPlan:
-        nonlocal plan, layout
-        new = None
-        if main_rank:
-            scores = _scores(model, imp_batches, names, importance)
-            if permutations == "replan" or method == "element":
-                layer_overrides = dict(overrides or {})
-                for n, t in layer_sparsities(s).items():
-                    layer_overrides[n] = {"sparsity": t}
-                new = planner(model, s, scores, layer_overrides)
-            else:
-                params = dict(model.named_parameters())
-                current = {n: params[n].detach().cpu().float().numpy() for n in names}
-                if layout is None:  # the storage order, from one plan at the target
-                    final = dict(overrides or {})
-                    for n, t in layer_final.items():
-                        final[n] = {"sparsity": t}
-                    layout = planner(model, target, scores, final)
-                weights = {n: current[n] for n in layout}
-                importance_now = scores or {n: np.abs(w) for n, w in weights.items()}
-                sp = layer_sparsities(s)
-                new = remask_plan(layout, {n: importance_now[n] for n in layout},
-                                  {n: sp.get(n, s) for n in layout}, weights)
-        if distributed:
-            box = [new]
-            dist.broadcast_object_list(box, src=0)
-            new = box[0]
-        if plan is not None:
-            plan.remove()
-        if reconstruct_first and plan is None:
-            from .reconstruct import reconstruct as reconstruct_plan
-
-            if main_rank:
-                new, _ = reconstruct_plan(teacher, new, imp_batches)
-            if distributed:
-                box = [new]
-                dist.broadcast_object_list(box, src=0)
-                new = box[0]
-        new.apply(model)  # masks stay applied until the next plan (sets refitted params)
-        _enforce(model, new, optimizer)
-        plan = new
-        return new
 
     def checkpoint(step: int) -> Path | None:
         if ckpt_dir is None:
             return None
         if main_rank:
+            saved = pruner.state_dict()
             _save(ckpt_dir, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                "step": step, "sparsity": current_s, "history": history,
-                "plan": _plan_state(plan), "layout": _plan_state(layout), "run": run,
+                "step": step, "sparsity": saved["sparsity"], "history": history,
+                "plan": saved["plan"], "layout": saved["layout"], "run": run,
             })
         if distributed:
             dist.barrier()
@@ -645,9 +518,9 @@ def finetune(
             metrics = dict(evaluate(model))
         finally:
             model.train(dropout)
-        history.append({"step": step, "sparsity": current_s, **metrics})
+        history.append({"step": step, "sparsity": pruner.sparsity, **metrics})
         text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        print(f"step {step}: sparsity {current_s:.3f}, {text}", flush=True)
+        print(f"step {step}: sparsity {pruner.sparsity:.3f}, {text}", flush=True)
 
     bar: Any = None
     if progress and main_rank:
@@ -656,14 +529,11 @@ def finetune(
         bar = tqdm(total=steps, initial=start, desc="fine-tuning", unit="step")
     loss_value = float("nan")
     taps = (_Taps(model, tapped), _Taps(teacher, tapped)) if tapped else None
+    pruner.start(optimizer)
     with _StopFlag() as stop, contextlib.ExitStack() as hooks:
         for t in taps or ():
             hooks.callback(t.close)  # the hooks go however the loop ends
         for step in range(start, steps):
-            s = sparsity_at(step, steps, target, initial, ramp, prune_every, schedule)
-            if s != current_s or plan is None:
-                current_s = s
-                replan(s)
             epoch, pos = divmod(step, len(batches))
             order = np.random.default_rng([seed, epoch]).permutation(len(batches))
             batch, labels = _split_labels(batches[int(order[pos])])
@@ -684,18 +554,19 @@ def finetune(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             scheduler.step()
-            _enforce(model, plan, optimizer)
+            trained_with = pruner.plan
+            pruner.step(optimizer)
             loss_value = float(loss.detach())
             done = step + 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", sparsity=f"{current_s:.3f}")
+                bar.set_postfix(loss=f"{loss_value:.4f}", sparsity=f"{pruner.sparsity:.3f}")
             if eval_every and done % eval_every == 0 and done < steps:
                 run_eval(done)
             if ckpt_dir is not None and checkpoint_every and done % checkpoint_every == 0:
                 checkpoint(done)
             if on_step is not None:
-                on_step(done, model, plan)
+                on_step(done, model, trained_with)
             if stop.set:
                 where = checkpoint(done)
                 if bar is not None:
@@ -703,15 +574,11 @@ def finetune(
                 raise FinetuneInterrupted(done, where)
     if bar is not None:
         bar.close()
-    assert plan is not None
-    if not math.isclose(current_s, target):  # steps too few for the ramp's last update
-        current_s = target
-        replan(target)
+    pruner.reach_target(optimizer)  # steps too few for the ramp's last update
     run_eval(steps)
     if ckpt_dir is not None:
         checkpoint(steps)
-    params = {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters()}
-    final = plan.with_params(params)
+    final = pruner.finish(optimizer)
     final.settings.update(
         finetune={"steps": steps, "lr": lr, "schedule": schedule, "ramp": ramp,
                   "allocation": allocation, "permutations": permutations,
@@ -719,7 +586,5 @@ def finetune(
                   "hidden_layers": tapped, "hidden_weight": hidden_weight,
                   "final_loss": loss_value, "history": history, "world_size": world},
     )
-    plan.remove()
-    final.apply(model)
     model.eval()
     return model, final

@@ -25,7 +25,8 @@ from .importance import IMPORTANCE, layer_importance
 from .plan import PruningPlan, clamp_block, plan_layers, select_layers
 from .reconstruct import reconstruct as reconstruct_plan
 from .reconstruct import refit_rows
-from .reorder import SOLVERS, check_block_size, check_sparsity, prune_elementwise, prune_weight
+from .reorder import prune_elementwise, prune_weight
+from .spec import PruningSpec
 
 __all__ = ["prune", "RecoverySetup", "prepare_recovery", "recovery_defaults"]
 
@@ -34,15 +35,9 @@ def recovery_defaults(
     calibration: Any, importance: str | None, reconstruct: bool | None, allocation: str | None
 ) -> tuple[str, bool, str]:
     """``(importance, reconstruct, allocation)`` with the unset (``None``) ones chosen by
-    whether calibration data is given: with it, the full one-shot recipe (activation-aware
-    importance, reconstruction, sensitivity allocation), since calibration data alone with
-    uniform sparsity leaves most of the loss in place; without it, magnitude pruning."""
-    given = calibration is not None
-    return (
-        importance if importance is not None else ("activation" if given else "magnitude"),
-        bool(reconstruct) if reconstruct is not None else given,
-        allocation if allocation is not None else ("sensitivity" if given else "uniform"),
-    )
+    whether calibration data is given (:meth:`tetris_tvm.PruningSpec.recovery`)."""
+    spec = PruningSpec(importance=importance, reconstruct=reconstruct, allocation=allocation)
+    return spec.recovery(calibration is not None)
 
 
 @dataclass
@@ -199,29 +194,29 @@ def prepare_recovery(
 
 def prune(
     model: Any,
-    sparsity: float = 0.75,
-    block_size: int | tuple[int, int] = (32, 32),
+    sparsity: float | None = None,
+    block_size: int | tuple[int, int] | None = None,
     *,
+    spec: PruningSpec | None = None,
     calibration: Any = None,
-    importance: str | None = None,
-    reconstruct: bool | None = None,
-    allocation: str | None = None,
-    reorder: bool = True,
-    method: str = "tetris",
-    solver: str = "assign",
-    balanced: bool = False,
-    overrides: Mapping[str, Any] | None = None,
     permute: Mapping[str, tuple[bool, bool]] | None = None,
     damp: float = 0.01,
     progress: bool = False,
+    **options: Any,
 ) -> PruningPlan:
     """Plan the pruning of every eligible layer of ``model`` (the model is not changed).
 
+    What to prune is a :class:`~tetris_tvm.PruningSpec` (``spec=``); ``sparsity``,
+    ``block_size`` and the spec fields given as keywords (``importance``, ``reconstruct``,
+    ``allocation``, ``method``, ``overrides``, ``reorder``, ``solver``, ``balanced``)
+    replace the spec's.
+
     Args:
         model: a torch module (Linear and Conv2d layers with groups=1 are pruned).
-        sparsity: fraction of blocks pruned, in ``[0, 1)``: per layer, or with
+        sparsity: fraction of blocks pruned, in ``[0, 1)`` (default 0.75): per layer, or with
             ``allocation="sensitivity"`` the fraction of all pruned layers' weights.
-        block_size: ``(out, in)`` channel block (an int for square); ``0`` = whole axis.
+        block_size: ``(out, in)`` channel block (an int for square; default ``(32, 32)``);
+            ``0`` = whole axis.
         calibration: example inputs (an iterable of tensors, tuples of tensors or dicts such
             as a tokenizer's output with an ``attention_mask``); needed by the options below.
         importance: what TETRIS clusters and prunes: ``"magnitude"`` (``|W|``),
@@ -249,21 +244,26 @@ def prune(
 
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"prune: model must be a torch.nn.Module, got {type(model).__name__}")
-    sparsity = check_sparsity(sparsity, "prune")
-    check_block_size(block_size, "prune")
-    if solver not in SOLVERS:
-        raise ValueError(f"prune: solver must be one of {SOLVERS}, got {solver!r}")
-    importance, reconstruct, allocation = recovery_defaults(
-        calibration, importance, reconstruct, allocation)
+    if spec is not None and not isinstance(spec, PruningSpec):
+        raise ValueError(f"prune: spec must be a tetris_tvm.PruningSpec, got "
+                         f"{type(spec).__name__}")
+    spec = (spec or PruningSpec()).with_options("prune", sparsity=sparsity,
+                                                block_size=block_size, **options)
+    extra = sorted(set(spec.prune_options) - {"reorder", "solver", "balanced"})
+    if extra:
+        raise ValueError(f"prune: prune options {extra} are used by compile's planner only")
+    sparsity, block_size, method = spec.target_sparsity, spec.block, spec.method
+    layer_options = {"reorder": True, "solver": "assign", "balanced": False,
+                     **spec.prune_options}
+    importance, reconstruct, allocation = spec.recovery(calibration is not None)
     setup = prepare_recovery(
         model, sparsity, block_size, calibration=calibration, importance=importance,
-        allocation=allocation, reconstruct=reconstruct, method=method, overrides=overrides,
-        damp=damp, progress=progress,
+        allocation=allocation, reconstruct=reconstruct, method=method,
+        overrides=spec.overrides, damp=damp, progress=progress,
     )
     plan = plan_layers(
-        model, sparsity, block_size, reorder=reorder, method=method, solver=solver,
-        balanced=balanced, overrides=setup.overrides(overrides), permute=permute,
-        scores=setup.scores, progress=progress,
+        model, sparsity, block_size, method=method, overrides=setup.overrides(spec.overrides),
+        permute=permute, scores=setup.scores, progress=progress, **layer_options,
     )
     plan.settings.update(setup.settings(), reconstruct=bool(reconstruct))
     if reconstruct:
@@ -272,6 +272,6 @@ def prune(
         plan.settings["reconstruction"] = report
     if method == "tetris":
         plan = setup.keep_better(model, plan, lambda: plan_layers(
-            model, sparsity, block_size, reorder=reorder, method=method, solver=solver,
-            balanced=balanced, overrides=overrides, permute=permute))
+            model, sparsity, block_size, method=method, overrides=spec.overrides,
+            permute=permute, **layer_options))
     return plan

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PruningPlan", "SkippedLayer", "plan_layers", "select_layers", "LayerOverride",
     "eligible_layer", "clamp_block", "as_override", "with_retained", "remask_plan",
-    "parameter_names", "tied_names", "warn_unpruned",
+    "parameter_names", "tied_names", "warn_unpruned", "layer_settings",
 ]
 
 _FORMAT = "tetris-tvm-plan/1"
@@ -415,6 +415,25 @@ def with_retained(lp: LayerPlan, weight: np.ndarray) -> LayerPlan:
     return replace(lp, retained_l1=float(mag[lp.mask].sum()) / total if total > 0 else 1.0)
 
 
+def layer_settings(
+    name: str,
+    sparsity: float,
+    block_size: Any,
+    overrides: Mapping[str, Any] | None,
+) -> tuple[float, Any, bool]:
+    """``(sparsity, block, skip)`` of weight ``name``: the global values with every override
+    whose ``fnmatch`` pattern matches applied in order (a later match wins a setting; any
+    ``skip`` skips). The one place overrides are matched."""
+    s, b, skip = sparsity, block_size, False
+    for pat, raw in (overrides or {}).items():
+        if fnmatch.fnmatchcase(name, pat):
+            rule = as_override(raw)
+            s = rule.sparsity if rule.sparsity is not None else s
+            b = rule.block_size if rule.block_size is not None else b
+            skip = skip or rule.skip
+    return s, b, skip
+
+
 def select_layers(
     model: torch.nn.Module,
     sparsity: float,
@@ -423,7 +442,6 @@ def select_layers(
 ) -> tuple[list[tuple[str, Any, float, Any]], list[SkippedLayer]]:
     """The layers a plan prunes, as ``(weight name, weight, sparsity, block)`` with the
     overrides applied, and the modules that own parameters but are skipped (with why)."""
-    rules = [(pat, as_override(v)) for pat, v in (overrides or {}).items()]
     skipped: list[SkippedLayer] = []
     todo = []
     tied = tied_names(model)
@@ -437,12 +455,7 @@ def select_layers(
         if not ok:
             skipped.append(SkippedLayer(mod_name or "<root>", kind, reason))
             continue
-        s, b, skip = sparsity, block_size, False
-        for pat, rule in rules:
-            if fnmatch.fnmatchcase(wname, pat):
-                s = rule.sparsity if rule.sparsity is not None else s
-                b = rule.block_size if rule.block_size is not None else b
-                skip = skip or rule.skip
+        s, b, skip = layer_settings(wname, sparsity, block_size, overrides)
         if skip:
             skipped.append(SkippedLayer(mod_name, kind, "skipped by an override"))
             continue

@@ -16,7 +16,6 @@ Planning only reads the module; :class:`~tetris_tvm.passes.TetrisPrune` applies 
 
 from __future__ import annotations
 
-import fnmatch
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,15 +25,15 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..plan import PruningPlan, as_override, clamp_block, warn_unpruned, with_retained
+from ..plan import PruningPlan, clamp_block, layer_settings, warn_unpruned, with_retained
 from ..reorder import JointMember, LayerPlan, prune_coupled, prune_joint, prune_weight
+from ..spec import STREAM_MODES
 from .gather_rules import Gather, inverse, is_identity, push_gather
 from .layer_sites import LayerGraph, LayerSite, layer_graph
 from .streams import Stream
 
 __all__ = ["STREAM_MODES", "plan_graph", "worth_sharing"]
 
-STREAM_MODES = ("auto", "shared", "separate")
 
 
 def plan_graph(
@@ -124,14 +123,7 @@ class _Planner:
         return self.weights[site.weight_param] if score is None else np.asarray(score)
 
     def settings_for(self, name: str) -> tuple[float, Any, bool]:
-        s, b, skip = self.sparsity, self.block_size, False
-        for pat, raw in (self.overrides or {}).items():
-            rule = as_override(raw)
-            if fnmatch.fnmatchcase(name, pat):
-                s = rule.sparsity if rule.sparsity is not None else s
-                b = rule.block_size if rule.block_size is not None else b
-                skip = skip or rule.skip
-        return s, b, skip
+        return layer_settings(name, self.sparsity, self.block_size, self.overrides)
 
     def absorbable(
         self,

@@ -298,7 +298,7 @@ def _require_local_device(target: Any) -> None:
 
 def tune(
     model: Any,
-    example_inputs: Sequence[Any] | Any,
+    example_inputs: Sequence[Any] | Any = None,
     target: Any = "llvm",
     *,
     work_dir: str | os.PathLike[str],
@@ -323,7 +323,10 @@ def tune(
 
     Args:
         model, example_inputs, target, sparsity, block_size, plan: as for ``compile``; pass
-            the same values (or the same ``plan``) when compiling so the kernels match.
+            the same values (or the same ``plan``) when compiling so the kernels match. Or
+            ``model`` is what :func:`tetris_tvm.lower` returned (nothing else then): tune it
+            and build that same lowered model with ``tetris_tvm.build(lowered,
+            tuning=work_dir)``.
         work_dir: where records live; reused across runs, one subfolder per target.  A rerun
             resumes: tasks that already have ``trials`` records are not tuned again.
         trials: measured candidates per task.
@@ -339,15 +342,27 @@ def tune(
     Returns:
         a :class:`TuningResult` (``format_table()`` prints default vs tuned per task).
     """
-    from ..compiler import lower_model
+    from ..compiler import LoweredModel, lower_model
 
-    if compile_options.get("dynamic_batch"):
+    dynamic = compile_options.get("dynamic_batch") or isinstance(model, LoweredModel) and any(
+        d is None for spec in model.meta.get("inputs", []) for d in spec.get("shape") or ())
+    if dynamic:
         raise ValueError(
             "tune() measures kernels at fixed shapes: tune without dynamic_batch, at the "
             "batch size you deploy (a dynamic-batch build uses the default schedules)"
         )
-    lowered = lower_model(model, example_inputs, target, sparsity, block_size, plan,
-                          **compile_options)
+    if isinstance(model, LoweredModel):
+        if example_inputs is not None or sparsity is not None or block_size is not None \
+                or plan is not None or compile_options:
+            raise ValueError("tune: a lowered model already fixes its inputs, plan and "
+                             "options; pass only the tuning arguments with it")
+        lowered = model
+    else:
+        if example_inputs is None:
+            raise ValueError("tune: pass example_inputs with a model (or tune a "
+                             "tetris_tvm.lower result)")
+        lowered = lower_model(model, example_inputs, target, sparsity, block_size, plan,
+                              **compile_options)
     tasks = tasks_from_module(lowered.mod, lowered.target)
     return tune_tasks(tasks, lowered.target, work_dir, trials,
                       max_trials_global=max_trials_global, rpc=rpc, timeout=timeout,
