@@ -7,7 +7,7 @@ composite functions they create. Every reader and writer names a key through :cl
 
 from __future__ import annotations
 
-__all__ = ["Attr"]
+__all__ = ["Attr", "kernel_attrs"]
 
 
 class Attr:
@@ -34,3 +34,17 @@ class Attr:
     PRUNED_LAYERS = "tetris.pruned_layers"  # module: layers TetrisPrune pruned
     LOWERED_LAYERS = "tetris.lowered_layers"  # module: layers LowerBlockSparse lowered
     RUNTIME_GATHERS = "tetris.runtime_gathers"  # module: gathers FoldPermutations kept
+
+
+def kernel_attrs(kind: str, block: tuple[int, int] | list[int], rows: int, out_features: int,
+                 activation: str | None = None, **extra: object) -> dict[str, object]:
+    """The attributes every tetris GEMM kernel carries (``extra``: more, keyed by
+    :class:`Attr` values)."""
+    return {
+        Attr.KERNEL: kind,
+        Attr.BLOCK: [int(block[0]), int(block[1])],
+        Attr.ROWS: rows,
+        Attr.OUT_FEATURES: out_features,
+        Attr.ACTIVATION: activation or "none",
+        **extra,
+    }

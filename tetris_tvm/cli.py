@@ -139,21 +139,36 @@ def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0,
                    f"{allocation} with calibration data)")
 
 
+def _spec(args: argparse.Namespace, recovery: dict[str, Any] | None = None,
+          **changes: Any) -> tuple[Any, Any]:
+    """The command's :class:`~tetris_tvm.PruningSpec` from its flags (``changes`` on top), and
+    its calibration data (None without); ``recovery``: :func:`_recovery`'s result, if made."""
+    from .spec import PruningSpec
+
+    if recovery is None:  # commands without the recovery flags (tune) have none
+        recovery = (_recovery(args, quantize=getattr(args, "quantize", None))
+                    if hasattr(args, "reconstruct") else {})
+    recovery = dict(recovery)
+    calibration = recovery.pop("calibration", None)
+    options: dict[str, Any] = {
+        "sparsity": getattr(args, "sparsity", None), "block_size": getattr(args, "block", None),
+        "streams": getattr(args, "streams", None), "quantize": getattr(args, "quantize", None),
+        "activations": getattr(args, "activations", None),
+        "dtype": getattr(args, "dtype", None), **recovery,
+    }
+    if hasattr(args, "no_reorder"):
+        options.update(reorder=not args.no_reorder, solver=args.solver, balanced=args.balanced)
+    options.update(changes)
+    return PruningSpec().with_options("tetris-tvm", **options), calibration
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .oneshot import prune
 
     model = load_user_model(args.model)
     start = time.perf_counter()
-    plan = prune(
-        model,
-        sparsity=args.sparsity,
-        block_size=args.block,
-        reorder=not args.no_reorder,
-        solver=args.solver,
-        balanced=args.balanced,
-        progress=not args.quiet,
-        **_recovery(args),
-    )
+    spec, calibration = _spec(args)
+    plan = prune(model, spec=spec, calibration=calibration, progress=not args.quiet)
     elapsed = time.perf_counter() - start
     print(plan.format_table())
     layers = plan.summary()
@@ -215,12 +230,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         f"sparsity {0.75 if args.sparsity is None else args.sparsity}")
     print(f"compiling {args.model} for {args.target} ({how}) ...", flush=True)
     start = time.perf_counter()
+    spec, calibration = _spec(args)
     cm = tetris_compile(
-        model, inputs, target=_target_arg(args.target), sparsity=args.sparsity,
-        block_size=args.block, plan=plan, tuning=args.tuning,
-        tuning_fallback=args.tuning_fallback, dtype=args.dtype,
-        dynamic_batch=args.dynamic_batch, streams=args.streams, quantize=args.quantize,
-        activations=args.activations, **_recovery(args, quantize=args.quantize),
+        model, inputs, target=_target_arg(args.target), plan=plan, tuning=args.tuning,
+        tuning_fallback=args.tuning_fallback, dynamic_batch=args.dynamic_batch, spec=spec,
+        calibration=calibration,
     )
     print(f"compiled in {time.perf_counter() - start:.1f} s\n")
     print(cm.report.format_table())
@@ -284,11 +298,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         f"sparsity {0.75 if args.sparsity is None else args.sparsity}")
     print(f"tuning {args.model} for {args.target} ({how}, {args.trials} "
           f"trials per task) into {args.work_dir} ...", flush=True)
+    spec, _ = _spec(args)
     result = tune(
         model, inputs, target=_target_arg(args.target), work_dir=args.work_dir,
-        trials=args.trials, sparsity=args.sparsity, block_size=args.block, plan=plan,
-        max_trials_global=args.max_trials, rpc=args.rpc, timeout=args.timeout,
-        progress=not args.quiet, cross_compiler=args.cross_compiler, streams=args.streams,
+        trials=args.trials, plan=plan, max_trials_global=args.max_trials, rpc=args.rpc,
+        timeout=args.timeout, progress=not args.quiet, cross_compiler=args.cross_compiler,
+        spec=spec,
     )
     print()
     print(result.format_table())
@@ -383,14 +398,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if recovery:
         print(f"quality recovery: {len(recovery['calibration'])} calibration batches, "
               f"reconstruct={recovery['reconstruct']}, allocation={recovery['allocation']}")
+    base, calibration = _spec(args, recovery, sparsity=None)
     for s in args.sparsity:
         print(f"compiling at sparsity {s} ...", flush=True)
-        options = dict(recovery if s > 0 else {})
-        if args.quantize and args.activations == "static" and "calibration" not in options:
-            options["calibration"] = recovery.get("calibration")
-        cm = tetris_compile(model, inputs, target=_target_arg(args.target), sparsity=s,
-                            block_size=args.block or (32, 32), streams=args.streams,
-                            quantize=args.quantize, activations=args.activations, **options)
+        # calibration: the recovery of a pruned build, or the ranges of static int8 ones
+        use = s > 0 or (args.quantize and args.activations == "static")
+        cm = tetris_compile(model, inputs, target=_target_arg(args.target),
+                            spec=base.with_options(sparsity=s),
+                            calibration=calibration if use else None)
         out = first(cm(*inputs)).numpy()
         reference = quantized_reference(model, cm.plan)
         with torch.no_grad():

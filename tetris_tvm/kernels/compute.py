@@ -30,7 +30,7 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as TB
 
-from ..attr_keys import Attr
+from ..attr_keys import Attr, kernel_attrs
 from .bsr import BSRMatrix
 
 __all__ = [
@@ -322,11 +322,7 @@ def _linear_common(
             TB.func_name(name)
             TB.func_attr(
                 {
-                    KERNEL_ATTR: kind,
-                    Attr.BLOCK: [bn, bk],
-                    Attr.ROWS: ROWS_HINT if dynamic else m,
-                    Attr.OUT_FEATURES: n,
-                    Attr.ACTIVATION: activation or "none",
+                    **kernel_attrs(kind, (bn, bk), ROWS_HINT if dynamic else m, n, activation),
                     **({Attr.ROW_CHUNK: chunk} if chunk else {}),
                 }
             )
@@ -586,11 +582,8 @@ def _conv_common(
             TB.func_name(name)
             TB.func_attr(
                 {
-                    KERNEL_ATTR: kind,
-                    Attr.BLOCK: [bn, bk],
-                    Attr.ROWS: qc,  # GEMM columns of one work item
-                    Attr.OUT_FEATURES: geo.cout,
-                    Attr.ACTIVATION: activation or "none",
+                    # rows: the GEMM columns of one work item
+                    **kernel_attrs(kind, (bn, bk), qc, geo.cout, activation),
                     Attr.CONV_MODE: mode,
                     Attr.PIXEL_CHUNKS: pc,
                     **({} if dtype == F32 else {Attr.DTYPE: dtype}),

@@ -27,9 +27,9 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as TB
 
-from ..attr_keys import Attr
+from ..attr_keys import Attr, kernel_attrs
 from .bsr import BSRMatrix
-from .compute import KERNEL_ATTR, apply_activation, linear_weight_args, weight_format
+from .compute import apply_activation, linear_weight_args, weight_format
 
 __all__ = ["HALF_DTYPES", "block_sparse_linear_fp16", "half_weight_args"]
 
@@ -104,14 +104,7 @@ def block_sparse_linear_fp16(
         with TB.prim_func(s_tir=True):
             TB.func_name(name)
             TB.func_attr(
-                {
-                    KERNEL_ATTR: f"{fmt}_linear",
-                    Attr.BLOCK: [bn, bk],
-                    Attr.ROWS: m,
-                    Attr.OUT_FEATURES: n,
-                    Attr.ACTIVATION: activation or "none",
-                    Attr.DTYPE: dtype,
-                }
+                kernel_attrs(f"{fmt}_linear", (bn, bk), m, n, activation, **{Attr.DTYPE: dtype})
             )
             x = TB.arg("x", T.Buffer(x_shape, dtype))
             if fmt == "bsr":

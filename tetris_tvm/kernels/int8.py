@@ -31,7 +31,7 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as TB
 
-from ..attr_keys import Attr
+from ..attr_keys import Attr, kernel_attrs
 from ..quantization import quantize_weight
 from .bsr import BSRMatrix
 from .compute import KERNEL_ATTR, apply_activation, linear_row_chunk
@@ -393,9 +393,8 @@ def int8_linear(
             TB.func_name(name)
             TB.func_attr({
                 "tirx.noalias": True, "tirx.is_scheduled": True,
-                KERNEL_ATTR: "int8_dense_linear" if dense else "int8_bsr_linear",
-                Attr.BLOCK: [bn, bk], Attr.ROWS: rows, Attr.OUT_FEATURES: n,
-                Attr.DOT: dot.name,
+                **kernel_attrs("int8_dense_linear" if dense else "int8_bsr_linear", (bn, bk),
+                               rows, n, activation, **{Attr.DOT: dot.name}),
             })
             qx = TB.arg("q_x", T.Buffer((rows, kq), dot.act_dtype))
             sx = TB.arg("s_x", T.Buffer((rows,), F32))
