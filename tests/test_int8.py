@@ -217,3 +217,22 @@ def test_every_dot_form_builds_for_its_target():
                               threads=2)
         lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(spec))
         assert lib is not None, name
+
+
+def test_rectangular_blocks_run_int8_or_say_why_not():
+    """Blocks of 32 outputs x 4 (or 1) inputs run the int8 kernels; blocks of one output row
+    cannot (the dot instruction fills a vector of outputs): they stay float32, with a
+    warning that names the layers."""
+    model = _mlp()
+    x = torch.randn(8, 64)
+    for block in ((32, 4), (32, 1)):
+        cm = tetris_tvm.compile(model, (x,), sparsity=0.5, block_size=block, quantize="int8",
+                                progress=False)
+        assert {r["precision"] for r in cm.report.layers} == {"int8"}
+        with torch.no_grad():
+            want = quantized_reference(model, cm.plan)(x)
+        torch.testing.assert_close(cm(x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    with pytest.warns(UserWarning, match=r"stay float32 because int8 blocks need rows"):
+        cm = tetris_tvm.compile(model, (x,), sparsity=0.5, block_size=(1, 32), quantize="int8",
+                                progress=False)
+    assert {r["precision"] for r in cm.report.layers} == {"float32"}

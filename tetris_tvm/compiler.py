@@ -507,8 +507,17 @@ def _quantized_plan(model: Any, plan: Any, target: Any, activations: str,
     ranges = None
     if activations == "static":
         ranges = calibrate_ranges(model, plan, calibration, list(plan))
-    return replace(plan, quantization=int8_settings(model, plan, dot, activations, ranges),
-                   _handles=[])
+    settings = int8_settings(model, plan, dot, activations, ranges)
+    unfit = sorted(n for n, why in settings["float32"].items() if "blocks need" in why)
+    if unfit:
+        import warnings
+
+        warnings.warn(
+            f"quantize='int8': {len(unfit)} pruned Linear layer(s) stay float32 because "
+            f"{settings['float32'][unfit[0]]} on this target ({', '.join(unfit[:3])}"
+            f"{', ...' if len(unfit) > 3 else ''}); plan them with such blocks to run them "
+            "in int8", stacklevel=4)
+    return replace(plan, quantization=settings, _handles=[])
 
 
 def _check_model(model: Any) -> None:

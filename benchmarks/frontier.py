@@ -1,0 +1,212 @@
+"""The quality x latency frontier of block-pruned MiniLM: block shapes x sparsities, float32 and
+int8, against the dense runtimes a user already has.
+
+Every point is one plan made one-shot (the default recipe of ``calibration=``: activation-aware
+TETRIS, sensitivity allocation, reconstruction checked on held-back calibration sentences; 256
+calibration sentences; plans cached in benchmarks/cache/), measured twice:
+
+- quality on held-out text no step saw (``lee.cor`` in-domain; conversation and technical
+  prose out of domain): mean cosine of mean-pooled embeddings to the dense float32 model's,
+  and WordSim353, of the plan's reference (the masked model; for int8, the same model with
+  the build's fake quantization: what the build computes);
+- speed: the compiled model at batch 8 x 128 tokens, 2 threads, interleaved in one process
+  with our dense float32 and int8 builds and the peers (OpenVINO float32 and NNCF int8,
+  ONNX Runtime float32 and int8), median of the repeats.
+
+Block shapes are (rows, cols) = (outputs, inputs) of each weight. Writes JSON and a PNG
+(out-of-domain cosine against milliseconds, the peers as reference points).
+
+    python benchmarks/frontier.py                                   # 50%, 5 shapes, ~40 min
+    python benchmarks/frontier.py --sparsity 0.5 0.75 --blocks 32x32 16x16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import tetris_tvm  # noqa: E402
+from tetris_tvm import peers, quality, zoo  # noqa: E402
+from tetris_tvm.bench import median_interleaved, wall_sampler  # noqa: E402
+from tetris_tvm.quantization import quantized_reference  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CACHE = Path(__file__).parent / "cache"
+SKIP = {"pooler.*": {"skip": True}}  # the pooler output is not the sentence embedding
+PEERS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
+
+
+def block_arg(text: str) -> tuple[int, int]:
+    rows, _, cols = text.partition("x")
+    return int(rows), int(cols or rows)
+
+
+def one_shot_plan(model: Any, tok: Any, sparsity: float, block: tuple[int, int]) -> Any:
+    """The plan ``compile`` makes with one-shot recovery, cached in benchmarks/cache/."""
+    CACHE.mkdir(exist_ok=True)
+    shape = "" if block == (32, 32) else f"_{block[0]}x{block[1]}"
+    path = CACHE / f"minilm_oneshot_default_{int(sparsity * 100)}{shape}.npz"
+    if path.exists():
+        return tetris_tvm.PruningPlan.load(path)
+    start = time.perf_counter()
+    plan = tetris_tvm.plan_model(model, (zoo.minilm_inputs(tok, 8, 128),), sparsity, block,
+                                 overrides=SKIP, progress=False,
+                                 calibration=quality.minilm_calibration(tok, n=256))
+    plan.settings["seconds"] = time.perf_counter() - start
+    plan.save(path)
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5])
+    ap.add_argument("--blocks", type=block_arg, nargs="+",
+                    default=[(32, 32), (16, 16), (32, 4), (32, 1), (8, 8)],
+                    help="block shapes, rows x cols (outputs x inputs)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=11, help="interleaved repeats (median)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS / "frontier_minilm.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tok = zoo.load_minilm()
+    evaluator = quality.EncoderEvaluator(model, tok)
+    ids = zoo.minilm_inputs(tok, args.batch, 128)
+    rows: dict[str, dict[str, Any]] = {}
+    samplers: dict[str, Any] = {}
+
+    def record(name: str, metrics: dict[str, float], **extra: Any) -> None:
+        rows[name] = {"cosine": metrics["cosine"], "cosine_ood": metrics.get("cosine_ood"),
+                      **{k: v for k, v in metrics.items() if k.startswith("cosine_")},
+                      "wordsim353": metrics["wordsim353"], **extra}
+        print(f"{name:<28} cosine {metrics['cosine']:.3f}  out of domain "
+              f"{metrics.get('cosine_ood', float('nan')):.3f}  WordSim353 "
+              f"{metrics['wordsim353']:.3f}", flush=True)
+
+    def add_build(name: str, **options: Any) -> Any:
+        cm = tetris_tvm.compile(model, (ids,), progress=False, **options)
+        cm._ensure_vm()
+        data = [np.ascontiguousarray(ids.numpy())]
+        samplers[name] = wall_sampler(lambda cm=cm, a=data: cm.run_numpy(*a))
+        return cm
+
+    record("torch eager (float32)", evaluator.dense, kind="dense")
+    for q in (None, "int8"):
+        label = f"ours dense {q or 'float32'}"
+        cm = add_build(label, sparsity=0.0, block_size=32, overrides=SKIP, quantize=q)
+        record(label, evaluator.evaluate(quantized_reference(model, cm.plan)), kind="ours",
+               sparsity=0.0, block=None, precision=q or "float32")
+    for s in args.sparsity:
+        for block in args.blocks:
+            start = time.perf_counter()
+            plan = one_shot_plan(model, tok, s, block)
+            print(f"plan {s:.0%} {block[0]}x{block[1]}: {time.perf_counter() - start:.0f} s",
+                  flush=True)
+            for q in (None, "int8"):
+                label = f"ours {s:.0%} {block[0]}x{block[1]} {q or 'float32'}"
+                cm = add_build(label, plan=plan, quantize=q)
+                kernels = sorted({r["kernel"] for r in cm.report.layers})
+                record(label, evaluator.evaluate(quantized_reference(model, cm.plan)),
+                       kind="ours", sparsity=s, block=list(block), precision=q or "float32",
+                       kernels=kernels,
+                       weights_kept=cm.report.totals["weights_kept_fraction"])
+    if not args.no_peers:
+        found = peers.available()
+        mask = torch.ones_like(ids)
+        calibration = quality.minilm_calibration(tok, n=256)
+        nncf_data = [(b["input_ids"], b["attention_mask"]) for b in calibration]
+        for variant in PEERS:
+            reason = found.get(variant.split("-")[0])
+            if reason:
+                print(f"{variant}: skipped ({reason})")
+                continue
+            try:
+                peer = peers.build(variant, model, (ids, mask), args.threads,
+                                   calibration=nncf_data if variant.endswith("int8") else None)
+            except Exception as exc:  # noqa: BLE001 - a peer that cannot build is reported
+                print(f"{variant}: skipped ({type(exc).__name__}: {exc})")
+                continue
+            module = peers.as_torch_module(peer, ["input_ids", "attention_mask"], as_tuple=True)
+            record(variant, evaluator.evaluate(module), kind="peer")
+            samplers[variant] = wall_sampler(peer.timer(ids.numpy(), mask.numpy()))
+    print(f"\ntiming batch {args.batch} x 128 ({args.repeats} interleaved repeats) ...",
+          flush=True)
+    times = median_interleaved(samplers, repeats=args.repeats)
+    for name, t in times.items():
+        rows[name]["ms"] = t * 1e3
+    _table(rows)
+    out = {"machine": platform.machine(), "cpu": _cpu_name(), "threads": args.threads,
+           "batch": args.batch, "seq": 128, "repeats": args.repeats, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    _plot(rows, Path(args.out).with_suffix(".png"), args.batch)
+    print(f"\nwritten {args.out}")
+    return 0
+
+
+def _table(rows: dict[str, dict[str, Any]]) -> None:
+    fastest_int8 = min((r["ms"] for n, r in rows.items()
+                        if r.get("kind") == "peer" and n.endswith("int8") and "ms" in r),
+                       default=None)
+    print(f"\n{'row':<30} {'ms':>8} {'vs best int8 peer':>17} {'cos in':>7} {'cos ood':>8} "
+          f"{'WordSim':>8}")
+    for name, r in sorted(rows.items(), key=lambda kv: kv[1].get("ms", 1e9)):
+        ms = r.get("ms")
+        ratio = f"{fastest_int8 / ms:.2f}x" if ms and fastest_int8 else "-"
+        ood = r.get("cosine_ood")
+        print(f"{name:<30} {ms if ms else float('nan'):8.1f} {ratio:>17} {r['cosine']:7.3f} "
+              f"{ood if ood is not None else float('nan'):8.3f} {r['wordsim353']:8.3f}")
+
+
+def _plot(rows: dict[str, dict[str, Any]], path: Path, batch: int) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, r in rows.items():
+        if "ms" not in r or r.get("cosine_ood") is None:
+            continue
+        kind = r.get("kind")
+        marker = {"peer": "s", "dense": "D"}.get(kind, "o" if r.get("precision") == "float32"
+                                                  else "^")
+        color = "tab:gray" if kind in ("peer", "dense") else (
+            "tab:blue" if r.get("precision") == "float32" else "tab:red")
+        ax.scatter(r["ms"], r["cosine_ood"], marker=marker, color=color)
+        ax.annotate(name.replace("ours ", ""), (r["ms"], r["cosine_ood"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"ms per batch of {batch} x 128 tokens (2 threads)")
+    ax.set_ylabel("held-out cosine to dense embeddings, out of domain")
+    ax.set_title("MiniLM: one-shot block pruning (blue float32, red int8) vs dense runtimes")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
