@@ -219,15 +219,24 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(msg) from None
 
 
-def _cmd_compile(args: argparse.Namespace) -> int:
-    from .compiler import compile as tetris_compile
+def _model_and_plan(args: argparse.Namespace) -> tuple[Any, tuple, Any, str]:
+    """The command's model, example inputs and plan (``--plan``), and how it is pruned in
+    words."""
     from .plan import PruningPlan
+    from .spec import DEFAULT_SPARSITY
 
     model = _load_any(args.model)
     inputs = _example_inputs(args, model)
     plan = PruningPlan.load(args.plan) if args.plan else None
     how = f"plan {args.plan}" if plan is not None else (
-        f"sparsity {0.75 if args.sparsity is None else args.sparsity}")
+        f"sparsity {DEFAULT_SPARSITY if args.sparsity is None else args.sparsity}")
+    return model, inputs, plan, how
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from .compiler import compile as tetris_compile
+
+    model, inputs, plan, how = _model_and_plan(args)
     print(f"compiling {args.model} for {args.target} ({how}) ...", flush=True)
     start = time.perf_counter()
     spec, calibration = _spec(args)
@@ -288,14 +297,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .plan import PruningPlan
     from .tuning import tune
 
-    model = _load_any(args.model)
-    inputs = _example_inputs(args, model)
-    plan = PruningPlan.load(args.plan) if args.plan else None
-    how = f"plan {args.plan}" if plan is not None else (
-        f"sparsity {0.75 if args.sparsity is None else args.sparsity}")
+    model, inputs, plan, how = _model_and_plan(args)
     print(f"tuning {args.model} for {args.target} ({how}, {args.trials} "
           f"trials per task) into {args.work_dir} ...", flush=True)
     spec, _ = _spec(args)

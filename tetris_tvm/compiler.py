@@ -1,6 +1,8 @@
 """``tetris_tvm.compile``: torch model -> pruned, block-sparse TVM module; export and load.
 
-Pipeline (design.md)::
+Two stages: :func:`lower` (plan, prune, fold, lower to kernels: a :class:`LoweredModel`) and
+:func:`build` (schedule, tuning records, codegen: a :class:`CompiledModel`). Pipeline
+(design.md)::
 
     torch.export -> Relax (weights as named params)
       -> plan_graph + TetrisPrune -> bind weights -> FoldPermutations -> LowerBlockSparse
@@ -695,7 +697,8 @@ def compile(  # noqa: A001 - the public name of the API contract
 ) -> CompiledModel:
     """Prune ``model`` with TETRIS and compile it with block-sparse kernels.
 
-    ``compile`` is :func:`lower` followed by :func:`build`. What to prune and at which
+    ``compile`` is :func:`lower` followed by :func:`build` (and, when the model runs here, a
+    comparison of its outputs with the dense model's). What to prune and at which
     precision is a :class:`~tetris_tvm.PruningSpec` (``spec=``); ``sparsity``,
     ``block_size`` and the keyword options below that are spec fields replace the spec's.
 
@@ -715,8 +718,8 @@ def compile(  # noqa: A001 - the public name of the API contract
         tuning_fallback: when ``tuning`` has nothing for this target or model, warn and use
             the default schedules instead of raising ``ValueError``.
         dynamic_batch: compile dimension 0 of every input as symbolic, so one build runs any
-            batch size (block-sparse kernels pad their rows to a multiple of 24 internally;
-            MiniLM ran 4% slower than a fixed-batch build at batch 8, 29% at batch 1).
+            batch size (block-sparse kernels pad their rows to a multiple of 24 internally,
+            so a fixed-batch build is faster; docs/results.md measures by how much).
             An int bounds the batch, which lets Relax plan all memory once. Half-precision
             kernels (``dtype``) need a fixed batch; dynamic builds keep those layers float32.
         allow_gathers: let computed plans permute every axis even where a runtime gather

@@ -13,7 +13,7 @@ summed decides what the pruned model loses:
   refitted. The natural choice when :mod:`tetris_tvm.reconstruct` refits the kept weights.
 
 Conv weights ``(O, I, kh, kw)`` get a score per element (the input statistic of every
-window position); TETRIS sums the window inside a block as before.
+window position); TETRIS sums the window inside a block, as it does for |W|.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ _ALIGN = 64  # TVM's allocation alignment; kernels may assume it of their buffer
 def use_all_cores() -> None:
     """Make TVM's CPU thread pool use every core this process may run on.
 
-    On this project's 2-vCPU machines TVM's runtime defaulted to ONE worker thread (half the
-    speed of a 2-thread torch). ``TVM_NUM_THREADS`` is read when the pool is first created,
+    On 2-vCPU machines TVM's runtime can default to ONE worker thread (half the speed of a
+    2-thread torch). ``TVM_NUM_THREADS`` is read when the pool is first created,
     so this runs before anything executes a kernel (compile's constant folding included); a
     value the user already set wins.
     """

@@ -92,10 +92,6 @@ def _channel_const(value: np.ndarray, out_ndim: int, axis: int, channels: int) -
     return value.reshape(full)
 
 
-def _same(call: relax.Call, args: list[Any], gather: Gather, axis: int) -> tuple[Any, Gather]:
-    return relax.Call(call.op, args, call.attrs, call.ty_args), Gather(None, gather.idx, axis)
-
-
 ConstLookup = Callable[[Any], np.ndarray | None]
 
 

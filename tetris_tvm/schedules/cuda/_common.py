@@ -14,6 +14,7 @@ __all__ = [
     "shared_bytes",
     "bind_elementwise",
     "bind_register_tile",
+    "bind_thread_block",
     "bind_threads",
     "child_blocks",
     "cuda_target",
@@ -198,3 +199,27 @@ def tvm_dtype_bytes(dtype: object) -> int:
     """Bytes of one element of a TVM dtype (``float16`` -> 2)."""
     d = DataType(str(dtype))
     return d.bits * d.lanes // 8
+
+
+def bind_thread_block(
+    sch: s_tir.Schedule,
+    update: s_tir.schedule.SBlockRV,
+    store: s_tir.schedule.SBlockRV,
+    outer: s_tir.schedule.LoopRV,
+    kept: s_tir.schedule.LoopRV,
+    threads: tuple[s_tir.schedule.LoopRV, s_tir.schedule.LoopRV],
+) -> s_tir.schedule.SBlockRV:
+    """The thread-block tile shared by the GEMM-like rules: ``outer`` on ``blockIdx.x``,
+    ``threads`` (``ty``, ``tx``) on ``threadIdx.y`` / ``.x``, the accumulator in registers
+    (its init above the loop over kept blocks, ``kept``), the store computed per tile, and
+    the per-kept-block body blockized (it will own the shared buffers). Returns the init
+    block."""
+    ty, tx = threads
+    sch.bind(outer, "blockIdx.x")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.set_scope(update, 0, "local")
+    init = sch.decompose_reduction(update, kept)
+    sch.reverse_compute_at(store, outer, preserve_unit_loops=True)
+    sch.blockize(ty)
+    return init

@@ -38,6 +38,7 @@ from ._common import (
     SHARED_BYTES,
     bind_elementwise,
     bind_register_tile,
+    bind_thread_block,
     child_blocks,
     dtype_bytes,
     kernel_dtype,
@@ -141,13 +142,7 @@ def schedule_linear(sch: s_tir.Schedule, target: Target, tile: LinearTile | None
     ko, ki = sch.split(lk, [None, tile.k_step])
     sch.reorder(mo, lj, ty, tx, ko, ki, mi, ni)
     sch.bind(lnb, "blockIdx.y")
-    sch.bind(mo, "blockIdx.x")
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(tx, "threadIdx.x")
-    sch.set_scope(update, 0, "local")
-    init = sch.decompose_reduction(update, lj)
-    sch.reverse_compute_at(store, mo, preserve_unit_loops=True)
-    sch.blockize(ty)  # the per-kept-block body: owns the shared buffers
+    init = bind_thread_block(sch, update, store, mo, lj, (ty, tx))
     vec = 4 if dtype == "float32" else 8
     x_index = read_index(sch, update, None)
     w_index = read_index(sch, update, "w_data")

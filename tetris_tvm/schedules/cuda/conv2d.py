@@ -24,6 +24,7 @@ from ._common import (
     SHARED_BYTES,
     bind_elementwise,
     bind_register_tile,
+    bind_thread_block,
     child_blocks,
     kernel_kind,
     largest_divisor,
@@ -93,13 +94,7 @@ def schedule_conv2d(sch: s_tir.Schedule, target: Target, tile: ConvTile | None =
     ty, ci = sch.split(li, [ty_n, tc])
     po, tx, pi = sch.split(lp, [None, tx_n, tp])
     sch.reorder(po, lj, ty, tx, *red, ci, pi)
-    sch.bind(po, "blockIdx.x")
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(tx, "threadIdx.x")
-    sch.set_scope(update, 0, "local")
-    init = sch.decompose_reduction(update, lj)
-    sch.reverse_compute_at(store, po, preserve_unit_loops=True)
-    sch.blockize(ty)
+    init = bind_thread_block(sch, update, store, po, lj, (ty, tx))
     stage_shared(sch, update, read_index(sch, update, None), (ty_n, tx_n))
     # the weight block is staged too when both fit the static shared memory (a 3x3 32x32
     # float32 block alone is 36 KiB); otherwise its reads, the same for every thread of a
