@@ -396,8 +396,40 @@ def int8_table() -> None:
               f"{_cell(r, 'cosine_ood')} | {r['wordsim353']:.3f} |")
 
 
+def frontier_table() -> None:
+    """Block shapes x precision on MiniLM, one-shot, against the peers (benchmarks/frontier.py)."""
+    path = RESULTS / "frontier_minilm.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    peers = {n: r for n, r in rows.items() if r.get("kind") == "peer" and "ms" in r}
+    int8_peers = [r["ms"] for n, r in peers.items() if n.endswith("int8")]
+    best8 = min(int8_peers) if int8_peers else None
+    print(f"\nall-MiniLM-L6-v2, {data['cpu']}, {data['threads']} threads, batch "
+          f"{data['batch']} x {data['seq']} tokens, median of {data['repeats']} interleaved runs; "
+          "one-shot plans (256 calibration sentences); held-out cosine to the dense float32 "
+          "embeddings, in-domain (lee.cor) and out of domain (conversation, technical prose)\n")
+    print("| row | block | weights kept | ms | vs fastest int8 peer | cosine in-domain | "
+          "cosine out-of-domain | WordSim353 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in sorted(rows.items(), key=lambda kv: kv[1].get("ms", 1e9)):
+        if "ms" not in r:
+            continue
+        block = "x".join(map(str, r["block"])) if r.get("block") else "-"
+        kept = f"{r['weights_kept']:.2f}" if "weights_kept" in r else "1.00"
+        vs = f"{best8 / r['ms']:.2f}x" if best8 else "-"
+        label = f"**{name}**" if name.startswith("ours") else name
+        print(f"| {label} | {block} | {kept} | {r['ms']:.1f} | {vs} | {r['cosine']:.3f} | "
+              f"{_cell(r, 'cosine_ood')} | {r['wordsim353']:.3f} |")
+
+
 if __name__ == "__main__":
     import sys
+
+    if sys.argv[1:] == ["frontier"]:
+        frontier_table()
+        sys.exit(0)
 
     if sys.argv[1:] == ["readme"]:
         int8_table()
