@@ -301,3 +301,17 @@ def test_two_process_ddp_matches_one_process(clf, tmp_path):
         np.testing.assert_array_equal(got["masks"][n], lp.mask)
     for n, v in single.state_dict().items():
         torch.testing.assert_close(got["model"][n], v, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_a_spec_and_the_keywords_fine_tune_alike(clf):
+    twin = copy.deepcopy(clf)
+    spec = tetris_tvm.PruningSpec(sparsity=0.75, block_size=(8, 8), importance="magnitude")
+    _, by_spec = tetris_tvm.finetune(clf, _data(), spec=spec, steps=8, prune_every=4, ramp=0.5,
+                                     lr=1e-3, progress=False)
+    _, by_keywords = tetris_tvm.finetune(twin, _data(), 0.75, (8, 8), importance="magnitude",
+                                         steps=8, prune_every=4, ramp=0.5, lr=1e-3,
+                                         progress=False)
+    for name in by_spec:
+        np.testing.assert_array_equal(by_spec[name].mask, by_keywords[name].mask)
+    with pytest.raises(ValueError, match="finetune: give the target sparsity"):
+        tetris_tvm.finetune(twin, _data(), steps=4, progress=False)

@@ -463,12 +463,16 @@ class GraphPlanner:
 
 
 def graph_planner(model: Any, example_inputs: Sequence[Any] | Any,
-                  block_size: int | tuple[int, int] = (32, 32), *,
-                  overrides: Mapping[str, Any] | None = None, streams: str = "auto"
+                  block_size: int | tuple[int, int] | None = None, *,
+                  spec: PruningSpec | None = None,
+                  overrides: Mapping[str, Any] | None = None, streams: str | None = None
                   ) -> GraphPlanner:
-    """A planner for :func:`tetris_tvm.finetune` whose plans compile with no runtime gathers
-    (``compile(model, example_inputs, plan=plan)``)."""
-    return GraphPlanner(model, example_inputs, block_size, overrides, streams)
+    """A planner for :func:`tetris_tvm.finetune` (or a :class:`~tetris_tvm.GradualPruner`)
+    whose plans compile with no runtime gathers (``compile(model, example_inputs,
+    plan=plan)``); blocks, overrides and streams from ``spec`` and the keywords."""
+    spec = _spec(spec, "graph_planner", block_size=block_size, overrides=overrides,
+                 streams=streams)
+    return GraphPlanner(model, example_inputs, spec.block, spec.overrides, spec.streams)
 
 
 def _threads(target: Any) -> int:

@@ -43,7 +43,8 @@ import numpy as np
 from .calibration import CalibrationBatch, as_batches, model_output
 from .gradual import GradualPruner, Planner, sparsity_at
 from .plan import PruningPlan
-from .reorder import check_block_size, check_sparsity
+from .reorder import check_sparsity
+from .spec import PruningSpec
 
 __all__ = ["finetune", "sparsity_at", "FinetuneInterrupted", "Planner", "FinetuneConfig"]
 _CKPT = "checkpoint.pt"
@@ -301,22 +302,23 @@ def _check_resume(path: Path, saved: Mapping[str, Any] | None, run: Mapping[str,
 def finetune(
     model: Any,
     data: Any,
-    sparsity: float,
-    block_size: int | tuple[int, int] = (32, 32),
+    sparsity: float | None = None,
+    block_size: int | tuple[int, int] | None = None,
     *,
     steps: int,
+    spec: PruningSpec | None = None,
     teacher: Any = None,
     schedule: str = "cubic",
     initial_sparsity: float = 0.0,
     ramp: float = 0.6,
     prune_every: int = 50,
-    importance: str = "activation",
-    allocation: str = "uniform",
+    importance: str | None = None,
+    allocation: str | None = None,
     reconstruct_first: bool = False,
     permutations: str = "fixed",
     dropout: bool = False,
     calibration: Any = None,
-    method: str = "tetris",
+    method: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     planner: Planner | None = None,
     lr: float = 1e-4,
@@ -348,8 +350,11 @@ def finetune(
             of a tuple, are labels for the task loss). Batches are visited in a fresh seeded
             order every epoch. Never the data quality is measured on.
         sparsity: the target, reached exactly at ``ramp * steps``.
-        block_size: TETRIS block (``(out, in)``; an int for square).
+        block_size: TETRIS block (``(out, in)``; an int for square; default ``(32, 32)``).
         steps: optimizer steps.
+        spec: what to prune (:class:`~tetris_tvm.PruningSpec`); ``sparsity``, ``block_size``,
+            ``importance``, ``allocation``, ``method`` and ``overrides`` given here replace
+            its fields.
         teacher: the model to distil from (default: a frozen copy of ``model`` as given).
         schedule, initial_sparsity, ramp, prune_every: the sparsity ramp (:func:`sparsity_at`).
         importance: what each re-planning clusters (``"activation"`` uses a few training
@@ -402,18 +407,25 @@ def finetune(
     """
     import torch
 
-    target = check_sparsity(sparsity, "finetune")
+    if spec is not None and not isinstance(spec, PruningSpec):
+        raise ValueError(f"finetune: spec must be a tetris_tvm.PruningSpec, got "
+                         f"{type(spec).__name__}")
+    spec = (spec or PruningSpec()).with_options(
+        "finetune", sparsity=sparsity, block_size=block_size, overrides=overrides,
+        importance=importance, allocation=allocation, method=method)
+    if spec.sparsity is None:
+        raise ValueError("finetune: give the target sparsity (sparsity= or spec=)")
+    target, block_size, method = spec.sparsity, spec.block, spec.method
+    importance = spec.importance or "activation"
+    allocation = spec.allocation or "uniform"
     initial = check_sparsity(initial_sparsity, "finetune initial_sparsity")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not lr > 0:
         raise ValueError(f"lr (the peak learning rate) must be > 0, got {lr}")
-    check_block_size(block_size, "finetune")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True continues from checkpoint_dir: give the folder the "
                          "interrupted run wrote")
-    if allocation not in ("uniform", "sensitivity"):
-        raise ValueError(f"allocation must be 'uniform' or 'sensitivity', got {allocation!r}")
     batches = as_batches(data, "training data")
     cfg = FinetuneConfig(steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup,
                          clip=clip, temperature=temperature, task_weight=task_weight,
@@ -450,8 +462,7 @@ def finetune(
         prune_every=prune_every, calibration=imp_batches, permutations=permutations,
         planner=planner, teacher=teacher, reconstruct_first=reconstruct_first,
         broadcast=broadcast if distributed else None, plans_here=main_rank,
-        sparsity=target, block_size=block_size, overrides=overrides, importance=importance,
-        allocation=allocation, method=method,
+        spec=spec.with_options(importance=importance, allocation=allocation),
     )
 
     model.train(dropout)
