@@ -139,3 +139,12 @@ def test_a_plan_and_a_disagreeing_spec_are_refused(mlp):
     # a spec that only sets the precision (or nothing about blocks) goes with any plan
     cm = tetris_tvm.compile(mlp, x, plan=plan, spec=PruningSpec(allow_gathers=True))
     _same_plan(cm.plan, plan)
+
+
+def test_allocated_sparsities_replace_the_global_and_override_ones():
+    from tetris_tvm.plan import layer_settings
+
+    overrides = {"fc*": {"sparsity": 0.25, "block_size": 8}}
+    assert layer_settings("fc1.weight", 0.5, 32, overrides) == (0.25, 8, False)
+    assert layer_settings("fc1.weight", 0.5, 32, overrides, {"fc1.weight": 0.9}) == (0.9, 8, False)
+    assert layer_settings("fc2.weight", 0.5, 32, overrides, {"fc1.weight": 0.9}) == (0.25, 8, False)

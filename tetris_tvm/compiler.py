@@ -618,9 +618,8 @@ def _plan_imported(
             allocation=allocation, reconstruct=reconstruct, method="tetris",
             overrides=overrides, progress=progress,
         )
-        overrides = setup.overrides(overrides)
 
-    def planned(layer_overrides: Any, scores: Any, show: bool) -> tuple[Any, list]:
+    def planned(scores: Any, show: bool, sparsities: Any = None) -> tuple[Any, list]:
         return plan_graph(
             imported.mod,
             imported.weights,
@@ -630,24 +629,25 @@ def _plan_imported(
             block_size=block_size,
             prune_options=spec.prune_options,
             allow_gathers=spec.allow_gathers,
-            overrides=layer_overrides,
+            overrides=overrides,
             streams=spec.streams,
             scores=scores,
             progress=show,
+            sparsities=sparsities,
         )
 
     stream_report: list[dict[str, Any]] = []
     if setup is not None:
-        plan, _ = planned(overrides, setup.scores, progress)  # (its stream rows not reported)
+        plan, _ = planned(setup.scores, progress, setup.sparsities)  # stream rows not reported
         plan.settings.update(setup.settings(), reconstruct=bool(reconstruct))
         if reconstruct:
             from .reconstruct import reconstruct as reconstruct_plan
 
             plan, rows = reconstruct_plan(model, plan, setup.batches, progress=progress)
             plan.settings["reconstruction"] = rows
-        plan = setup.keep_better(model, plan, lambda: planned(spec.overrides, None, False)[0])
+        plan = setup.keep_better(model, plan, lambda: planned(None, False)[0])
     elif plan is None:
-        plan, stream_report = planned(overrides, None, progress)
+        plan, stream_report = planned(None, progress)
     plan = _canonical(plan, imported.aliases)
     if plan.params:
         exported = set(imported.torch_names.values())

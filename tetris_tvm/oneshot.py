@@ -83,13 +83,6 @@ class RecoverySetup:
                             holdout_check={**check, "used": "plain"})
         return alt
 
-    def overrides(self, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The user's overrides with the allocated sparsities added (they win)."""
-        out = dict(overrides or {})
-        for name, s in (self.sparsities or {}).items():
-            out[name] = {"sparsity": s}
-        return out
-
     def settings(self) -> dict[str, Any]:
         return {
             "calibration_batches": len(self.batches or []),
@@ -262,8 +255,9 @@ def prune(
         overrides=spec.overrides, damp=damp, progress=progress,
     )
     plan = plan_layers(
-        model, sparsity, block_size, method=method, overrides=setup.overrides(spec.overrides),
-        permute=permute, scores=setup.scores, progress=progress, **layer_options,
+        model, sparsity, block_size, method=method, overrides=spec.overrides,
+        sparsities=setup.sparsities, permute=permute, scores=setup.scores, progress=progress,
+        **layer_options,
     )
     plan.settings.update(setup.settings(), reconstruct=bool(reconstruct))
     if reconstruct:

@@ -420,10 +420,12 @@ def layer_settings(
     sparsity: float,
     block_size: Any,
     overrides: Mapping[str, Any] | None,
+    sparsities: Mapping[str, float] | None = None,
 ) -> tuple[float, Any, bool]:
     """``(sparsity, block, skip)`` of weight ``name``: the global values with every override
     whose ``fnmatch`` pattern matches applied in order (a later match wins a setting; any
-    ``skip`` skips). The one place overrides are matched."""
+    ``skip`` skips), then the layer's allocated sparsity (``sparsities``, by exact name) if
+    it has one. The one place overrides are matched."""
     s, b, skip = sparsity, block_size, False
     for pat, raw in (overrides or {}).items():
         if fnmatch.fnmatchcase(name, pat):
@@ -431,6 +433,8 @@ def layer_settings(
             s = rule.sparsity if rule.sparsity is not None else s
             b = rule.block_size if rule.block_size is not None else b
             skip = skip or rule.skip
+    if sparsities and name in sparsities:
+        s = float(sparsities[name])
     return s, b, skip
 
 
@@ -439,6 +443,7 @@ def select_layers(
     sparsity: float,
     block_size: int | tuple[int, int],
     overrides: Mapping[str, Any] | None = None,
+    sparsities: Mapping[str, float] | None = None,
 ) -> tuple[list[tuple[str, Any, float, Any]], list[SkippedLayer]]:
     """The layers a plan prunes, as ``(weight name, weight, sparsity, block)`` with the
     overrides applied, and the modules that own parameters but are skipped (with why)."""
@@ -455,7 +460,7 @@ def select_layers(
         if not ok:
             skipped.append(SkippedLayer(mod_name or "<root>", kind, reason))
             continue
-        s, b, skip = layer_settings(wname, sparsity, block_size, overrides)
+        s, b, skip = layer_settings(wname, sparsity, block_size, overrides, sparsities)
         if skip:
             skipped.append(SkippedLayer(mod_name, kind, "skipped by an override"))
             continue
@@ -512,6 +517,7 @@ def plan_layers(
     permute: Mapping[str, tuple[bool, bool]] | None = None,
     scores: Mapping[str, np.ndarray] | None = None,
     progress: bool = False,
+    sparsities: Mapping[str, float] | None = None,
 ) -> PruningPlan:
     """Plan the pruning of every eligible layer of ``model`` (the model is not changed).
 
@@ -532,6 +538,8 @@ def plan_layers(
         scores: per weight name, a nonnegative importance map of the weight's shape that is
             clustered and pruned instead of ``|W|`` (:mod:`tetris_tvm.importance`).
         progress: show a progress bar.
+        sparsities: per weight name, an allocated sparsity that replaces the global one and
+            the overrides' (:mod:`tetris_tvm.allocation`).
 
     :func:`tetris_tvm.prune` is the public entry point; it adds calibration-aware importance,
     reconstruction and per-layer sparsity allocation on top of this function.
@@ -539,7 +547,7 @@ def plan_layers(
     if method not in ("tetris", "element"):
         raise ValueError(f"method must be 'tetris' or 'element', got {method!r}")
     check_block_size(block_size, "prune")
-    todo, skipped = select_layers(model, sparsity, block_size, overrides)
+    todo, skipped = select_layers(model, sparsity, block_size, overrides, sparsities)
     layers: dict[str, LayerPlan] = {}
     iterator: Any = todo
     if progress:

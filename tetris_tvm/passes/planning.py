@@ -50,6 +50,7 @@ def plan_graph(
     streams: str = "auto",
     scores: Mapping[str, np.ndarray] | None = None,
     progress: bool = True,
+    sparsities: Mapping[str, float] | None = None,
 ) -> tuple[PruningPlan, list[dict[str, Any]]]:
     """The plan for the weight layers of ``mod["main"]``, and one comparison per stream.
 
@@ -72,6 +73,8 @@ def plan_graph(
         scores: importance maps by torch weight name (:mod:`tetris_tvm.importance`) that are
             clustered and pruned instead of ``|W|``.
         progress: a progress bar over the layers (for four layers or more).
+        sparsities: allocated per-layer sparsities by torch weight name; they replace the
+            global sparsity and the overrides' (:mod:`tetris_tvm.allocation`).
 
     Returns:
         ``(plan, stream_report)``: the PruningPlan keyed by torch weight name, and one record
@@ -92,6 +95,7 @@ def plan_graph(
         streams=streams,
         scores=dict(scores or {}),
         progress=progress,
+        sparsities=dict(sparsities or {}),
     )
     plan = planner.plan()
     return plan, planner.stream_report
@@ -112,6 +116,7 @@ class _Planner:
     streams: str
     scores: dict[str, np.ndarray]
     progress: bool
+    sparsities: dict[str, float] = field(default_factory=dict)
     stream_report: list[dict[str, Any]] = field(default_factory=list)
     # weights computed with by several layer sites (a module called twice, one parameter in
     # two layers): planned once, without reordering, so every site reads one storage order
@@ -123,7 +128,8 @@ class _Planner:
         return self.weights[site.weight_param] if score is None else np.asarray(score)
 
     def settings_for(self, name: str) -> tuple[float, Any, bool]:
-        return layer_settings(name, self.sparsity, self.block_size, self.overrides)
+        return layer_settings(name, self.sparsity, self.block_size, self.overrides,
+                              self.sparsities)
 
     def absorbable(
         self,
