@@ -1,8 +1,8 @@
-"""Schedule rules pinned on small kernels, TVM dlight style (the CPU and CUDA block-sparse
-linear and conv2d rules): the scheduled TensorIR of a rule
-for one shape and target, compared structurally with the expected function below. A change to
-a rule that alters its output fails here until the expected function is updated on purpose
-(print the new one with ``rule.apply(func, target, False).mod["main"].script()``)."""
+"""Schedule rules pinned on small kernels, TVM dlight style: the CPU and CUDA block-sparse
+linear and conv2d rules' scheduled TensorIR for one shape and target, compared structurally
+with the expected functions below. A change to a rule that alters its output fails here until
+the expected function is updated on purpose (print the new one with
+``rule.apply(func, target, False).mod["main"].script()``)."""
 
 # ruff: noqa: E501
 
