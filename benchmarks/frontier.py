@@ -34,37 +34,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from minilm_plans import SKIP, one_shot_plan  # noqa: E402  (benchmarks/, beside this script)
 
 import tetris_tvm  # noqa: E402
 from tetris_tvm import peers, quality, zoo  # noqa: E402
-from tetris_tvm.bench import median_interleaved, wall_sampler  # noqa: E402
+from tetris_tvm.bench import cpu_name, median_interleaved, wall_sampler  # noqa: E402
 from tetris_tvm.quantization import quantized_reference  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-CACHE = Path(__file__).parent / "cache"
-SKIP = {"pooler.*": {"skip": True}}  # the pooler output is not the sentence embedding
 PEERS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
 
 
 def block_arg(text: str) -> tuple[int, int]:
     rows, _, cols = text.partition("x")
     return int(rows), int(cols or rows)
-
-
-def one_shot_plan(model: Any, tok: Any, sparsity: float, block: tuple[int, int]) -> Any:
-    """The plan ``compile`` makes with one-shot recovery, cached in benchmarks/cache/."""
-    CACHE.mkdir(exist_ok=True)
-    shape = "" if block == (32, 32) else f"_{block[0]}x{block[1]}"
-    path = CACHE / f"minilm_oneshot_default_{int(sparsity * 100)}{shape}.npz"
-    if path.exists():
-        return tetris_tvm.PruningPlan.load(path)
-    start = time.perf_counter()
-    plan = tetris_tvm.plan_model(model, (zoo.minilm_inputs(tok, 8, 128),), sparsity, block,
-                                 overrides=SKIP, progress=False,
-                                 calibration=quality.minilm_calibration(tok, n=256))
-    plan.settings["seconds"] = time.perf_counter() - start
-    plan.save(path)
-    return plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in times.items():
         rows[name]["ms"] = t * 1e3
     _table(rows)
-    out = {"machine": platform.machine(), "cpu": _cpu_name(), "threads": args.threads,
+    out = {"machine": platform.machine(), "cpu": cpu_name(), "threads": args.threads,
            "batch": args.batch, "seq": 128, "repeats": args.repeats, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
@@ -196,16 +179,6 @@ def _plot(rows: dict[str, dict[str, Any]], path: Path, batch: int) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

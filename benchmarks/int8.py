@@ -39,15 +39,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from minilm_plans import SKIP, one_shot_plan  # noqa: E402  (benchmarks/, beside this script)
 
 import tetris_tvm  # noqa: E402
 from tetris_tvm import peers, quality, zoo  # noqa: E402
-from tetris_tvm.bench import median_interleaved, wall_sampler  # noqa: E402
+from tetris_tvm.bench import cpu_name, median_interleaved, wall_sampler  # noqa: E402
 from tetris_tvm.quantization import quantized_reference  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-CACHE = Path(__file__).parent / "cache"
-SKIP = {"pooler.*": {"skip": True}}  # the pooler output is not the sentence embedding
 
 
 class WithMask(torch.nn.Module):
@@ -101,20 +100,6 @@ def own_quality(model: Any, evaluator: Any, options: dict[str, Any], tok: Any) -
     return evaluator.evaluate(CompiledEncoder(cm, 8))
 
 
-def one_shot_plan(model: Any, tok: Any, ids: Any, sparsity: float) -> Any:
-    """The plan ``compile`` makes with one-shot recovery, cached in benchmarks/cache/."""
-    CACHE.mkdir(exist_ok=True)
-    path = CACHE / f"minilm_oneshot_default_{int(sparsity * 100)}.npz"
-    if path.exists():
-        return tetris_tvm.PruningPlan.load(path)
-    start = time.perf_counter()
-    plan = tetris_tvm.plan_model(model, (ids,), sparsity, (32, 32), overrides=SKIP,
-                                 calibration=quality.minilm_calibration(tok, n=256))
-    plan.settings["seconds"] = time.perf_counter() - start
-    plan.save(path)
-    return plan
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -143,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{metrics['wordsim353']:.3f}", flush=True)
 
     record("torch eager (float32)", "dense", evaluator.dense)
-    plans = {s: one_shot_plan(model, tok, zoo.minilm_inputs(tok, 8, 128), s)
-             for s in args.sparsity}
+    plans = {s: one_shot_plan(model, tok, s) for s in args.sparsity}
     builds: list[tuple[str, dict[str, Any]]] = [
         ("ours dense float32", {"sparsity": 0.0}),
         ("ours dense int8", {"sparsity": 0.0, "quantize": "int8"}),
@@ -220,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, t in times.items():
             rows[name]["ms"][str(batch)] = t * 1e3
     _print_table(rows, args.batch)
-    out = {"machine": platform.processor() or platform.machine(), "cpu": _cpu_name(),
+    out = {"machine": platform.processor() or platform.machine(), "cpu": cpu_name(),
            "cpu_features": _cpu_features(),
            "threads": args.threads, "repeats": args.repeats, "block": [32, 32],
            "plans": {str(s): {k: plans[s].settings.get(k) for k in ("importance", "seconds")}
@@ -258,16 +242,6 @@ def _cpu_features() -> list[str]:
     except OSError:
         pass
     return []
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _print_table(rows: dict[str, dict[str, Any]], batches: list[int]) -> None:

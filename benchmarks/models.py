@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 import tetris_tvm  # noqa: E402
 from tetris_tvm import peers, zoo  # noqa: E402
-from tetris_tvm.bench import time_interleaved  # noqa: E402
+from tetris_tvm.bench import cpu_name, time_interleaved  # noqa: E402
 from tetris_tvm.calibration import model_output  # noqa: E402
 
 BLOCKS = {"minilm": 32, "mobilenet": 16, "mnist-cnn": 8}
@@ -174,23 +174,13 @@ def main() -> None:
     print("\ncall overhead, 64x64 Linear at batch 1 (us per call): "
           + ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()))
     if args.json:
-        meta = {"machine": platform.machine(), "processor": _cpu_name(),
+        meta = {"machine": platform.machine(), "processor": cpu_name(),
                 "python": platform.python_version(), "torch": torch.__version__,
                 "threads": 2, "peers": {n: _version(n) for n in peers.PEERS}}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "cases": cases,
                                          "call_overhead_us": overhead}, indent=1))
         print(f"\nwritten {args.json}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _version(name: str) -> str | None:

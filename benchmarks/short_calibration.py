@@ -24,12 +24,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from minilm_plans import SKIP, one_shot_plan  # noqa: E402  (benchmarks/, beside this script)
 
 import tetris_tvm  # noqa: E402
 from tetris_tvm import quality, zoo  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-SKIP = {"pooler.*": {"skip": True}}
 METRICS = ("cosine", "cosine_ood", "wordsim353", "simlex999")
 
 
@@ -62,12 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for text in args.blocks:
         block = tuple(int(b) for b in text.split("x"))
-        for name, calibration in (("sentences", sentences), ("sentences + words",
-                                                             sentences + short)):
-            start = time.perf_counter()
-            plan = tetris_tvm.plan_model(model, (ids,), args.sparsity, block, overrides=SKIP,
-                                         calibration=calibration, progress=False)
-            seconds = time.perf_counter() - start
+        for name in ("sentences", "sentences + words"):
+            if name == "sentences":  # the benchmarks' cached plan of the same recipe
+                plan = one_shot_plan(model, tok, args.sparsity, block)
+                seconds = plan.settings["seconds"]
+            else:
+                start = time.perf_counter()
+                plan = tetris_tvm.plan_model(model, (ids,), args.sparsity, block,
+                                             overrides=SKIP, calibration=sentences + short,
+                                             progress=False)
+                seconds = time.perf_counter() - start
             metrics = evaluator.evaluate(plan.apply(copy.deepcopy(model), keep=False))
             row = {"block": text, "calibration": name, "seconds": seconds,
                    **{k: metrics[k] for k in METRICS}}

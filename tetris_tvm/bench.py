@@ -10,8 +10,10 @@ took; :func:`median_interleaved` samples them round-robin.  :func:`wall_sampler`
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ __all__ = [
     "accuracy",
     "quality_text",
     "random_block_mask",
+    "cpu_name",
 ]
 
 
@@ -236,3 +239,14 @@ def random_block_mask(
     mask = np.zeros(total, bool)
     mask[rng.choice(total, keep, replace=False)] = True
     return mask.reshape(shape)
+
+
+def cpu_name() -> str:
+    """This machine's CPU model as results files record it (``/proc/cpuinfo``'s model name)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
