@@ -339,6 +339,7 @@ def lower_model(
         FastActivations,
         FoldBatchNorm,
         FoldPermutations,
+        LowerAttention,
         LowerBlockSparse,
     )
     from .passes.lower import lowered_layers
@@ -352,14 +353,17 @@ def lower_model(
     cpu = tgt.kind.name == "llvm"
     max_batch(dynamic_batch)  # checks an int bound
     eligible, skipped = _eligible_names(model)
-    imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch)
+    # on CPU, attention runs as one fused kernel (static shapes: LowerAttention below)
+    imported = import_model(model, example_inputs, dynamic_batch=dynamic_batch,
+                            keep_attention=cpu and not dynamic_batch)
     plan, prune_pass, stream_report = _plan_imported(
         model, imported, plan, eligible, spec,
         calibration=None if spec.quantize and plan is not None else calibration,
         progress=progress,
     )
     if spec.quantize is not None:
-        plan = _quantized_plan(model, plan, tgt, spec.activations, calibration)
+        attention = spec.attention_precision if imported.kept_attention else "float32"
+        plan = _quantized_plan(model, plan, tgt, spec.activations, calibration, attention)
     lower = LowerBlockSparse(dtype=spec.dtype, row_chunks=cpu, dense_block_n=32 if cpu else 16,
                              quantization=plan.quantization, threads=_threads(tgt))
     passes = tvm.transform.Sequential(
@@ -370,6 +374,7 @@ def lower_model(
             FoldBatchNorm(),  # eval batch norms scale the weights (after the permutations)
             relax.transform.DeadCodeElimination(),
             lower,
+            *([LowerAttention(_attention_dot(plan, tgt))] if cpu else []),
             FastActivations(),
             ClipGatherIndices(),
             lowering_pipeline(),
@@ -475,6 +480,15 @@ def graph_planner(model: Any, example_inputs: Sequence[Any] | Any,
     return GraphPlanner(model, example_inputs, spec.block, spec.overrides, spec.streams)
 
 
+def _attention_dot(plan: Any, target: Any) -> Any:
+    """The int8 dot-product instruction attention uses on ``target`` (None: float32)."""
+    if (getattr(plan, "quantization", None) or {}).get("attention") != "int8":
+        return None
+    from .kernels.int8 import dot_for_target
+
+    return dot_for_target(target)
+
+
 def _threads(target: Any) -> int:
     """Threads the target's kernels run on: its ``num-cores``, else this machine's cores."""
     cores = target.attrs.get("num-cores") if target.attrs is not None else None
@@ -502,7 +516,7 @@ def _check_quantize(spec: PruningSpec, target: Any, model: Any, dynamic_batch: A
 
 
 def _quantized_plan(model: Any, plan: Any, target: Any, activations: str,
-                    calibration: Any) -> Any:
+                    calibration: Any, attention: str = "float32") -> Any:
     """``plan`` with the int8 settings of :mod:`tetris_tvm.quantization` for ``target``."""
     from dataclasses import replace
 
@@ -513,7 +527,7 @@ def _quantized_plan(model: Any, plan: Any, target: Any, activations: str,
     ranges = None
     if activations == "static":
         ranges = calibrate_ranges(model, plan, calibration, list(plan))
-    settings = int8_settings(model, plan, dot, activations, ranges)
+    settings = int8_settings(model, plan, dot, activations, ranges, attention=attention)
     unfit = sorted(n for n, why in settings["float32"].items() if "blocks need" in why)
     if unfit:
         import warnings

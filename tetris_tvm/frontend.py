@@ -38,6 +38,7 @@ class ImportedModel:
             batch bound (:class:`tetris_tvm.runtime.InputSpec`'s dict form).
         aliases: a parameter the model holds under several names (tied weights): each other
             name -> the one ``torch_names`` uses for it (:func:`tetris_tvm.plan.tied_names`).
+        kept_attention: ``scaled_dot_product_attention`` was imported as ``nn.attention``.
     """
 
     mod: Any
@@ -47,6 +48,7 @@ class ImportedModel:
     output_is_tuple: bool = False
     input_specs: list[dict[str, Any]] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
+    kept_attention: bool = False
 
     def params_of(self, torch_name: str) -> list[str]:
         """The relax parameters holding the torch parameter ``torch_name`` (a tied weight
@@ -90,6 +92,7 @@ def import_model(
     example_inputs: Sequence[Any],
     *,
     dynamic_batch: bool | int = False,
+    keep_attention: bool = False,
 ) -> ImportedModel:
     """Export ``model`` with torch.export and import it into Relax.
 
@@ -98,6 +101,10 @@ def import_model(
         example_inputs: tensors with the shapes to compile for.
         dynamic_batch: make dimension 0 of every input symbolic (``batch``); an int is the
             largest batch, which lets Relax plan all memory once for that size.
+        keep_attention: import ``scaled_dot_product_attention`` as Relax's ``nn.attention``
+            (for :class:`tetris_tvm.passes.LowerAttention`) instead of torch's op-by-op
+            decomposition, when every call in the model is one the fused kernel computes
+            (:func:`keepable_attention`); otherwise the model imports as without it.
     """
     import torch
     from tvm.relax.frontend.torch import from_exported_program
@@ -140,8 +147,18 @@ def import_model(
 
     try:
         with quiet_torch_export():  # TVM's importer runs torch's decompositions
-            mod = from_exported_program(exported, keep_params_as_input=True,
-                                        unwrap_unit_return_tuple=True)
+            kept = keep_attention and keepable_attention(exported)
+            if kept:
+                table = torch.export.default_decompositions()
+                for op in [op for op in table if "scaled_dot_product" in str(op)]:
+                    del table[op]
+                mod = from_exported_program(
+                    exported.run_decompositions(table), keep_params_as_input=True,
+                    unwrap_unit_return_tuple=True, run_ep_decomposition=False,
+                    custom_convert_map={_SDPA: _attention_to_relax})
+            else:
+                mod = from_exported_program(exported, keep_params_as_input=True,
+                                            unwrap_unit_return_tuple=True)
     except AssertionError as e:  # TVM 0.27's importer asserts on ops it does not know
         text = str(e)
         if "Unsupported function types" not in text:
@@ -189,7 +206,8 @@ def import_model(
              for v in func.params[:num_input]]
     out_spec = exported.call_spec.out_spec
     is_tuple = out_spec is not None and out_spec.num_leaves > 1
-    return ImportedModel(mod, weights, torch_names, input_names, bool(is_tuple), specs, aliases)
+    return ImportedModel(mod, weights, torch_names, input_names, bool(is_tuple), specs, aliases,
+                         kept)
 
 
 def _input_spec(var: Any, bound: int | None) -> dict[str, Any]:
@@ -217,3 +235,83 @@ def BindWeights(weights: dict[str, np.ndarray]) -> Any:  # noqa: N802 - a Pass, 
         return relax.transform.BindParams("main", values)(mod)
 
     return tvm.transform.module_pass(bind, opt_level=0, name="BindWeights")
+
+
+_SDPA = "scaled_dot_product_attention.default"
+
+
+def _sdpa_operands(node: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """``(q, k, v, mask, options)`` of an SDPA call node (fx nodes; options as torch's
+    defaults fill them)."""
+    names = ("attn_mask", "dropout_p", "is_causal")
+    defaults = (None, 0.0, False)
+    options = {n: node.args[3 + i] if len(node.args) > 3 + i else node.kwargs.get(n, dflt)
+               for i, (n, dflt) in enumerate(zip(names, defaults, strict=True))}
+    options["scale"] = node.kwargs.get("scale")
+    options["enable_gqa"] = node.kwargs.get("enable_gqa", False)
+    q, k, v = node.args[:3]
+    return q, k, v, options.pop("attn_mask"), options
+
+
+def keepable_attention(exported: Any) -> bool:
+    """Whether ``exported`` calls ``scaled_dot_product_attention`` only in the form the fused
+    kernel computes: 4-D float32 q, k, v with static shapes and one key/value head per query
+    head, no dropout, not causal, no mask or a bool / float32 mask (a dense bias of rank <=
+    4). False when it has no such call."""
+    import torch
+
+    calls = [n for n in exported.graph.nodes
+             if n.op == "call_function" and "scaled_dot_product" in str(n.target)]
+    if not calls:
+        return False
+
+    def static(val: Any) -> bool:
+        return isinstance(val, torch.Tensor) and all(isinstance(d, int) for d in val.shape)
+
+    for node in calls:
+        if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
+            return False
+        q, k, v, mask, options = _sdpa_operands(node)
+        vals = [getattr(t, "meta", {}).get("val") for t in (q, k, v)]
+        if not all(static(t) and t.ndim == 4 and t.dtype == torch.float32 for t in vals):
+            return False
+        if vals[1].shape[:2] != vals[0].shape[:2] or vals[2].shape[:2] != vals[0].shape[:2]:
+            return False
+        if options["dropout_p"] or options["is_causal"] or options["enable_gqa"]:
+            return False
+        if mask is not None:
+            m = getattr(mask, "meta", {}).get("val")
+            if not static(m) or m.ndim > 4 or m.dtype not in (torch.bool, torch.float32):
+                return False
+    return True
+
+
+def _attention_to_relax(node: Any, importer: Any) -> Any:
+    """Converter of ``scaled_dot_product_attention`` (``(b, h, s, d)`` operands) into
+    ``nn.attention`` (``(b, s, h, d)``): a bool mask becomes a ``0 / -inf`` bias."""
+    from tvm import relax
+
+    bb = importer.block_builder
+    q, k, v, mask, options = _sdpa_operands(node)
+
+    def to_bshd(arg: Any) -> Any:
+        var = importer.env[arg]
+        bound = bb.lookup_binding(var) if isinstance(var, relax.Var) else None
+        if (isinstance(bound, relax.Call) and getattr(bound.op, "name", "") ==
+                "relax.permute_dims" and [int(a) for a in bound.attrs.axes] == [0, 2, 1, 3]):
+            return bound.args[0]  # the model's own (b, s, h, d) tensor
+        return bb.emit(relax.op.permute_dims(var, [0, 2, 1, 3]))
+
+    bias = None
+    if mask is not None:
+        bias = importer.env[mask]
+        ndim = len(bias.ty.shape.values)
+        if ndim < 4:
+            shape = [1] * (4 - ndim) + [int(d) for d in bias.ty.shape.values]
+            bias = bb.emit(relax.op.reshape(bias, shape))
+        if str(bias.ty.dtype) == "bool":
+            bias = bb.emit(relax.op.where(bias, relax.const(0.0, "float32"),
+                                          relax.const(float("-inf"), "float32")))
+    out = bb.emit(relax.op.nn.attention(to_bshd(q), to_bshd(k), to_bshd(v), bias,
+                                        scale=options["scale"]))
+    return bb.emit(relax.op.permute_dims(out, [0, 2, 1, 3]))

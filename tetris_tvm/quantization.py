@@ -5,8 +5,10 @@ on int8 operands: the weight quantized symmetrically per output channel after pr
 kept blocks are stored), the layer's input quantized per row (token) into the dot-product
 instruction's range, either from each row's own range (``activations="dynamic"``) or with one
 scale and zero point per layer calibrated on example inputs (``"static"``); int32
-accumulation, and dequantization, bias and activation in float32. Everything else (attention
-matmuls, softmax, layer norms, convs) stays float32.
+accumulation, and dequantization, bias and activation in float32. Attention's two matmuls
+run int8 too where the model calls ``scaled_dot_product_attention`` (``attention="int8"``,
+the default of an int8 build; :func:`fake_quantize_attention` says how); softmax, layer norms
+and convs stay float32.
 
 The **reference** of an int8 build is the masked model with the same fake quantization
 (:func:`quantized_reference`): each quantized layer's weight replaced by its dequantized int8
@@ -18,7 +20,8 @@ The settings live in ``plan.quantization`` (a dict, saved with the plan)::
     {"scheme": "int8", "activations": "dynamic" | "static", "dot": "vnni",
      "qmin": 0, "qmax": 255,                      # the activations' integer range
      "layers": {name: {"scale": s, "zero": z} | {}},   # static: per layer; dynamic: {}
-     "float32": {name: reason}}                   # planned layers that stay float32
+     "float32": {name: reason},                   # planned layers that stay float32
+     "attention": "int8" | "float32", "widths": [16, 8, 4]}   # the dot's lane counts
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "ACTIVATION_MODES",
     "QUANTIZE",
     "calibrate_ranges",
+    "fake_quantize_attention",
     "fake_quantize_rows",
     "int8_settings",
     "quantize_weight",
@@ -100,10 +104,12 @@ def fake_quantize_rows(x: Any, qmin: int, qmax: int,
 
 
 def int8_settings(model: Any, plan: Any, dot: Any, activations: str,
-                  ranges: Mapping[str, tuple[float, float]] | None = None) -> dict[str, Any]:
+                  ranges: Mapping[str, tuple[float, float]] | None = None, *,
+                  attention: str = "float32") -> dict[str, Any]:
     """``plan.quantization`` for an int8 build with the dot-product instruction ``dot``
     (:class:`tetris_tvm.kernels.int8.Dot`): which planned layers run int8 (Linear layers
-    whose blocks the kernels take), and for static activations each one's scale and zero."""
+    whose blocks the kernels take), for static activations each one's scale and zero, and
+    the precision of attention's matmuls (``"int8"`` or ``"float32"``)."""
     import torch
 
     if activations not in ACTIVATION_MODES:
@@ -129,7 +135,7 @@ def int8_settings(model: Any, plan: Any, dot: Any, activations: str,
         layers[name] = entry
     return {"scheme": "int8", "activations": activations, "dot": dot.name,
             "qmin": int(dot.qmin), "qmax": int(dot.qmax), "layers": layers,
-            "float32": float32}
+            "float32": float32, "attention": attention, "widths": list(dot.widths)}
 
 
 def calibrate_ranges(model: Any, plan: Any, batches: Iterable[Any],
@@ -194,4 +200,71 @@ def quantized_reference(model: Any, plan: Any) -> Any:
             return (fake_quantize_rows(inputs[0], qmin, qmax, static), *inputs[1:])
 
         module.register_forward_pre_hook(quantize_input)
+    if settings.get("attention") == "int8":
+        _fake_quantize_attention_calls(work, qmin, qmax, settings.get("widths", [4]))
     return work
+
+
+def fake_quantize_attention(q: Any, k: Any, v: Any, attn_mask: Any = None,
+                            dropout_p: float = 0.0, is_causal: bool = False,
+                            scale: float | None = None, *, qmin: int, qmax: int) -> Any:
+    """``scaled_dot_product_attention`` (``(batch, heads, seq, dim)`` operands) with the int8
+    attention kernel's arithmetic: keys int8 per row and values int8 per column (symmetric,
+    ``[-127, 127]``), queries per row into ``[qmin, qmax]`` with a zero point, scores and
+    softmax in float32, ``exp(s - max)`` rounded to steps of ``1 / qmax`` and normalised
+    after the product with the values. A row with every score ``-inf`` gives 0."""
+    import torch
+
+    f32 = torch.float32
+
+    def symmetric(x: Any, dim: int) -> Any:
+        amax = x.abs().amax(dim=dim, keepdim=True) / 127.0
+        s = torch.where(amax > 0, amax, torch.ones_like(amax))
+        return torch.floor(x * (1.0 / s) + 0.5).clamp(-127, 127) * s
+
+    q, k, v = q.to(f32), k.to(f32), v.to(f32)
+    scale = 1.0 / float(q.shape[-1]) ** 0.5 if scale is None else float(scale)
+    scores = fake_quantize_rows(q, qmin, qmax) @ symmetric(k, -1).transpose(-1, -2) * scale
+    if attn_mask is not None:
+        bias = attn_mask if attn_mask.dtype != torch.bool else torch.where(
+            attn_mask, torch.zeros((), dtype=f32), torch.full((), float("-inf"), dtype=f32))
+        scores = scores + bias
+    top = scores.amax(dim=-1, keepdim=True)
+    e = torch.exp(scores - torch.where(torch.isinf(top), torch.zeros_like(top), top))
+    total = e.sum(dim=-1, keepdim=True)
+    p = torch.floor(e * float(qmax) + 0.5).clamp(0, qmax) / float(qmax)
+    vs = v.abs().amax(dim=-2, keepdim=True) / 127.0
+    vs = torch.where(vs > 0, vs, torch.ones_like(vs))
+    vq = torch.floor(v / vs + 0.5).clamp(-127, 127)
+    out = (p @ (vq * vs)) / torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(total > 0, out, torch.zeros_like(out))
+
+
+def _fake_quantize_attention_calls(model: Any, qmin: int, qmax: int, widths: list[int]) -> None:
+    """While ``model`` runs, its ``scaled_dot_product_attention`` calls that the int8 kernel
+    takes (the import keeps them: 4-D float32, no dropout, not causal; sizes in multiples of
+    4 and of one of the dot's lane counts) compute :func:`fake_quantize_attention`."""
+    import torch
+
+    functional = torch.nn.functional
+    original = functional.scaled_dot_product_attention
+
+    def sdpa(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+             is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False
+             ) -> Any:
+        d, t, dv = q.shape[-1], k.shape[-2], v.shape[-1]
+        if (q.ndim != 4 or dropout_p or is_causal or enable_gqa or d % 4 or t % 4
+                or not any(t % w == 0 for w in widths) or not any(dv % w == 0 for w in widths)
+                or q.dtype != torch.float32 or k.shape[1] != q.shape[1]):
+            return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                            is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        return fake_quantize_attention(q, k, v, attn_mask, scale=scale, qmin=qmin, qmax=qmax)
+
+    def swap_in(_m: Any, _inputs: Any) -> None:
+        functional.scaled_dot_product_attention = sdpa
+
+    def swap_out(_m: Any, _inputs: Any, _output: Any) -> None:
+        functional.scaled_dot_product_attention = original
+
+    model.register_forward_pre_hook(swap_in)
+    model.register_forward_hook(swap_out, always_call=True)

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_BLOCK",
     "DEFAULT_SPARSITY",
     "DTYPES",
+    "ATTENTION_PRECISIONS",
     "METHODS",
     "PRUNE_OPTIONS",
     "PruningSpec",
@@ -39,6 +40,7 @@ DEFAULT_BLOCK = (32, 32)
 METHODS: tuple[str, ...] = ("tetris", "element")
 STREAM_MODES: tuple[str, ...] = ("auto", "shared", "separate")
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+ATTENTION_PRECISIONS: tuple[str, ...] = ("float32", "int8")
 # keyword arguments of tetris_tvm.prune_weight a spec may carry (``prune_options``)
 PRUNE_OPTIONS: tuple[str, ...] = ("reorder", "solver", "balanced", "max_iters", "tol",
                                   "anneal", "inits")
@@ -71,6 +73,8 @@ class PruningSpec:
             ``"separate"`` (see :func:`tetris_tvm.compile`).
         quantize: ``None`` or ``"int8"`` (Linear layers on int8 operands).
         activations: int8 activation scales, ``"dynamic"`` or ``"static"``.
+        attention: precision of attention's two matmuls on CPU, ``"float32"`` or ``"int8"``
+            (default: ``"int8"`` when ``quantize="int8"``, else ``"float32"``).
         dtype: ``"float32"``, or ``"float16"`` / ``"bfloat16"`` for the pruned layers.
     """
 
@@ -86,6 +90,7 @@ class PruningSpec:
     streams: str = "auto"
     quantize: str | None = None
     activations: str = "dynamic"
+    attention: str | None = None
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -106,6 +111,9 @@ class PruningSpec:
         _one_of("quantize", self.quantize, QUANTIZE)
         _one_of("activations", self.activations, ACTIVATION_MODES)
         _one_of("dtype", self.dtype, DTYPES)
+        _one_of("attention", self.attention, (None, *ATTENTION_PRECISIONS))
+        if self.attention == "int8" and self.quantize != "int8":
+            raise ValueError("attention='int8' needs quantize='int8'")
         if self.reconstruct not in (None, True, False):
             raise ValueError(f"reconstruct must be True, False or None, got "
                              f"{self.reconstruct!r}")
@@ -168,6 +176,11 @@ class PruningSpec:
     def prunes(self) -> bool:
         """Whether any layer loses blocks (a global or an override sparsity above 0)."""
         return self.target_sparsity > 0 or any(o.sparsity for o in self.overrides.values())
+
+    @property
+    def attention_precision(self) -> str:
+        """Precision of attention's matmuls (the default: int8 in an int8 build)."""
+        return self.attention or ("int8" if self.quantize == "int8" else "float32")
 
     def recovery(self, calibration_given: bool) -> tuple[str, bool, str]:
         """``(importance, reconstruct, allocation)``, the unset ones chosen by whether

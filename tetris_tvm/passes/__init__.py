@@ -5,10 +5,12 @@
 - :class:`FoldPermutations` -- push, compose, cancel and absorb the channel gathers.
 - :class:`FoldBatchNorm` -- eval batch norms scale the weight layer before them.
 - :class:`LowerBlockSparse` -- composites -> ``call_tir`` to block-sparse TensorIR kernels.
+- :class:`LowerAttention` -- ``nn.attention`` -> the fused CPU attention kernel.
 - :class:`FastActivations` -- vectorisable GELU / softmax / exp for what stays outside.
 - :class:`ClipGatherIndices` -- gathers clip their indices (no segfault on a bad token id).
 """
 
+from .attention import LowerAttention
 from .checked_gathers import ClipGatherIndices
 from .fast_math import FastActivations
 from .fold_batch_norm import FoldBatchNorm
@@ -27,6 +29,7 @@ __all__ = [
     "FoldPermutations",
     "LayerSite",
     "LoweredLayer",
+    "LowerAttention",
     "LowerBlockSparse",
     "TetrisPrune",
     "plan_graph",
