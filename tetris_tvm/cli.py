@@ -154,6 +154,7 @@ def _spec(args: argparse.Namespace, recovery: dict[str, Any] | None = None,
         "sparsity": getattr(args, "sparsity", None), "block_size": getattr(args, "block", None),
         "streams": getattr(args, "streams", None), "quantize": getattr(args, "quantize", None),
         "activations": getattr(args, "activations", None),
+        "attention": getattr(args, "attention", None),
         "dtype": getattr(args, "dtype", None), **recovery,
     }
     if hasattr(args, "no_reorder"):
@@ -666,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--activations", choices=["dynamic", "static"], default="dynamic",
                        help="int8 inputs quantized per row from their own range (dynamic) or "
                        "with per-layer ranges calibrated on --calibrate/--calibration data")
+        g.add_argument("--attention", choices=["float32", "int8"], default=None,
+                       help="precision of attention's two matmuls (fused CPU kernel; default: "
+                       "int8 with --quantize int8, else float32)")
 
     def pruning_args(p: argparse.ArgumentParser) -> None:
         """How compile and tune prune: a sparsity, or a saved plan (same plan -> same kernels)."""

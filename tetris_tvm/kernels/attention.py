@@ -307,9 +307,16 @@ def attention_int8(
                 kq = TB.alloc_buffer((d4, kv_len), "int32")
                 ks = TB.alloc_buffer((kv_len,), F32)
                 ksum = TB.alloc_buffer((kv_len,), "int32")
+                qw = _lanes(dim) if dim % 4 == 0 else 4  # floats per quantizer vector
+                nw = qw // 4
+
                 with T.serial(0, kv_len) as j:
-                    _quantize_row(lambda g, j=j: k.vload([b, j, h, 4 * g], "float32x4"), d4,
-                                  lambda g, j=j: [g, j], kq, -127.0, 127.0, "int8",
+                    def key_words(g, words, j=j):
+                        for t in range(nw):
+                            T.buffer_store(kq, _word(words, t, nw), [g * nw + t, j])
+
+                    _quantize_row(lambda g, j=j: k.vload([b, j, h, qw * g], f"float32x{qw}"),
+                                  dim // qw, qw, key_words, -127.0, 127.0, "int8",
                                   symmetric=True, scale_out=(ks, j), second_out=(ksum, j))
                 # values: int8 per column (over the keys), as (kv_len / 4, v_dim, 4)
                 vs = TB.alloc_buffer((v_dim,), F32)
@@ -329,8 +336,11 @@ def attention_int8(
                 qs = TB.alloc_buffer((seq,), F32)
                 qz = TB.alloc_buffer((seq,), "int32")
                 with T.serial(0, seq) as i:
-                    _quantize_row(lambda g, i=i: q.vload([b, i, h, 4 * g], "float32x4"), d4,
-                                  lambda g, i=i: [i, g], qq, float(dot.qmin), float(dot.qmax),
+                    def query_words(g, words, i=i):
+                        T.buffer_store(qq, words, [i, g if nw == 1 else T.ramp(g * nw, 1, nw)])
+
+                    _quantize_row(lambda g, i=i: q.vload([b, i, h, qw * g], f"float32x{qw}"),
+                                  dim // qw, qw, query_words, float(dot.qmin), float(dot.qmax),
                                   dot.act_dtype, symmetric=False, scale_out=(qs, i),
                                   second_out=(qz, i))
                 scores = TB.alloc_buffer((rt, kv_len), F32)
@@ -353,24 +363,25 @@ def _round_clip(x, lo: float, hi: float, dtype: str, lanes: int):
     return T.Cast(dtype if lanes == 1 else f"{dtype}x{lanes}", v)
 
 
-def _quantize_row(load, groups: int, index, words, qmin: float, qmax: float, dtype: str, *,
-                  symmetric: bool, scale_out, second_out) -> None:
-    """Quantize one row given as ``groups`` float32x4 loads into words of 4 ``dtype`` values
-    (``words[index(g)]``). Symmetric: scale ``max|x| / qmax``, ``second_out`` gets the sum of
-    the quantized values; else the row's range (with 0) spans ``[qmin, qmax]`` and
-    ``second_out`` gets the zero point. A zero row gets scale 1."""
-    lo = TB.alloc_buffer((4,), F32)
-    hi = TB.alloc_buffer((4,), F32)
-    _store(lo, _c(0.0, 4), [0], 4)
-    _store(hi, _c(0.0, 4), [0], 4)
-    with T.serial(0, groups) as g:
+def _quantize_row(load, vecs: int, width: int, store_words, qmin: float, qmax: float,
+                  dtype: str, *, symmetric: bool, scale_out, second_out) -> None:
+    """Quantize one row given as ``vecs`` loads of ``width`` floats; ``store_words(g, w)``
+    stores vector ``g``'s values as ``width / 4`` words of 4 ``dtype`` values. Symmetric:
+    scale ``max|x| / qmax``, ``second_out`` gets the sum of the quantized values; else the
+    row's range (with 0) spans ``[qmin, qmax]`` and ``second_out`` gets the zero point. A zero
+    row gets scale 1."""
+    lo = TB.alloc_buffer((width,), F32)
+    hi = TB.alloc_buffer((width,), F32)
+    _store(lo, _c(0.0, width), [0], width)
+    _store(hi, _c(0.0, width), [0], width)
+    with T.serial(0, vecs) as g:
         x = load(g)
         if symmetric:
-            _store(hi, T.max(_load(hi, [0], 4), T.max(x, _c(0.0, 4) - x)), [0], 4)
+            _store(hi, T.max(_load(hi, [0], width), T.max(x, _c(0.0, width) - x)), [0], width)
         else:
-            _store(lo, T.min(_load(lo, [0], 4), x), [0], 4)
-            _store(hi, T.max(_load(hi, [0], 4), x), [0], 4)
-    with T.serial(1, 4) as li:
+            _store(lo, T.min(_load(lo, [0], width), x), [0], width)
+            _store(hi, T.max(_load(hi, [0], width), x), [0], width)
+    with T.serial(1, width) as li:
         T.buffer_store(lo, T.min(lo[0], lo[li]), [0])
         T.buffer_store(hi, T.max(hi[0], hi[li]), [0])
     span = hi[0] / T.float32(qmax) if symmetric else (hi[0] - lo[0]) / T.float32(qmax - qmin)
@@ -385,16 +396,25 @@ def _quantize_row(load, groups: int, index, words, qmin: float, qmax: float, dty
                                                    T.float32(qmin))), [zrow])
         zero = T.Cast(F32, zbuf[zrow])
     inv = TB.bind(T.float32(1.0) / sbuf[srow])
-    sums = TB.alloc_buffer((4,), "int32")
-    T.buffer_store(sums, T.broadcast(T.int32(0), 4), [T.ramp(0, 1, 4)])
-    with T.serial(0, groups) as g:
-        qv = _round_clip(load(g) * _bcast(inv, 4) + _bcast(zero, 4), qmin, qmax, dtype, 4)
-        T.buffer_store(words, T.reinterpret("int32", qv), index(g))
-        if symmetric:  # the stored word read back (not the expression: computed once)
-            back = T.Cast("int32x4", T.reinterpret(f"{dtype}x4", words[tuple(index(g))]))
-            T.buffer_store(sums, sums.vload([0], "int32x4") + back, [T.ramp(0, 1, 4)])
+    sums = TB.alloc_buffer((width,), "int32")
+    T.buffer_store(sums, T.broadcast(T.int32(0), width), [T.ramp(0, 1, width)])
+    nw = width // 4
+    with T.serial(0, vecs) as g:
+        qv = _round_clip(load(g) * _bcast(inv, width) + _bcast(zero, width), qmin, qmax,
+                         dtype, width)
+        store_words(g, T.reinterpret("int32" if nw == 1 else f"int32x{nw}", qv))
+        if symmetric:
+            T.buffer_store(sums, sums.vload([0], f"int32x{width}") +
+                           T.Cast(f"int32x{width}", qv), [T.ramp(0, 1, width)])
     if symmetric:
-        T.buffer_store(zbuf, sums[0] + sums[1] + sums[2] + sums[3], [zrow])
+        with T.serial(1, width) as li:
+            T.buffer_store(sums, sums[0] + sums[li], [0])
+        T.buffer_store(zbuf, sums[0], [zrow])
+
+
+def _word(words, t: int, nw: int):
+    """Word ``t`` of a vector of ``nw`` int32 words."""
+    return words if nw == 1 else T.Shuffle([words], [t])
 
 
 def _column_scales(v, b, h, kv_len: int, v_dim: int, vl: int, vs) -> None:
