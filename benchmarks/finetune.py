@@ -18,6 +18,14 @@ kept (the run resumes).
     python benchmarks/finetune.py --only minilm --steps 2400 --hidden-layers auto \
         --methods tetris --configs 0.5:32
     python benchmarks/finetune.py --retime --peers   # saved fine-tuned plans, current compiler
+    python benchmarks/finetune.py --only minilm --steps 1200 --methods tetris \
+        --configs 0.5:32x4 --int8                    # a rectangular block, and its int8 build
+
+Blocks are ``rows`` (square) or ``rowsxcols`` (outputs x inputs). ``--int8`` (MiniLM) also
+compiles each fine-tuned TETRIS plan with ``quantize="int8"``, measures that build's held-out
+quality (its reference: the fine-tuned masked model with the build's fake quantization) and
+times it interleaved with our dense int8 build and OpenVINO's float32 and int8 (NNCF, on the
+calibration sentences) models (``int8`` in the row).
 
 ``--retime`` trains nothing: every TETRIS row whose fine-tuned plan is still saved is compiled
 again with the current compiler, checked against its masked reference, its held-out metrics
@@ -72,21 +80,70 @@ class Task:
             self.overrides = {}
 
 
-def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_every: int,
-        dense_cm: Any, repeats: int, hidden: str | None, allocation: str,
-        peer_runners: dict[str, Any], plan_dir: Path) -> dict[str, Any]:
-    planner = None
-    if method == "tetris":
-        planner = tetris_tvm.graph_planner(task.model, task.example, (b, b),
-                                           overrides=task.overrides)
-    t0 = time.perf_counter()
-    model, plan = tetris_tvm.finetune(
-        copy.deepcopy(task.model), task.data, s, (b, b), steps=steps, lr=lr,
-        prune_every=max(steps // 30, 1), allocation=allocation, method=method,
-        overrides=task.overrides, planner=planner, calibration=task.calibration,
-        evaluate=task.evaluate, eval_every=eval_every, progress=False, hidden_layers=hidden,
-    )
-    seconds = time.perf_counter() - t0
+def block_of(text: str) -> tuple[int, int]:
+    """``"32"`` -> (32, 32); ``"32x4"`` -> (32, 4)."""
+    rows, _, cols = text.partition("x")
+    return int(rows), int(cols or rows)
+
+
+def block_name(block: tuple[int, int]) -> int | str:
+    """What a row records: the side of a square block (as rows always did), else "RxC"."""
+    return block[0] if block[0] == block[1] else f"{block[0]}x{block[1]}"
+
+
+def int8_row(task: Task, plan: Any, repeats: int, openvino: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuned plan compiled in int8: its held-out quality and its time next to our
+    dense int8 build and OpenVINO's float32 and int8 models (interleaved, median)."""
+    import numpy as np
+
+    from tetris_tvm.bench import median_interleaved, wall_sampler
+    from tetris_tvm.quantization import quantized_reference
+
+    (ids,) = task.example
+    cm = tetris_tvm.compile(task.model, task.example, plan=plan, quantize="int8", progress=False)
+    dense = tetris_tvm.compile(task.model, task.example, sparsity=0.0, quantize="int8",
+                               overrides=task.overrides, progress=False)
+    metrics = task.evaluate(quantized_reference(task.model, cm.plan))
+    arrays = [np.ascontiguousarray(ids.numpy())]
+    mask = np.ones_like(arrays[0])
+    samplers = {"pruned_int8": wall_sampler(lambda: cm.run_numpy(*arrays)),
+                "ours_dense_int8": wall_sampler(lambda: dense.run_numpy(*arrays)),
+                **{k: wall_sampler(p.timer(arrays[0], mask)) for k, p in openvino.items()}}
+    times = median_interleaved(samplers, repeats=repeats)
+    return {**{k: float(v) for k, v in metrics.items()},
+            **{f"ms_{k}": t * 1e3 for k, t in times.items()}}
+
+
+def openvino_models(task: Task) -> dict[str, Any]:
+    """OpenVINO float32 and int8 (NNCF on the calibration sentences) for ``--int8``."""
+    (ids,) = task.example
+    data = [(b["input_ids"], b["attention_mask"]) for b in task.calibration]
+    return {v: peers.build(v, task.model, (ids, torch.ones_like(ids)), 2,
+                           calibration=data if v.endswith("int8") else None)
+            for v in ("openvino", "openvino-int8")}
+
+
+def run(task: Task, s: float, b: tuple[int, int], method: str, steps: int, lr: float,
+        eval_every: int, dense_cm: Any, repeats: int, hidden: str | None, allocation: str,
+        peer_runners: dict[str, Any], plan_dir: Path,
+        openvino: dict[str, Any] | None = None, reuse: bool = False) -> dict[str, Any]:
+    plan_path = plan_dir / f"{task.name}_s{s}_b{block_name(b)}_{steps}steps.npz"
+    if reuse and method == "tetris" and plan_path.is_file():
+        plan, seconds = _saved_plan(plan_path, steps, lr, hidden, allocation), None
+    else:
+        planner = None
+        if method == "tetris":
+            planner = tetris_tvm.graph_planner(task.model, task.example, b,
+                                               overrides=task.overrides)
+        t0 = time.perf_counter()
+        _, plan = tetris_tvm.finetune(
+            copy.deepcopy(task.model), task.data, s, b, steps=steps, lr=lr,
+            prune_every=max(steps // 30, 1), allocation=allocation, method=method,
+            overrides=task.overrides, planner=planner, calibration=task.calibration,
+            evaluate=task.evaluate, eval_every=eval_every, progress=False,
+            hidden_layers=hidden,
+        )
+        seconds = time.perf_counter() - t0
     hist = plan.settings["finetune"]["history"]
     row: dict[str, Any] = {"seconds": seconds, "steps": steps, "lr": lr, "history": hist,
                            "hidden_layers": hidden, "allocation": allocation,
@@ -94,15 +151,34 @@ def run(task: Task, s: float, b: int, method: str, steps: int, lr: float, eval_e
     if method != "tetris":
         return row  # unstructured: no block-sparse kernels to time
     plan_dir.mkdir(parents=True, exist_ok=True)
-    plan_path = plan_dir / f"{task.name}_s{s}_b{b}_{steps}steps.npz"
-    plan.save(plan_path)  # the fine-tuned model: masks and weights (not committed: large)
+    if seconds is not None:
+        plan.save(plan_path)  # the fine-tuned model: masks and weights (not committed: large)
     row["plan_file"] = str(plan_path)
     cm = tetris_tvm.compile(task.model, task.example, plan=plan)
     plan.remove()
     reference = plan.apply(copy.deepcopy(task.model), keep=False)
     row.update(check_and_time(cm, dense_cm, task.model, reference, task.example, repeats,
                               peers=peer_runners))
+    if openvino is not None:
+        row["int8"] = int8_row(task, plan, repeats, openvino)
     return row
+
+
+def _saved_plan(path: Path, steps: int, lr: float, hidden: str | None,
+                allocation: str) -> Any:
+    """A fine-tuned plan saved by an earlier run of this configuration (``--reuse-plans``),
+    checked to be that recipe's."""
+    from tetris_tvm.plan import PruningPlan
+
+    plan = PruningPlan.load(path)
+    ft = plan.settings.get("finetune", {})
+    want = {"steps": steps, "lr": lr, "allocation": allocation,
+            "hidden_layers": [] if hidden is None else ft.get("hidden_layers")}
+    got = {k: ft.get(k) for k in want}
+    if got != want:
+        raise RuntimeError(f"{path} was fine-tuned with {got}, not {want}")
+    print(f"reusing the fine-tuned plan {path} (its training time is not known)", flush=True)
+    return plan
 
 
 def retime(task: Task, row: dict[str, Any], dense_cm: Any, repeats: int,
@@ -133,7 +209,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/finetune.json"))
     ap.add_argument("--only", nargs="*", default=None, help="minilm and/or mnist-cnn")
-    ap.add_argument("--configs", nargs="*", default=None, help="sparsity:block, e.g. 0.5:32")
+    ap.add_argument("--configs", nargs="*", default=None,
+                    help="sparsity:block, e.g. 0.5:32 or 0.5:32x4 (outputs x inputs)")
     ap.add_argument("--methods", nargs="*", default=["tetris", "element"])
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate")
@@ -146,6 +223,12 @@ def main() -> None:
                     help="also distil these modules' outputs ('auto': the transformer blocks)")
     ap.add_argument("--retime", action="store_true",
                     help="train nothing: compile and time the saved fine-tuned plans again")
+    ap.add_argument("--reuse-plans", action="store_true",
+                    help="take a configuration's saved fine-tuned plan (--plans) instead of "
+                         "training it again (after a run that stopped before its row)")
+    ap.add_argument("--int8", action="store_true",
+                    help="MiniLM: also compile each TETRIS plan in int8, measure its quality and "
+                         "time it against OpenVINO float32 and int8")
     ap.add_argument("--allocation", default=None,
                     help="per-layer sparsities: sensitivity (TETRIS default) or uniform "
                          "(element-wise default: its sensitivity refit is too slow)")
@@ -173,30 +256,35 @@ def main() -> None:
                     continue
                 retime(task, row, dense_cm, args.repeats, peer_runners)
                 args.json.write_text(json.dumps(results, indent=1, default=float))
-                print(f"{name} s={row['sparsity']} {row['block']}x{row['block']}: pruned "
+                print(f"{name} s={row['sparsity']} block {row['block']}: pruned "
                       f"{row['ms_pruned']:.2f} ms, ours dense {row['ms_ours_dense']:.2f} ms, "
                       + ", ".join(f"{p} {row['ms_' + p]:.2f} ms" for p in peer_runners),
                       flush=True)
             continue
         steps, lr = args.steps or d["steps"], args.lr or d["lr"]
         for cfg in args.configs or d["configs"]:
-            s, b = float(cfg.split(":")[0]), int(cfg.split(":")[1])
+            s, block = float(cfg.split(":")[0]), block_of(cfg.split(":")[1])
+            b = block_name(block)
             for method in args.methods:
                 allocation = args.allocation or ("uniform" if method == "element"
                                                  else "sensitivity")
                 key = (name, s, b, method, steps, args.hidden_layers, allocation)
                 if key in done:
                     continue
-                row = run(task, s, b, method, steps, lr, max(steps // 6, 1), dense_cm,
+                openvino = None
+                if args.int8 and name == "minilm" and method == "tetris":
+                    openvino = openvino_models(task)
+                row = run(task, s, block, method, steps, lr, max(steps // 6, 1), dense_cm,
                           args.repeats, args.hidden_layers, allocation, peer_runners,
-                          args.plans)
+                          args.plans, openvino, args.reuse_plans)
                 row.update(model=name, sparsity=s, block=b, method=method)
                 results["rows"].append(row)
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(results, indent=1, default=float))
                 keys = [k for k in ("cosine", "pair_spearman", "wordsim353", "accuracy",
-                                    "seconds", "ms_pruned", "ms_torch_eager") if k in row]
-                print(f"{name} s={s} {b}x{b} {method}: "
+                                    "seconds", "ms_pruned", "ms_torch_eager")
+                        if row.get(k) is not None]
+                print(f"{name} s={s} {block[0]}x{block[1]} {method}: "
                       + ", ".join(f"{k} {row[k]:.3f}" for k in keys), flush=True)
     print(f"written {args.json}")
 

@@ -23,6 +23,11 @@ Speed: batch 8 and 1 x 128 tokens, 2 threads, interleaved in one process, median
     python benchmarks/int8.py                       # everything, ~40 min on 2 cores
     python benchmarks/int8.py --quick               # batch 8, fewer rows and repeats
     python benchmarks/int8.py --out benchmarks/results/int8_minilm.json
+    python benchmarks/int8.py --magnitude --quick --out \
+        benchmarks/results/int8_minilm_magnitude.json    # plain magnitude TETRIS plans
+
+``--magnitude`` plans the block-sparse rows with plain magnitude TETRIS (uniform per-layer
+sparsity, no calibration): the plan the speed targets are stated for; its quality is low.
 """
 
 from __future__ import annotations
@@ -109,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="batch 8, 5 repeats, no static row")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--magnitude", action="store_true",
+                    help="block-sparse rows from plain magnitude TETRIS plans (no calibration)")
     ap.add_argument("--out", default=str(RESULTS / "int8_minilm.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -128,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{metrics['wordsim353']:.3f}", flush=True)
 
     record("torch eager (float32)", "dense", evaluator.dense)
-    plans = {s: one_shot_plan(model, tok, s) for s in args.sparsity}
+    if args.magnitude:
+        example = (zoo.minilm_inputs(tok, 8, 128),)
+        plans = {s: tetris_tvm.plan_model(model, example, s, (32, 32), overrides=SKIP,
+                                          progress=False) for s in args.sparsity}
+    else:
+        plans = {s: one_shot_plan(model, tok, s) for s in args.sparsity}
     builds: list[tuple[str, dict[str, Any]]] = [
         ("ours dense float32", {"sparsity": 0.0}),
         ("ours dense int8", {"sparsity": 0.0, "quantize": "int8"}),
@@ -207,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"machine": platform.processor() or platform.machine(), "cpu": cpu_name(),
            "cpu_features": _cpu_features(),
            "threads": args.threads, "repeats": args.repeats, "block": [32, 32],
+           "plan_recipe": "magnitude" if args.magnitude else "one-shot (calibration=)",
            "plans": {str(s): {k: plans[s].settings.get(k) for k in ("importance", "seconds")}
                      for s in args.sparsity},
            "rows": rows}

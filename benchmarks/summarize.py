@@ -294,6 +294,12 @@ def calibration_size_table() -> None:
               f"{r['cosine_technical']:.3f} | {errors} | {used} | {r['seconds']:.0f} |")
 
 
+def _block(row: dict) -> str:
+    """A row's block as RxC (rows record a square block by its side)."""
+    b = row["block"]
+    return f"{b}x{b}" if isinstance(b, int) else str(b)
+
+
 def finetune_tables() -> None:
     path = RESULTS / "finetune.json"
     if not path.exists():
@@ -312,17 +318,18 @@ def finetune_tables() -> None:
               "ms torch eager | ms ONNX Runtime | ms OpenVINO | ms ours dense | ms pruned |")
         print("| --- | --- | --- | --- | --- |" + " --- |" * (len(metrics) + len(times)))
         for r in rows:
-            cells = " | ".join(f"{r[k]:.3f}" for k, _ in metrics)
+            cells = " | ".join(_cell(r, k) for k, _ in metrics)
             ms = " | ".join(f"{r[k]:.1f}" if k in r else "-" for k in times)
             recipe = f"lr {r['lr']:g}" + (", hidden" if r.get("hidden_layers") else "")
             recipe += f", {r.get('allocation', 'sensitivity')}"
-            print(f"| {r['sparsity']}, {r['block']}x{r['block']} | {r['method']} | {recipe} | "
-                  f"{r['steps']} | {r['seconds'] / 60:.1f} | {cells} | {ms} |")
+            train = "-" if r.get("seconds") is None else f"{r['seconds'] / 60:.1f}"
+            print(f"| {r['sparsity']}, {_block(r)} | {r['method']} | {recipe} | "
+                  f"{r['steps']} | {train} | {cells} | {ms} |")
         print("\nHeld-out curve (step: first metric)\n")
         for r in rows:
             k = metrics[0][0]
             curve = ", ".join(f"{h['step']}: {h[k]:.3f}" for h in r["history"])
-            print(f"- {r['sparsity']} {r['block']}x{r['block']} {r['method']}, {r['steps']} steps, "
+            print(f"- {r['sparsity']} {_block(r)} {r['method']}, {r['steps']} steps, "
                   f"lr {r['lr']:g}{', hidden' if r.get('hidden_layers') else ''}: {curve}")
 
 
@@ -350,7 +357,7 @@ def headline_table() -> None:
                                   "ms_ours_dense"))
         cells = " | ".join(f"{r[k]:.1f} ms" for k in ("ms_torch_eager", "ms_onnxruntime",
                                                        "ms_openvino", "ms_ours_dense"))
-        print(f"| {model}, {r['sparsity']:.0%}, {r['block']}x{r['block']} | {r['steps']} steps, "
+        print(f"| {model}, {r['sparsity']:.0%}, {_block(r)} | {r['steps']} steps, "
               f"{r['seconds'] / 60:.0f} min | {q} | {cells} | {r['ms_pruned']:.1f} ms "
               f"({best / r['ms_pruned']:.2f}x best dense) |")
 

@@ -34,6 +34,8 @@ def test_bad_arguments_are_clear():
     assert res.returncode != 0 and "sparsity must be in [0, 1)" in res.stderr
     res = run("compile", "--model", "nope")
     assert res.returncode != 0 and "neither one of" in res.stderr
+    res = run("compile", "--model", "mnist-cnn", "--attention", "int8")
+    assert res.returncode != 0 and "attention='int8' needs quantize='int8'" in res.stderr
 
 
 def test_compile_export_report_user_model(tmp_path):

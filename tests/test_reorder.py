@@ -277,3 +277,20 @@ def test_joint_rejects_a_stream_blocked_two_ways():
         prune_joint([a, b])
     with pytest.raises(ValueError, match="unique"):
         prune_joint([a, a])
+
+
+def test_a_weight_whose_pruned_entries_are_zero_keeps_all_its_magnitude():
+    """After fine-tuning the pruned weights are zero: the plan keeps everything, and a
+    retained L1 one float64 step above 1 (from summing in another order) is still valid."""
+    from dataclasses import replace
+
+    from tetris_tvm.reorder import retained_fraction
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 96)).astype(np.float32)
+    lp = prune_weight(w, block_size=(32, 4), sparsity=0.5)
+    trained = np.where(lp.mask, w, 0.0).astype(np.float32)
+    assert retained_fraction(trained, lp.mask) == pytest.approx(1.0, abs=1e-12)
+    assert retained_fraction(trained, lp.mask) <= 1.0
+    assert replace(lp, retained_l1=1.0000000000000002).problem() is None
+    assert replace(lp, retained_l1=1.01).problem() is not None

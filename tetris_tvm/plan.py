@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .reorder import LayerPlan, check_block_size, prune_elementwise, prune_weight
+from .reorder import (
+    LayerPlan,
+    check_block_size,
+    prune_elementwise,
+    prune_weight,
+    retained_fraction,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -410,9 +416,7 @@ def warn_unpruned(name: str, lp: LayerPlan, sparsity: float) -> None:
 def with_retained(lp: LayerPlan, weight: np.ndarray) -> LayerPlan:
     """``lp`` with its retained L1 measured on ``weight`` (a plan made on importance scores
     reports the fraction of the weight's own magnitude it keeps)."""
-    mag = np.abs(np.asarray(weight, dtype=np.float64))
-    total = float(mag.sum())
-    return replace(lp, retained_l1=float(mag[lp.mask].sum()) / total if total > 0 else 1.0)
+    return replace(lp, retained_l1=retained_fraction(weight, lp.mask))
 
 
 def layer_settings(

@@ -40,6 +40,7 @@ __all__ = [
     "SOLVERS",
     "check_block_size",
     "check_sparsity",
+    "retained_fraction",
 ]
 
 Solver = Literal["assign", "swap"]
@@ -139,7 +140,9 @@ class LayerPlan:
         block = tuple(int(b) for b in self.block_size)
         if len(block) < 2 or any(b < 1 for b in block):
             return f"block_size {block} must hold a positive size per channel axis"
-        if not 0.0 <= float(self.sparsity) < 1.0 or not 0.0 <= float(self.retained_l1) <= 1.0:
+        # (retained_l1 may exceed 1 by float64 rounding in plans saved by older versions)
+        retained_ok = 0.0 <= float(self.retained_l1) <= 1.0 + 1e-9
+        if not 0.0 <= float(self.sparsity) < 1.0 or not retained_ok:
             return f"sparsity {self.sparsity} / retained_l1 {self.retained_l1} out of range"
         if self.method == "element" or mask.size == 0:
             return None
@@ -634,7 +637,7 @@ def _layer_plan(
         mask=mask,
         perms=_full_perms(blocked, w.ndim, w.shape),
         block_size=full_block,
-        retained_l1=_retained(w, mask),
+        retained_l1=retained_fraction(w, mask),
         sparsity=sparsity,
         method=method,
         balanced=balanced,
@@ -817,11 +820,13 @@ def prune_coupled(
     return plans[names[0]], plans[names[1]]
 
 
-def _retained(w: np.ndarray, mask: np.ndarray) -> float:
-    """``sum(|w| * mask) / sum(|w|)`` in float64."""
-    mag = np.abs(w.astype(np.float64, copy=False))
+def retained_fraction(w: np.ndarray, mask: np.ndarray) -> float:
+    """``sum(|w| * mask) / sum(|w|)`` in float64, at most 1 (a weight whose pruned entries
+    are already zero, as after fine-tuning, keeps everything: the two sums differ only by
+    rounding), and 1 for an all-zero weight."""
+    mag = np.abs(np.asarray(w).astype(np.float64, copy=False))
     total = float(mag.sum())
-    return float(mag[mask].sum()) / total if total > 0 else 1.0
+    return min(1.0, float(mag[mask].sum()) / total) if total > 0 else 1.0
 
 
 def prune_elementwise(w: Any, sparsity: float = 0.75, *, name: str = "weight") -> LayerPlan:
@@ -837,7 +842,7 @@ def prune_elementwise(w: Any, sparsity: float = 0.75, *, name: str = "weight") -
         mask=mask,
         perms=tuple(np.arange(n, dtype=np.int64) for n in w.shape),
         block_size=(1,) * w.ndim,
-        retained_l1=_retained(w, mask),
+        retained_l1=retained_fraction(w, mask),
         sparsity=s,
         method="element",
     )
