@@ -74,6 +74,8 @@ class Report:
     output_change: dict[str, float] = field(default_factory=dict)
     # one row per channel stream shared by several layers: separate vs shared permutation
     streams: list[dict[str, Any]] = field(default_factory=list)
+    # the precision of each scaled_dot_product_attention run by the fused CPU kernel
+    attention: list[str] = field(default_factory=list)
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -98,6 +100,7 @@ class Report:
             "totals": self.totals,
             "skipped": self.skipped,
             "streams": self.streams,
+            "attention": self.attention,
             "output_change": self.output_change,
         }
 
@@ -127,6 +130,10 @@ class Report:
                 f" ({st['runtime_gathers_shared']} gathers) -> {st['choice']}"
                 + (f" ({st['reason']})" if st["reason"] else "")
             )
+        if self.attention:
+            counts = {p: self.attention.count(p) for p in dict.fromkeys(self.attention)}
+            lines.append("attention: fused kernel, " + ", ".join(
+                f"{n} call{'s' if n > 1 else ''} {p}" for p, n in counts.items()))
         t = self.totals
         lines.append(
             f"weights kept {t['weights_kept_fraction']:.3f}, FLOPs kept "
@@ -342,6 +349,7 @@ def lower_model(
         LowerAttention,
         LowerBlockSparse,
     )
+    from .passes.attention import fused_attention_calls
     from .passes.lower import lowered_layers
 
     _check_model(model)
@@ -386,6 +394,7 @@ def lower_model(
     gathers = mod.attrs.get(Attr.RUNTIME_GATHERS) if mod.attrs is not None else None
     report = _report(plan, lowered_layers(mod), int(gathers or 0), skipped)
     report.streams = list(stream_report)
+    report.attention = fused_attention_calls(mod)
     meta = {"input_names": imported.input_names, "output_is_tuple": imported.output_is_tuple,
             "inputs": imported.input_specs}
     return LoweredModel(mod, tgt, plan, report, meta)

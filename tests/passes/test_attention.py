@@ -150,6 +150,7 @@ def test_sdpa_models_compile_and_match_torch(mask, causal, fused):
     kinds = [str(f.attrs[Attr.KERNEL]) for _, f in lowered.mod.functions_items()
              if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and Attr.KERNEL in f.attrs]
     assert ("attention" in kinds) == fused
+    assert lowered.report.attention == (["float32"] if fused else [])
     cm = tetris_tvm.build(lowered)
     with torch.no_grad():
         want = model(x).numpy()
@@ -166,6 +167,8 @@ def test_int8_builds_quantize_attention_as_their_reference_does(attention, spars
     cm = tetris_tvm.compile(model, (x,), sparsity=sparsity, block_size=16, quantize="int8",
                             attention=attention, progress=False)
     assert cm.plan.quantization["attention"] == (attention or "int8")
+    assert cm.report.attention == [attention or "int8"]
+    assert f"attention: fused kernel, 1 call {attention or 'int8'}" in cm.report.format_table()
     sdpa = torch.nn.functional.scaled_dot_product_attention
     with torch.no_grad():
         want = quantized_reference(model, cm.plan)(x)

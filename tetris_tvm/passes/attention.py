@@ -24,7 +24,7 @@ from ..kernels.attention import attention, attention_int8, int8_attention_fits
 from ..kernels.int8 import Dot
 from ._dataflow import mutate_functions
 
-__all__ = ["LowerAttention"]
+__all__ = ["LowerAttention", "fused_attention_calls"]
 
 
 def _static(shape: Any) -> tuple[int, ...] | None:
@@ -123,3 +123,27 @@ class LowerAttention:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
         return mutate_functions(mod, lambda m: _Rewriter(m, self.dot))
+
+
+def fused_attention_calls(mod: tvm.IRModule) -> list[str]:
+    """The precision (``"int8"`` or ``"float32"``) of each call of the fused attention
+    kernel in ``mod``'s Relax functions, in program order."""
+    from ..attr_keys import Attr
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    kernels = {gv.name_hint: ("int8" if Attr.DOT in func.attrs else "float32")
+               for gv, func in mod.functions_items()
+               if isinstance(func, tirx.PrimFunc) and func.attrs is not None
+               and str(func.attrs.get(Attr.KERNEL, "")) == "attention"}
+    found: list[str] = []
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            name = expr.args[0].name_hint
+            if name in kernels:
+                found.append(kernels[name])
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
