@@ -3,13 +3,14 @@ every precision, each row with its held-out quality and its speed.
 
 Rows: torch eager; ONNX Runtime float32 and int8 (``quantize_dynamic``); OpenVINO float32
 (precision hint f32), its default precision on this CPU (bfloat16 where it has AVX512-BF16 or
-AMX) and int8 (NNCF post-training quantization on the calibration sentences); ours dense and
+AMX) and int8 (NNCF post-training quantization on the calibration set); ours dense and
 block-sparse (32x32) in float32 and int8 (dynamic per-token activations; static per-layer
 ranges for the dense build too). Block-sparse builds use one plan per sparsity, made
-one-shot on 256 calibration sentences with the default recipe of ``calibration=`` alone
-(activation-aware TETRIS, sensitivity allocation of the per-layer sparsities,
-reconstruction, checked on held-back calibration sentences), the same plan for float32 and
-int8.
+one-shot with the default recipe of ``calibration=`` alone (activation-aware TETRIS,
+sensitivity allocation of the per-layer sparsities, reconstruction, checked on held-back
+calibration inputs), the same plan for float32 and int8. The calibration set, ours and
+NNCF's: 256 calibration sentences and 256 single vocabulary words (none from the
+word-similarity sets; ``--calibration-words``).
 
 Quality (held-out sentences no step saw: ``lee.cor`` in-domain, conversation and technical
 prose out of domain): mean cosine of the mean-pooled embeddings to the dense float32
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="batch 8, 5 repeats, no static row")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--calibration-words", type=int, default=256, metavar="N",
+                    help="single vocabulary words added to the 256 calibration sentences "
+                         "(ours and NNCF's; 0: sentences only)")
     ap.add_argument("--magnitude", action="store_true",
                     help="block-sparse rows from plain magnitude TETRIS plans (no calibration)")
     ap.add_argument("--out", default=str(RESULTS / "int8_minilm.json"))
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, tok = zoo.load_minilm()
     evaluator = quality.EncoderEvaluator(model, tok)
-    calibration = quality.minilm_calibration(tok, n=256)
+    calibration = quality.minilm_calibration(tok, n=256, words=args.calibration_words)
     rows: dict[str, dict[str, Any]] = {}
 
     def record(name: str, kind: str, metrics: dict[str, float], **extra: Any) -> None:
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         plans = {s: tetris_tvm.plan_model(model, example, s, (32, 32), overrides=SKIP,
                                           progress=False) for s in args.sparsity}
     else:
-        plans = {s: one_shot_plan(model, tok, s) for s in args.sparsity}
+        plans = {s: one_shot_plan(model, tok, s, words=args.calibration_words)
+                 for s in args.sparsity}
     builds: list[tuple[str, dict[str, Any]]] = [
         ("ours dense float32", {"sparsity": 0.0}),
         ("ours dense int8", {"sparsity": 0.0, "quantize": "int8"}),
@@ -220,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
            "cpu_features": _cpu_features(),
            "threads": args.threads, "repeats": args.repeats, "block": [32, 32],
            "plan_recipe": "magnitude" if args.magnitude else "one-shot (calibration=)",
+           "calibration": {"sentences": 256, "words": args.calibration_words},
            "plans": {str(s): {k: plans[s].settings.get(k) for k in ("importance", "seconds")}
                      for s in args.sparsity},
            "rows": rows}

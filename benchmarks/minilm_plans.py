@@ -1,6 +1,7 @@
 """One-shot MiniLM plans shared by the benchmarks (int8.py, frontier.py, short_calibration.py):
 the plan ``compile`` makes with the default recipe of ``calibration=`` (256 calibration
-sentences), cached in benchmarks/cache/ so each is computed once."""
+sentences, and optionally single vocabulary words), cached in benchmarks/cache/ so each is
+computed once."""
 
 from __future__ import annotations
 
@@ -16,18 +17,20 @@ SKIP = {"pooler.*": {"skip": True}}  # the pooler output is not the sentence emb
 
 
 def one_shot_plan(model: Any, tok: Any, sparsity: float,
-                  block: tuple[int, int] = (32, 32)) -> Any:
-    """The plan for ``sparsity`` and ``block`` (its ``settings["seconds"]``: how long the
+                  block: tuple[int, int] = (32, 32), words: int = 0) -> Any:
+    """The plan for ``sparsity`` and ``block``, calibrated on 256 sentences and ``words``
+    single words (``quality.minilm_calibration``; its ``settings["seconds"]``: how long the
     planning took when it was computed)."""
     CACHE.mkdir(exist_ok=True)
     shape = "" if tuple(block) == (32, 32) else f"_{block[0]}x{block[1]}"
-    path = CACHE / f"minilm_oneshot_default_{int(sparsity * 100)}{shape}.npz"
+    extra = f"_words{words}" if words else ""
+    path = CACHE / f"minilm_oneshot_default_{int(sparsity * 100)}{shape}{extra}.npz"
     if path.exists():
         return tetris_tvm.PruningPlan.load(path)
     start = time.perf_counter()
     plan = tetris_tvm.plan_model(model, (zoo.minilm_inputs(tok, 8, 128),), sparsity,
                                  tuple(block), overrides=SKIP, progress=False,
-                                 calibration=quality.minilm_calibration(tok, n=256))
+                                 calibration=quality.minilm_calibration(tok, n=256, words=words))
     plan.settings["seconds"] = time.perf_counter() - start
     plan.save(path)
     return plan

@@ -22,7 +22,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from minilm_plans import SKIP, one_shot_plan  # noqa: E402  (benchmarks/, beside this script)
 
@@ -31,17 +30,6 @@ from tetris_tvm import quality, zoo  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("cosine", "cosine_ood", "wordsim353", "simlex999")
-
-
-def vocabulary_words(tok, n: int, seed: int = 0) -> list[str]:
-    """``n`` whole-word vocabulary tokens (letters only, longer than 3), none of them a word of
-    the word-similarity sets."""
-    held = {w.lower() for name in ("wordsim353", "simlex999")
-            for a, b, _ in quality.word_pairs(name) for w in (a, b)}
-    vocab = sorted(w for w in tok.get_vocab()
-                   if w.isalpha() and len(w) > 3 and w.lower() not in held)
-    rng = np.random.default_rng(seed)
-    return [vocab[i] for i in rng.choice(len(vocab), n, replace=False)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,10 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     model, tok = zoo.load_minilm()
     evaluator = quality.EncoderEvaluator(model, tok)
-    words = vocabulary_words(tok, args.words)
-    short = [dict(tok(words[i:i + 32], padding=True, return_tensors="pt"))
-             for i in range(0, len(words), 32)]
-    sentences = quality.minilm_calibration(tok, n=256)
+    with_words = quality.minilm_calibration(tok, n=256, words=args.words)
     ids = zoo.minilm_inputs(tok, 8, 128)
     rows = []
     for text in args.blocks:
@@ -69,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 start = time.perf_counter()
                 plan = tetris_tvm.plan_model(model, (ids,), args.sparsity, block,
-                                             overrides=SKIP, calibration=sentences + short,
+                                             overrides=SKIP, calibration=with_words,
                                              progress=False)
                 seconds = time.perf_counter() - start
             metrics = evaluator.evaluate(plan.apply(copy.deepcopy(model), keep=False))

@@ -100,3 +100,26 @@ def test_sentences_split_on_sentence_ends():
     text = 'He left. "Why?" she asked. The U.S. economy grew 3.5 per cent.'
     assert quality.split_sentences(text)[0] == "He left."
     assert len(quality.split_sentences(text)) >= 2
+
+
+def test_calibration_words_are_vocabulary_words_outside_the_word_similarity_sets():
+    class Tok:  # a vocabulary, and batches that record what they were given
+        def get_vocab(self):
+            words = ["tiger", "cat", "house", "river", "planet", "##ing", "a1b2", "zeppelin",
+                     "quokka", "gazebo", "lantern", "harbor", "pencil"]  # first 5 in the sets
+            return {w: i for i, w in enumerate(words)}
+
+        def __call__(self, texts, **_):
+            return {"texts": list(texts)}
+
+    held = {w.lower() for name in ("wordsim353", "simlex999")
+            for a, b, _ in quality.word_pairs(name) for w in (a, b)}
+    words = quality.vocabulary_words(Tok(), 4)
+    assert len(set(words)) == 4 and words == quality.vocabulary_words(Tok(), 4)
+    assert all(w.isalpha() and len(w) > 3 and w.lower() not in held for w in words)
+    batches = quality.minilm_calibration(Tok(), n=8, batch=3, words=4)
+    plain = quality.minilm_calibration(Tok(), n=8, batch=3)
+    assert batches[:len(plain)] == plain  # the sentences first, unchanged
+    assert [w for b in batches[len(plain):] for w in b["texts"]] == words
+    with pytest.raises(ValueError, match="eligible words"):
+        quality.vocabulary_words(Tok(), 1000)

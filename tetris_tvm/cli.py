@@ -90,7 +90,8 @@ def _calibration(args: argparse.Namespace) -> Any:
     if args.model == "minilm":
         from .zoo import load_minilm
 
-        return quality.minilm_calibration(load_minilm()[1], n=n)
+        return quality.minilm_calibration(load_minilm()[1], n=n,
+                                          words=getattr(args, "calibrate_words", 0))
     if args.model == "mnist-cnn":
         return quality.mnist_calibration(n=n)
     raise SystemExit("error: --calibrate N draws from a zoo model's data; for other models save "
@@ -124,6 +125,9 @@ def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0,
     g.add_argument("--calibrate", type=int, default=None, metavar="N",
                    help="zoo models: calibrate on N samples of the model's calibration split "
                    f"(0 = off; default {default_calibrate})")
+    g.add_argument("--calibrate-words", type=int, default=0, metavar="N",
+                   help="minilm: also calibrate on N single vocabulary words (short inputs; "
+                   "none from the word-similarity sets), after the --calibrate sentences")
     g.add_argument("--calibration", metavar="FILE",
                    help="calibration batches saved with torch.save (a list of inputs, tuples "
                    "of inputs or dicts of keyword inputs)")

@@ -55,6 +55,7 @@ __all__ = [
     "word_pairs",
     "mnist_split",
     "minilm_calibration",
+    "vocabulary_words",
     "minilm_training_batches",
     "mnist_training_batches",
     "mnist_calibration",
@@ -266,11 +267,16 @@ def mnist_split(
 
 
 def minilm_calibration(
-    tokenizer: Any, n: int = 512, batch: int = 32, seed: int = 0, source: str = "calibration"
+    tokenizer: Any, n: int = 512, batch: int = 32, seed: int = 0, source: str = "calibration",
+    words: int = 0,
 ) -> list[dict[str, Any]]:
     """``n`` sentences drawn (fixed seed) from the calibration (or ``"train"``) side of
     :func:`text_split`, tokenised in batches of similar length: a list of tokenizer outputs
-    (``input_ids``, ``attention_mask``, ...) to pass as ``calibration=``."""
+    (``input_ids``, ``attention_mask``, ...) to pass as ``calibration=``.
+
+    ``words``: that many single vocabulary words (:func:`vocabulary_words`, none of the
+    word-similarity sets) in batches after the sentences, so that recovery also fits the short
+    inputs an encoder sees (docs/quality.md, "Calibration text needs short inputs too")."""
     split = text_split()
     pool = split.calibration if source == "calibration" else split.train
     if source not in ("calibration", "train"):
@@ -278,11 +284,29 @@ def minilm_calibration(
     rng = np.random.default_rng(seed)
     picked = [pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False)]
     picked.sort(key=len)
-    return [
+    batches = [
         dict(tokenizer(picked[i : i + batch], padding=True, truncation=True, max_length=128,
                        return_tensors="pt"))
         for i in range(0, len(picked), batch)
     ]
+    if words:
+        single = vocabulary_words(tokenizer, words, seed=seed)
+        batches += [dict(tokenizer(single[i : i + batch], padding=True, return_tensors="pt"))
+                    for i in range(0, len(single), batch)]
+    return batches
+
+
+def vocabulary_words(tokenizer: Any, n: int, seed: int = 0) -> list[str]:
+    """``n`` whole-word tokens of ``tokenizer``'s vocabulary (letters only, longer than 3),
+    drawn with a fixed seed, none of them a word of the WordSim353 or SimLex-999 pairs."""
+    held = {w.lower() for name in ("wordsim353", "simlex999")
+            for a, b, _ in word_pairs(name) for w in (a, b)}
+    vocab = sorted(w for w in tokenizer.get_vocab()
+                   if w.isalpha() and len(w) > 3 and w.lower() not in held)
+    if n > len(vocab):
+        raise ValueError(f"words: the vocabulary has {len(vocab)} eligible words, asked for {n}")
+    rng = np.random.default_rng(seed)
+    return [vocab[i] for i in rng.choice(len(vocab), n, replace=False)]
 
 
 def minilm_training_batches(
