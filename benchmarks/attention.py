@@ -21,9 +21,11 @@ as an input. Speed: batch 8 and 1 x 128 tokens, 2 threads, interleaved in one pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +51,24 @@ BUILDS: list[tuple[str, dict[str, Any], bool]] = [  # (row, compile options, fus
 ]
 
 
-def compile_row(model: Any, inputs: tuple, options: dict[str, Any], fused: bool) -> Any:
-    """A dense build; ``fused=False`` imports attention op by op (the importer keeps none)."""
+@contextlib.contextmanager
+def attention_import(fused: bool) -> Iterator[None]:
+    """Builds made inside import attention whole (``fused``, the default) or op by op (the
+    importer keeps none)."""
     keep = frontend.keepable_attention
     if not fused:
         frontend.keepable_attention = lambda exported: False
     try:
-        return tetris_tvm.compile(model, inputs, sparsity=0.0, block_size=32, overrides=SKIP,
-                                  progress=False, **options)
+        yield
     finally:
         frontend.keepable_attention = keep
+
+
+def compile_row(model: Any, inputs: tuple, options: dict[str, Any], fused: bool) -> Any:
+    """A dense build; ``fused=False`` imports attention op by op."""
+    with attention_import(fused):
+        return tetris_tvm.compile(model, inputs, sparsity=0.0, block_size=32, overrides=SKIP,
+                                  progress=False, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,13 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch:
             ids = zoo.minilm_inputs(tok, batch, 128)
             compiled[(name, batch)] = compile_row(model, (ids,), options, fused)
-        keep = frontend.keepable_attention
-        if not fused:
-            frontend.keepable_attention = lambda exported: False
-        try:
+        with attention_import(fused):
             own = own_quality(model, evaluator, {**options, "sparsity": 0.0}, tok)
-        finally:
-            frontend.keepable_attention = keep
         record(name, own, attention=compiled[(name, args.batch[0])].plan.quantization.get(
             "attention", "float32"), fused=fused)
     peer_models: dict[str, Any] = {}

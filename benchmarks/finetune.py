@@ -91,9 +91,9 @@ def block_name(block: tuple[int, int]) -> int | str:
     return block[0] if block[0] == block[1] else f"{block[0]}x{block[1]}"
 
 
-def int8_row(task: Task, plan: Any, repeats: int, openvino: dict[str, Any]) -> dict[str, Any]:
-    """The fine-tuned plan compiled in int8: its held-out quality and its time next to our
-    dense int8 build and OpenVINO's float32 and int8 models (interleaved, median)."""
+def int8_row(task: Task, plan: Any, repeats: int, baselines: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuned plan compiled in int8: its held-out quality and its time next to the
+    dense ``baselines`` (:func:`int8_baselines`; interleaved, median)."""
     import numpy as np
 
     from tetris_tvm.bench import median_interleaved, wall_sampler
@@ -101,32 +101,38 @@ def int8_row(task: Task, plan: Any, repeats: int, openvino: dict[str, Any]) -> d
 
     (ids,) = task.example
     cm = tetris_tvm.compile(task.model, task.example, plan=plan, quantize="int8", progress=False)
-    dense = tetris_tvm.compile(task.model, task.example, sparsity=0.0, quantize="int8",
-                               overrides=task.overrides, progress=False)
     metrics = task.evaluate(quantized_reference(task.model, cm.plan))
     arrays = [np.ascontiguousarray(ids.numpy())]
     mask = np.ones_like(arrays[0])
+    dense = baselines["ours_dense_int8"]
     samplers = {"pruned_int8": wall_sampler(lambda: cm.run_numpy(*arrays)),
                 "ours_dense_int8": wall_sampler(lambda: dense.run_numpy(*arrays)),
-                **{k: wall_sampler(p.timer(arrays[0], mask)) for k, p in openvino.items()}}
+                **{k: wall_sampler(p.timer(arrays[0], mask)) for k, p in baselines.items()
+                   if k != "ours_dense_int8"}}
     times = median_interleaved(samplers, repeats=repeats)
     return {**{k: float(v) for k, v in metrics.items()},
             **{f"ms_{k}": t * 1e3 for k, t in times.items()}}
 
 
-def openvino_models(task: Task) -> dict[str, Any]:
-    """OpenVINO float32 and int8 (NNCF on the calibration sentences) for ``--int8``."""
+def int8_baselines(task: Task) -> dict[str, Any]:
+    """What ``--int8`` times a fine-tuned int8 build against, built once per model: our dense
+    int8 build, OpenVINO float32 and int8 (NNCF on the calibration sentences)."""
     (ids,) = task.example
     data = [(b["input_ids"], b["attention_mask"]) for b in task.calibration]
-    return {v: peers.build(v, task.model, (ids, torch.ones_like(ids)), 2,
-                           calibration=data if v.endswith("int8") else None)
-            for v in ("openvino", "openvino-int8")}
+    out: dict[str, Any] = {
+        "ours_dense_int8": tetris_tvm.compile(task.model, task.example, sparsity=0.0,
+                                              quantize="int8", overrides=task.overrides,
+                                              progress=False)}
+    for v in ("openvino", "openvino-int8"):
+        out[v] = peers.build(v, task.model, (ids, torch.ones_like(ids)), 2,
+                             calibration=data if v.endswith("int8") else None)
+    return out
 
 
 def run(task: Task, s: float, b: tuple[int, int], method: str, steps: int, lr: float,
         eval_every: int, dense_cm: Any, repeats: int, hidden: str | None, allocation: str,
         peer_runners: dict[str, Any], plan_dir: Path,
-        openvino: dict[str, Any] | None = None, reuse: bool = False) -> dict[str, Any]:
+        int8: dict[str, Any] | None = None, reuse: bool = False) -> dict[str, Any]:
     plan_path = plan_dir / f"{task.name}_s{s}_b{block_name(b)}_{steps}steps.npz"
     if reuse and method == "tetris" and plan_path.is_file():
         plan, seconds = _saved_plan(plan_path, steps, lr, hidden, allocation), None
@@ -159,8 +165,8 @@ def run(task: Task, s: float, b: tuple[int, int], method: str, steps: int, lr: f
     reference = plan.apply(copy.deepcopy(task.model), keep=False)
     row.update(check_and_time(cm, dense_cm, task.model, reference, task.example, repeats,
                               peers=peer_runners))
-    if openvino is not None:
-        row["int8"] = int8_row(task, plan, repeats, openvino)
+    if int8 is not None:
+        row["int8"] = int8_row(task, plan, repeats, int8)
     return row
 
 
@@ -262,6 +268,7 @@ def main() -> None:
                       flush=True)
             continue
         steps, lr = args.steps or d["steps"], args.lr or d["lr"]
+        baselines = None  # for --int8: built at the first row that needs them
         for cfg in args.configs or d["configs"]:
             s, block = float(cfg.split(":")[0]), block_of(cfg.split(":")[1])
             b = block_name(block)
@@ -271,12 +278,14 @@ def main() -> None:
                 key = (name, s, b, method, steps, args.hidden_layers, allocation)
                 if key in done:
                     continue
-                openvino = None
+                int8 = None
                 if args.int8 and name == "minilm" and method == "tetris":
-                    openvino = openvino_models(task)
+                    if baselines is None:
+                        baselines = int8_baselines(task)
+                    int8 = baselines
                 row = run(task, s, block, method, steps, lr, max(steps // 6, 1), dense_cm,
                           args.repeats, args.hidden_layers, allocation, peer_runners,
-                          args.plans, openvino, args.reuse_plans)
+                          args.plans, int8, args.reuse_plans)
                 row.update(model=name, sparsity=s, block=b, method=method)
                 results["rows"].append(row)
                 args.json.parent.mkdir(parents=True, exist_ok=True)

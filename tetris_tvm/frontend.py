@@ -288,19 +288,15 @@ def keepable_attention(exported: Any) -> bool:
 
 def _attention_to_relax(node: Any, importer: Any) -> Any:
     """Converter of ``scaled_dot_product_attention`` (``(b, h, s, d)`` operands) into
-    ``nn.attention`` (``(b, s, h, d)``): a bool mask becomes a ``0 / -inf`` bias."""
+    ``nn.attention`` (``(b, s, h, d)``, transposed both ways): a bool mask becomes a
+    ``0 / -inf`` bias."""
     from tvm import relax
 
     bb = importer.block_builder
     q, k, v, mask, options = _sdpa_operands(node)
 
-    def to_bshd(arg: Any) -> Any:
-        var = importer.env[arg]
-        bound = bb.lookup_binding(var) if isinstance(var, relax.Var) else None
-        if (isinstance(bound, relax.Call) and getattr(bound.op, "name", "") ==
-                "relax.permute_dims" and [int(a) for a in bound.attrs.axes] == [0, 2, 1, 3]):
-            return bound.args[0]  # the model's own (b, s, h, d) tensor
-        return bb.emit(relax.op.permute_dims(var, [0, 2, 1, 3]))
+    def to_bshd(arg: Any) -> Any:  # (LowerAttention cancels it against the model's own)
+        return bb.emit(relax.op.permute_dims(importer.env[arg], [0, 2, 1, 3]))
 
     bias = None
     if mask is not None:

@@ -40,6 +40,7 @@ __all__ = [
     "calibrate_ranges",
     "fake_quantize_attention",
     "fake_quantize_rows",
+    "int8_attention_sizes_fit",
     "int8_settings",
     "quantize_weight",
     "quantized_reference",
@@ -240,6 +241,15 @@ def fake_quantize_attention(q: Any, k: Any, v: Any, attn_mask: Any = None,
     return torch.where(total > 0, out, torch.zeros_like(out))
 
 
+def int8_attention_sizes_fit(dim: int, kv_len: int, v_dim: int, widths: Iterable[int]) -> bool:
+    """Whether the int8 attention kernel takes these sizes: ``dim`` and ``kv_len`` multiples
+    of 4 (the dot's depth) and one of the dot's lane counts ``widths`` dividing ``kv_len`` and
+    one dividing ``v_dim``."""
+    widths = list(widths)
+    return (dim % 4 == 0 and kv_len % 4 == 0 and any(kv_len % w == 0 for w in widths)
+            and any(v_dim % w == 0 for w in widths))
+
+
 def _fake_quantize_attention_calls(model: Any, qmin: int, qmax: int, widths: list[int]) -> None:
     """While ``model`` runs, its ``scaled_dot_product_attention`` calls that the int8 kernel
     takes (the import keeps them: 4-D float32, no dropout, not causal; sizes in multiples of
@@ -252,10 +262,9 @@ def _fake_quantize_attention_calls(model: Any, qmin: int, qmax: int, widths: lis
     def sdpa(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0,
              is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False
              ) -> Any:
-        d, t, dv = q.shape[-1], k.shape[-2], v.shape[-1]
-        if (q.ndim != 4 or dropout_p or is_causal or enable_gqa or d % 4 or t % 4
-                or not any(t % w == 0 for w in widths) or not any(dv % w == 0 for w in widths)
-                or q.dtype != torch.float32 or k.shape[1] != q.shape[1]):
+        if (q.ndim != 4 or dropout_p or is_causal or enable_gqa or q.dtype != torch.float32
+                or k.shape[1] != q.shape[1]
+                or not int8_attention_sizes_fit(q.shape[-1], k.shape[-2], v.shape[-1], widths)):
             return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                             is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
         return fake_quantize_attention(q, k, v, attn_mask, scale=scale, qmin=qmin, qmax=qmax)

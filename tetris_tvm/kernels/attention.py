@@ -28,9 +28,10 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as TB
 
 from ..attr_keys import Attr
+from ..quantization import int8_attention_sizes_fit
 from .int8 import Dot
 
-__all__ = ["attention", "attention_int8", "fast_exp", "int8_attention_fits"]
+__all__ = ["attention", "attention_int8", "bias_broadcasts", "fast_exp", "int8_attention_fits"]
 
 F32 = "float32"
 ROW_TILE = 8  # query rows per register tile
@@ -90,18 +91,8 @@ def attention(
     (additive, ``-inf`` masks) has a shape that broadcasts to ``(batch, heads, seq, kv_len)``.
     ``scale`` defaults to ``1 / sqrt(dim)``. Arguments: ``(q, k, v, [bias], out)``.
     """
-    batch, seq, heads, dim = (int(d) for d in q_shape)
-    kv_len, v_dim = int(kv_len), int(v_dim)
-    if min(batch, seq, heads, dim, kv_len, v_dim) < 1:
-        raise ValueError(f"attention needs positive sizes, got q {q_shape}, kv_len {kv_len}, "
-                         f"v_dim {v_dim}")
-    if bias_shape is not None:
-        bias_shape = tuple(int(d) for d in bias_shape)
-        full = (batch, heads, seq, kv_len)
-        if len(bias_shape) != 4 or any(d not in (1, f) for d, f in zip(bias_shape, full,
-                                                                           strict=True)):
-            raise ValueError(f"bias shape {bias_shape} does not broadcast to {full}")
-    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    (batch, seq, heads, dim), kv_len, v_dim, bias_shape, scale = _checked(
+        q_shape, kv_len, v_dim, bias_shape, scale)
     kl, vl = _lanes(kv_len), _lanes(v_dim)
     k_vecs, v_vecs = kv_len // kl, v_dim // vl
     kg, vg = _group(k_vecs), _group(v_vecs)
@@ -112,11 +103,8 @@ def attention(
             TB.func_name(name)
             TB.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
                           Attr.KERNEL: "attention"})
-            q = TB.arg("q", T.Buffer((batch, seq, heads, dim), F32))
-            k = TB.arg("k", T.Buffer((batch, kv_len, heads, dim), F32))
-            v = TB.arg("v", T.Buffer((batch, kv_len, heads, v_dim), F32))
-            bias = TB.arg("bias", T.Buffer(bias_shape, F32)) if bias_shape else None
-            out = TB.arg("out", T.Buffer((batch, seq, heads, v_dim), F32))
+            q, k, v, bias, out = _arguments((batch, seq, heads, dim), kv_len, v_dim,
+                                            bias_shape)
             with T.sblock("root"), T.parallel(0, batch * heads) as bh:
                 b = TB.bind(bh // heads)
                 h = TB.bind(bh % heads)
@@ -127,11 +115,51 @@ def attention(
                 inv = TB.alloc_buffer((rt,), F32)
                 ctx = _Ctx(q, kt, v, bias, out, scores, inv, b, h, dim, kv_len, v_dim, kl, vl,
                            kg, vg, scale)
-                with T.serial(0, seq // rt) as t:
-                    _rows(ctx, t * rt, rt)
-                if seq % rt:
-                    _rows(ctx, seq - seq % rt, seq % rt)
+                _each_row_tile(seq, rt, lambda i0, height: _rows(ctx, i0, height))
     return ib.get()
+
+
+def bias_broadcasts(bias_shape: tuple[int, ...], full: tuple[int, int, int, int]) -> bool:
+    """Whether an additive bias of ``bias_shape`` broadcasts to ``full`` = ``(batch, heads,
+    seq, kv_len)`` the way the kernels index it (4-D, each axis 1 or full)."""
+    return len(bias_shape) == 4 and all(d in (1, f) for d, f in zip(bias_shape, full,
+                                                                         strict=True))
+
+
+def _checked(q_shape, kv_len, v_dim, bias_shape, scale):
+    """The sizes as ints, checked: ``((batch, seq, heads, dim), kv_len, v_dim, bias_shape,
+    scale)`` with the default scale ``1 / sqrt(dim)``."""
+    batch, seq, heads, dim = (int(d) for d in q_shape)
+    kv_len, v_dim = int(kv_len), int(v_dim)
+    if min(batch, seq, heads, dim, kv_len, v_dim) < 1:
+        raise ValueError(f"attention needs positive sizes, got q {q_shape}, kv_len {kv_len}, "
+                         f"v_dim {v_dim}")
+    if bias_shape is not None:
+        bias_shape = tuple(int(d) for d in bias_shape)
+        full = (batch, heads, seq, kv_len)
+        if not bias_broadcasts(bias_shape, full):
+            raise ValueError(f"bias shape {bias_shape} does not broadcast to {full}")
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    return (batch, seq, heads, dim), kv_len, v_dim, bias_shape, scale
+
+
+def _arguments(q_shape, kv_len: int, v_dim: int, bias_shape):
+    """The kernel's buffers ``(q, k, v, bias or None, out)``, declared as its arguments."""
+    batch, seq, heads, dim = q_shape
+    q = TB.arg("q", T.Buffer((batch, seq, heads, dim), F32))
+    k = TB.arg("k", T.Buffer((batch, kv_len, heads, dim), F32))
+    v = TB.arg("v", T.Buffer((batch, kv_len, heads, v_dim), F32))
+    bias = TB.arg("bias", T.Buffer(bias_shape, F32)) if bias_shape else None
+    out = TB.arg("out", T.Buffer((batch, seq, heads, v_dim), F32))
+    return q, k, v, bias, out
+
+
+def _each_row_tile(seq: int, rt: int, rows) -> None:
+    """``rows(i0, height)`` for every tile of ``rt`` query rows, then the ragged last one."""
+    with T.serial(0, seq // rt) as t:
+        rows(t * rt, rt)
+    if seq % rt:
+        rows(seq - seq % rt, seq % rt)
 
 
 class _Ctx:
@@ -175,15 +203,47 @@ def _store(buf, value, idx, lanes: int) -> None:
     T.buffer_store(buf, value, idx)
 
 
+def _running_max(height: int, kl: int):
+    """Per query row, a vector of ``kl`` running maxima of its scores, all ``-inf``."""
+    row_max = TB.alloc_buffer((height, kl), F32)
+    for r in range(height):
+        _store(row_max, _c(-math.inf, kl), [r, 0], kl)
+    return row_max
+
+
+def _store_score(c: _Ctx, s, i0, r: int, j, row_max) -> None:
+    """Row ``r``'s scores ``s`` at keys ``j..j+kl`` (bias added) stored, its running max
+    updated (from the stored value: an expression would be recomputed)."""
+    kl = c.kl
+    if c.bias is not None:
+        s = s + c.bias_at(i0 + r, j, kl)
+    _store(c.scores, s, [r, j], kl)
+    _store(row_max, T.max(_load(row_max, [r, 0], kl), _load(c.scores, [r, j], kl)), [r, 0], kl)
+
+
+def _row_shift(row_max, r, kl: int):
+    """Row ``r``'s max score, the softmax's shift (0 for a fully masked row, all ``-inf``)."""
+    with T.serial(1, kl) as li:
+        T.buffer_store(row_max, T.max(row_max[r, 0], row_max[r, li]), [r, 0])
+    top = TB.bind(row_max[r, 0])
+    return TB.bind(T.Select(top == T.float32(-math.inf), T.float32(0.0), top))
+
+
+def _store_inverse_sum(c: _Ctx, total, r, kl: int, numerator: float) -> None:
+    """``inv[r] = numerator / sum`` of the ``kl`` partial sums (0 when the sum is 0)."""
+    with T.serial(1, kl) as li:
+        T.buffer_store(total, total[0] + total[li], [0])
+    T.buffer_store(c.inv, T.Select(total[0] > T.float32(0.0),
+                                   T.float32(numerator) / total[0], T.float32(0.0)), [r])
+
+
 def _rows(c: _Ctx, i0, height: int) -> None:
     """``height`` query rows from ``i0``: scores, softmax, output."""
     kl, vl = c.kl, c.vl
     # 1. scores: register tiles of (height rows) x (kg vectors of kl keys), dim innermost;
     # stored scaled and biased, with a running max per row (one vector of kl lanes)
     width = c.kg * kl
-    row_max = TB.alloc_buffer((height, kl), F32)
-    for r in range(height):
-        _store(row_max, _c(-math.inf, kl), [r, 0], kl)
+    row_max = _running_max(height, kl)
     with T.serial(0, c.kv_len // width) as jc:
         acc = TB.alloc_buffer((height, width), F32)
         for r in range(height):
@@ -198,29 +258,18 @@ def _rows(c: _Ctx, i0, height: int) -> None:
         for r in range(height):
             for g in range(c.kg):
                 j = jc * width + g * kl
-                s = _load(acc, [r, g * kl], kl) * _c(c.scale, kl)
-                if c.bias is not None:
-                    s = s + c.bias_at(i0 + r, j, kl)
-                _store(c.scores, s, [r, j], kl)
-                # (reductions read the stored value back: an expression would be recomputed)
-                _store(row_max, T.max(_load(row_max, [r, 0], kl), _load(c.scores, [r, j], kl)),
-                       [r, 0], kl)
+                _store_score(c, _load(acc, [r, g * kl], kl) * _c(c.scale, kl), i0, r, j,
+                             row_max)
     # 2. softmax per row: exp, sum; a fully masked row gives 0
     with T.serial(0, height) as r:
-        with T.serial(1, kl) as li:
-            T.buffer_store(row_max, T.max(row_max[r, 0], row_max[r, li]), [r, 0])
-        top = TB.bind(row_max[r, 0])
-        shift = TB.bind(T.Select(top == T.float32(-math.inf), T.float32(0.0), top))
+        shift = _row_shift(row_max, r, kl)
         total = TB.alloc_buffer((kl,), F32)
         _store(total, _c(0.0, kl), [0], kl)
         with T.serial(0, c.kv_len // kl) as jv:
             e = fast_exp(_load(c.scores, [r, jv * kl], kl) - _bcast(shift, kl))
             _store(c.scores, e, [r, jv * kl], kl)
             _store(total, _load(total, [0], kl) + _load(c.scores, [r, jv * kl], kl), [0], kl)
-        with T.serial(1, kl) as li:
-            T.buffer_store(total, total[0] + total[li], [0])
-        T.buffer_store(c.inv, T.Select(total[0] > T.float32(0.0),
-                                       T.float32(1.0) / total[0], T.float32(0.0)), [r])
+        _store_inverse_sum(c, total, r, kl, 1.0)
     # 3. output: register tiles of (height rows) x (vg vectors of vl values), keys innermost
     width = c.vg * vl
     with T.serial(0, c.v_dim // width) as dc:
@@ -245,11 +294,9 @@ def _rows(c: _Ctx, i0, height: int) -> None:
 
 
 def int8_attention_fits(dim: int, kv_len: int, v_dim: int, dot: Dot) -> bool:
-    """Whether :func:`attention_int8` takes these sizes: ``dim`` and ``kv_len`` multiples of
-    4 (the dot's depth) and a lane count of ``dot`` that divides ``kv_len`` and ``v_dim``."""
-    return (dim % 4 == 0 and kv_len % 4 == 0
-            and any(kv_len % w == 0 for w in dot.widths)
-            and any(v_dim % w == 0 for w in dot.widths))
+    """Whether :func:`attention_int8` takes these sizes with ``dot``
+    (:func:`tetris_tvm.quantization.int8_attention_sizes_fit`, which the reference follows)."""
+    return int8_attention_sizes_fit(dim, kv_len, v_dim, dot.widths)
 
 
 def attention_int8(
@@ -270,19 +317,12 @@ def attention_int8(
     ``1 / qmax`` and the row's ``1 / sum`` is applied to the int32 result. Scores, softmax
     and the output stay float32. ``int8_attention_fits`` says which sizes it takes.
     """
-    batch, seq, heads, dim = (int(d) for d in q_shape)
-    kv_len, v_dim = int(kv_len), int(v_dim)
+    (batch, seq, heads, dim), kv_len, v_dim, bias_shape, scale = _checked(
+        q_shape, kv_len, v_dim, bias_shape, scale)
     if not int8_attention_fits(dim, kv_len, v_dim, dot):
         raise ValueError(f"int8 attention needs dim and kv_len in multiples of 4 and a lane "
                          f"count of {dot.name} dividing kv_len and v_dim, got dim {dim}, "
                          f"kv_len {kv_len}, v_dim {v_dim}")
-    full = (batch, heads, seq, kv_len)
-    if bias_shape is not None:
-        bias_shape = tuple(int(d) for d in bias_shape)
-        if len(bias_shape) != 4 or any(d not in (1, f) for d, f in zip(bias_shape, full,
-                                                                           strict=True)):
-            raise ValueError(f"bias shape {bias_shape} does not broadcast to {full}")
-    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
     kl = next(w for w in dot.widths if kv_len % w == 0)
     vl = next(w for w in dot.widths if v_dim % w == 0)
     kg, vg = _group(kv_len // kl), _group(v_dim // vl)
@@ -294,11 +334,7 @@ def attention_int8(
             TB.func_name(name)
             TB.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
                           Attr.KERNEL: "attention", Attr.DOT: dot.name})
-            q = TB.arg("q", T.Buffer((batch, seq, heads, dim), F32))
-            k = TB.arg("k", T.Buffer((batch, kv_len, heads, dim), F32))
-            v = TB.arg("v", T.Buffer((batch, kv_len, heads, v_dim), F32))
-            bias = TB.arg("bias", T.Buffer(bias_shape, F32)) if bias_shape else None
-            out = TB.arg("out", T.Buffer((batch, seq, heads, v_dim), F32))
+            q, k, v, bias, out = _arguments((batch, seq, heads, dim), kv_len, v_dim, bias_shape)
             with T.sblock("root"), T.parallel(0, batch * heads) as bh:
                 b = TB.bind(bh // heads)
                 h = TB.bind(bh % heads)
@@ -349,10 +385,7 @@ def attention_int8(
                 ctx = _Ctx(q, None, v, bias, out, scores, inv, b, h, dim, kv_len, v_dim, kl,
                            vl, kg, vg, scale)
                 ctx.int8 = (dot, kq, ks, ksum, vq, vs, qq, qs, qz, pq)
-                with T.serial(0, seq // rt) as t:
-                    _rows_int8(ctx, t * rt, rt)
-                if seq % rt:
-                    _rows_int8(ctx, seq - seq % rt, seq % rt)
+                _each_row_tile(seq, rt, lambda i0, height: _rows_int8(ctx, i0, height))
     return ib.get()
 
 
@@ -436,9 +469,7 @@ def _rows_int8(c: _Ctx, i0, height: int) -> None:
     qmax = float(dot.qmax)
     # 1. scores = qs[i] * ks[j] * (sum_d qq[i, d] kq[j, d] - qz[i] * ksum[j]) * scale + bias
     width = c.kg * kl
-    row_max = TB.alloc_buffer((height, kl), F32)
-    for r in range(height):
-        _store(row_max, _c(-math.inf, kl), [r, 0], kl)
+    row_max = _running_max(height, kl)
     with T.serial(0, c.kv_len // width) as jc:
         acc = TB.alloc_buffer((height, width), "int32")
         for r in range(height):
@@ -460,17 +491,10 @@ def _rows_int8(c: _Ctx, i0, height: int) -> None:
                     T.broadcast(qz[i], kl) * ksum.vload([j], f"int32x{kl}")
                 s = T.Cast(f"float32x{kl}", comp) * \
                     (T.broadcast(qs[i] * T.float32(c.scale), kl) * ks.vload([j], f"float32x{kl}"))
-                if c.bias is not None:
-                    s = s + c.bias_at(i, j, kl)
-                _store(c.scores, s, [r, j], kl)
-                _store(row_max, T.max(_load(row_max, [r, 0], kl), _load(c.scores, [r, j], kl)),
-                       [r, 0], kl)
+                _store_score(c, s, i0, r, j, row_max)
     # 2. softmax: exp(s - max) quantized with the fixed scale 1 / qmax; 1 / sum kept apart
     with T.serial(0, height) as r:
-        with T.serial(1, kl) as li:
-            T.buffer_store(row_max, T.max(row_max[r, 0], row_max[r, li]), [r, 0])
-        top = TB.bind(row_max[r, 0])
-        shift = TB.bind(T.Select(top == T.float32(-math.inf), T.float32(0.0), top))
+        shift = _row_shift(row_max, r, kl)
         total = TB.alloc_buffer((kl,), F32)
         _store(total, _c(0.0, kl), [0], kl)
         with T.serial(0, c.kv_len // kl) as jv:
@@ -480,10 +504,7 @@ def _rows_int8(c: _Ctx, i0, height: int) -> None:
             words = T.reinterpret("int32" if nw == 1 else f"int32x{nw}",
                                   _round_clip(e * _c(qmax, kl), 0.0, qmax, dot.act_dtype, kl))
             T.buffer_store(pq, words, [r, jv if nw == 1 else T.ramp(jv * nw, 1, nw)])
-        with T.serial(1, kl) as li:
-            T.buffer_store(total, total[0] + total[li], [0])
-        T.buffer_store(c.inv, T.Select(total[0] > T.float32(0.0),
-                                       T.float32(1.0 / qmax) / total[0], T.float32(0.0)), [r])
+        _store_inverse_sum(c, total, r, kl, 1.0 / qmax)
     # 3. output = inv[i] * vs[d] * sum_j pq[i, j] vq[j, d]
     width = c.vg * vl
     with T.serial(0, c.v_dim // width) as dc:

@@ -20,7 +20,12 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax import PyExprMutator, expr_functor
 
-from ..kernels.attention import attention, attention_int8, int8_attention_fits
+from ..kernels.attention import (
+    attention,
+    attention_int8,
+    bias_broadcasts,
+    int8_attention_fits,
+)
 from ..kernels.int8 import Dot
 from ._dataflow import mutate_functions
 
@@ -71,8 +76,7 @@ class _Rewriter(PyExprMutator):
         bias_shape = None
         if bias is not None:
             bias_shape = _tensor_shape(bias)
-            if bias_shape is None or len(bias_shape) != 4 or any(
-                    x not in (1, f) for x, f in zip(bias_shape, (b, h, s, t), strict=True)):
+            if bias_shape is None or not bias_broadcasts(bias_shape, (b, h, s, t)):
                 return call
         scale = None if attrs.scale is None else float(attrs.scale.value)
         if self.dot is not None and int8_attention_fits(d, t, dv, self.dot):
