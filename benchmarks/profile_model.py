@@ -20,7 +20,7 @@ import tvm
 
 import tetris_tvm
 from tetris_tvm.profiling import profile_kernels
-from tetris_tvm.zoo import load_minilm, minilm_inputs, mobilenet_v2
+from tetris_tvm.zoo import load_minilm, load_mnist_cnn, minilm_inputs, mnist_data, mobilenet_v2
 
 
 def kind_of(kernel: str) -> str:
@@ -34,10 +34,10 @@ def kind_of(kernel: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", choices=["mobilenet", "minilm"], default="mobilenet")
+    ap.add_argument("--model", choices=["mobilenet", "minilm", "mnist-cnn"], default="mobilenet")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--block", type=int, default=None,
-                    help="block side (default: 16 for mobilenet, 32 for minilm)")
+                    help="block side (default: 16 for mobilenet, 32 for minilm, 8 for mnist-cnn)")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5])
     ap.add_argument("--quantize", choices=["int8"], default=None,
                     help="profile int8 builds (dynamic activations)")
@@ -47,6 +47,9 @@ def main() -> None:
         model, tok = load_minilm()
         x = minilm_inputs(tok, args.batch, 128)
         block = args.block or 32
+    elif args.model == "mnist-cnn":
+        model, x = load_mnist_cnn(), torch.from_numpy(mnist_data()[0][:args.batch])
+        block = args.block or 8
     else:
         model, x = mobilenet_v2(), torch.randn(args.batch, 3, 224, 224)
         block = args.block or 16

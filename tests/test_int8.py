@@ -138,20 +138,39 @@ def test_int8_build_equals_its_fake_quantised_reference(activations, sparsity, b
         assert float((got - dense).abs().max() / dense.abs().max()) < 0.05
 
 
-def test_int8_convs_stay_float32_and_linears_run_int8():
+def _cnn():
+    """Convs of every GEMM operand form (plain, padded + strided, dilated) and a grouped one."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(2, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(16 * 6 * 6, 32), torch.nn.ReLU(),
-                                torch.nn.Linear(32, 5)).eval()
-    x = torch.randn(3, 2, 8, 8)
-    cm = tetris_tvm.compile(model, (x,), sparsity=0.5, block_size=8, quantize="int8",
-                            progress=False)
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(),
+                         nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(24, 24, 3, padding=1, groups=3),
+                         nn.Conv2d(24, 32, (2, 3), padding=(1, 2), dilation=(1, 2)), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(32 * 6 * 5, 32), nn.ReLU(),
+                         nn.Linear(32, 5)).eval()
+
+
+@pytest.mark.parametrize("activations", ["dynamic", "static"])
+@pytest.mark.parametrize(("sparsity", "batch"), [(0.0, 1), (0.5, 3), (0.9, 2)])
+def test_int8_convs_equal_their_fake_quantised_reference(activations, sparsity, batch):
+    """Convs run int8 (each image quantized, its patches gathered as bytes, the int8 GEMM
+    over them); the grouped conv stays float32 and says why."""
+    model = _cnn()
+    x = torch.randn(batch, 3, 11, 11)
+    cm = tetris_tvm.compile(model, (x,), sparsity=sparsity, block_size=8, quantize="int8",
+                            activations=activations,
+                            calibration=[torch.randn(4, 3, 11, 11) for _ in range(3)],
+                            reconstruct=False, progress=False)
     precision = {r["name"]: r["precision"] for r in cm.report.layers}
-    assert precision == {"0.weight": "float32", "3.weight": "int8", "5.weight": "int8"}
-    assert "0.weight" in cm.plan.quantization["float32"]
+    assert precision == {"0.weight": "int8", "2.weight": "int8", "5.weight": "int8",
+                         "8.weight": "int8", "10.weight": "int8"}
+    assert "groups=1" in cm.plan.quantization["float32"].get("4.weight", "groups=1")
     with torch.no_grad():
         want = quantized_reference(model, cm.plan)(x)
-    torch.testing.assert_close(cm(x), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    # four quantized layers in a row: an input on a rounding boundary may land one step
+    # apart (the float32 sums run in another order), which moves an output by ~1e-4 of its
+    # range; a wrong patch or weight moves it by far more
+    torch.testing.assert_close(cm(x), want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
 
 
 def test_int8_build_exports_and_plan_round_trips(tmp_path):
@@ -179,7 +198,6 @@ def test_int8_build_exports_and_plan_round_trips(tmp_path):
         ({"quantize": "int8", "activations": "static"}, r"calibration=\[example inputs\]"),
         ({"quantize": "int8", "dynamic_batch": True}, r"fixed batch"),
         ({"quantize": "int8", "dtype": "float16"}, r"not both"),
-        ({"quantize": "int8", "target": "cuda"}, r"target CPUs"),
     ],
 )
 def test_int8_refusals_are_in_our_words(options, message):
@@ -198,6 +216,7 @@ def test_dot_instruction_follows_the_target_features():
     assert dot({"kind": "llvm", "mcpu": "alderlake"}) == "avxvnni"
     assert dot({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+dotprod"]}) == "sdot"
     assert dot({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}) == "generic"
+    assert dot({"kind": "cuda", "arch": "sm_80"}) == "dp4a"
 
 
 def test_every_dot_form_builds_for_its_target():

@@ -664,9 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="block, e.g. 32 or 16x32 (default 32x32; a --plan fixes its own)")
 
     def quant_args(p: argparse.ArgumentParser) -> None:
-        g = p.add_argument_group("int8 (CPU targets)")
+        g = p.add_argument_group("int8 (CPU: VNNI, AVX2, sdot...; CUDA: dp4a)")
         g.add_argument("--quantize", choices=["int8"], default=None,
-                       help="run the Linear layers on int8 operands with the target's "
+                       help="run the Linear layers and convs on int8 operands with the target's "
                        "dot-product instructions (default: float32)")
         g.add_argument("--activations", choices=["dynamic", "static"], default="dynamic",
                        help="int8 inputs quantized per row from their own range (dynamic) or "

@@ -511,14 +511,14 @@ def _check_quantize(spec: PruningSpec, target: Any, model: Any, dynamic_batch: A
 
     if spec.quantize is None:
         return
-    if target.kind.name != "llvm":
-        raise ValueError("int8 builds target CPUs (target='llvm' or an llvm dict); CUDA int8 "
-                         "kernels are not built")
+    if target.kind.name not in ("llvm", "cuda"):
+        raise ValueError(f"int8 builds target CPUs ('llvm') and CUDA GPUs ('cuda'), not "
+                         f"{target.kind.name!r}")
     if dynamic_batch:
         raise ValueError("int8 builds need a fixed batch (compile without dynamic_batch)")
     if not isinstance(model, torch.nn.Module):
-        raise ValueError("an int8 build needs the torch.nn.Module (its Linear layers), not an "
-                         "ExportedProgram")
+        raise ValueError("an int8 build needs the torch.nn.Module (its Linear and Conv2d "
+                         "layers), not an ExportedProgram")
     if spec.activations == "static" and calibration is None:
         raise ValueError("activations='static' calibrates each layer's input range: pass "
                          "calibration=[example inputs]")
@@ -757,9 +757,10 @@ def compile(  # noqa: A001 - the public name of the API contract
             model output), ``"separate"`` never. ``report.streams`` has the comparison.
         overrides: per-layer ``{pattern: {"sparsity", "block_size", "skip"}}``.
         prune_options: extra arguments for :func:`~tetris_tvm.prune_weight` (e.g. balanced).
-        quantize: ``"int8"`` runs the Linear layers on int8 operands (weights per output
-            channel after pruning, inputs per row; :mod:`tetris_tvm.quantization`) with the
-            target's dot-product instructions; ``cm.plan.quantization`` says how, and
+        quantize: ``"int8"`` runs the Linear layers and convs on int8 operands (weights per
+            output channel after pruning, inputs per row or image;
+            :mod:`tetris_tvm.quantization`) with the target's dot-product instructions;
+            ``cm.plan.quantization`` says how, and
             :func:`tetris_tvm.quantization.quantized_reference` is what the build computes.
         activations: ``"dynamic"`` (each row's own range, no calibration needed) or
             ``"static"`` (one range per layer from ``calibration``).

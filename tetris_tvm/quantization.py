@@ -1,14 +1,15 @@
 """int8 quantization, torch side: what an int8 build computes, and its reference.
 
 An int8 build (``compile(..., quantize="int8")``) runs every pruned (or dense) Linear layer
-on int8 operands: the weight quantized symmetrically per output channel after pruning (only
-kept blocks are stored), the layer's input quantized per row (token) into the dot-product
-instruction's range, either from each row's own range (``activations="dynamic"``) or with one
-scale and zero point per layer calibrated on example inputs (``"static"``); int32
+and conv (groups=1) on int8 operands: the weight quantized symmetrically per output channel
+after pruning (only kept blocks are stored), the layer's input quantized per row (a token;
+for a conv, a whole image) into the dot-product instruction's range, either from each
+row's own range (``activations="dynamic"``) or with one scale and zero point per layer
+calibrated on example inputs (``"static"``); int32
 accumulation, and dequantization, bias and activation in float32. Attention's two matmuls
 run int8 too where the model calls ``scaled_dot_product_attention`` (``attention="int8"``,
-the default of an int8 build; :func:`fake_quantize_attention` says how); softmax, layer norms
-and convs stay float32.
+the default of an int8 build; :func:`fake_quantize_attention` says how); softmax, layer norms,
+pooling and grouped convs stay float32.
 
 The **reference** of an int8 build is the masked model with the same fake quantization
 (:func:`quantized_reference`): each quantized layer's weight replaced by its dequantized int8
@@ -109,8 +110,8 @@ def int8_settings(model: Any, plan: Any, dot: Any, activations: str,
                   attention: str = "float32") -> dict[str, Any]:
     """``plan.quantization`` for an int8 build with the dot-product instruction ``dot``
     (:class:`tetris_tvm.kernels.int8.Dot`): which planned layers run int8 (Linear layers
-    whose blocks the kernels take), for static activations each one's scale and zero, and
-    the precision of attention's matmuls (``"int8"`` or ``"float32"``)."""
+    and groups=1 convs whose blocks the kernels take), for static activations each one's
+    scale and zero, and the precision of attention's matmuls (``"int8"`` or ``"float32"``)."""
     import torch
 
     if activations not in ACTIVATION_MODES:
@@ -120,12 +121,24 @@ def int8_settings(model: Any, plan: Any, dot: Any, activations: str,
     float32: dict[str, str] = {}
     for name, lp in plan.items():
         module = modules.get(name.rsplit(".", 1)[0] if "." in name else "")
-        if not isinstance(module, torch.nn.Linear):
-            float32[name] = "int8 runs Linear layers (convs stay float32)"
+        if not isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+            float32[name] = "int8 runs Linear and Conv2d layers"
+            continue
+        if isinstance(module, torch.nn.Conv2d) and not getattr(dot, "convs", True):
+            float32[name] = f"int8 with {dot.name} runs Linear layers"
+            continue
+        if isinstance(module, torch.nn.Conv2d) and (module.groups != 1
+                                                    or module.padding_mode != "zeros"):
+            float32[name] = "int8 runs convs with groups=1 and zero padding"
             continue
         bn = int(lp.block_size[0])
         if bn % min(dot.widths) and bn != lp.shape[0]:
             float32[name] = f"int8 blocks need rows in multiples of {min(dot.widths)}"
+            continue
+        columns = int(getattr(dot, "columns", 1))
+        k = int(np.prod(lp.shape[1:]))
+        if min(int(lp.block_size[1]), k) % columns or k % columns:
+            float32[name] = f"int8 blocks need columns in multiples of {columns} ({dot.name})"
             continue
         entry: dict[str, Any] = {}
         if activations == "static":
@@ -197,8 +210,12 @@ def quantized_reference(model: Any, plan: Any) -> Any:
             module.weight.copy_(torch.from_numpy(weight_fake_quant(w)).to(module.weight.dtype))
         static = (entry["scale"], entry["zero"]) if entry else None
 
-        def quantize_input(_m: Any, inputs: Any, static: Any = static) -> Any:
-            return (fake_quantize_rows(inputs[0], qmin, qmax, static), *inputs[1:])
+        def quantize_input(m: Any, inputs: Any, static: Any = static) -> Any:
+            x = inputs[0]
+            if isinstance(m, torch.nn.Conv2d):  # a conv quantizes each image as one row
+                rows = fake_quantize_rows(x.reshape(x.shape[0], -1), qmin, qmax, static)
+                return (rows.reshape(x.shape), *inputs[1:])
+            return (fake_quantize_rows(x, qmin, qmax, static), *inputs[1:])
 
         module.register_forward_pre_hook(quantize_input)
     if settings.get("attention") == "int8":

@@ -71,7 +71,7 @@ class PruningSpec:
         allow_gathers: compiled plans may permute axes that leave a runtime gather.
         streams: channel streams shared by several layers: ``"auto"``, ``"shared"`` or
             ``"separate"`` (see :func:`tetris_tvm.compile`).
-        quantize: ``None`` or ``"int8"`` (Linear layers on int8 operands).
+        quantize: ``None`` or ``"int8"`` (Linear layers and convs on int8 operands).
         activations: int8 activation scales, ``"dynamic"`` or ``"static"``.
         attention: precision of attention's two matmuls on CPU, ``"float32"`` or ``"int8"``
             (default: ``"int8"`` when ``quantize="int8"``, else ``"float32"``).

@@ -33,10 +33,13 @@ def test_gpu_check_dry_run_quick(tmp_path):
     assert all(c["error"] is None and c["t_ours"] is None for c in cases)
     # float16 with >= 32 rows goes to tensor cores, float32 never does
     assert all(c["tensor_core"] == (c["dtype"] == "float16" and c["m"] >= 32) for c in cases)
-    # the whole-model check builds the encoder in both dtypes, half linears in float16
+    # the whole-model check builds the encoder in every precision: half linears in float16,
+    # dp4a kernels in int8
     models = {r["dtype"]: r for r in data["whole_model"]}
-    assert set(models) == {"float32", "float16"} and not any("error" in r for r in models.values())
+    assert set(models) == {"float32", "float16", "int8"}
+    assert not any("error" in r for r in models.values())
     assert all(k.endswith("_float16") for k in models["float16"]["kernels"])
+    assert all(k.startswith("int8_") for k in models["int8"]["kernels"])
     # section 6: a conv in both dtypes and tuning candidates of one fp16 linear, all built
     assert {r["dtype"] for r in data["convs"]} == {"float32", "float16"}
     space = data["tuning_space"]

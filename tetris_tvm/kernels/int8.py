@@ -40,6 +40,7 @@ __all__ = [
     "DOTS",
     "Dot",
     "dot_for_target",
+    "int8_im2col",
     "int8_linear",
     "int8_linear_args",
     "balanced_order",
@@ -67,6 +68,8 @@ class Dot:
     qmax: int
     widths: tuple[int, ...]  # lane counts it comes in, widest first
     emit: Callable[[tirx.PrimExpr, tirx.PrimExpr, tirx.PrimExpr, int], tirx.PrimExpr]
+    columns: int = 1  # block columns must be a multiple of this (aligned 4-byte reads)
+    convs: bool = True  # whether convs run int8 with it
 
 
 def _bytes(a4: tirx.PrimExpr, lanes: int, dtype: str) -> tirx.PrimExpr:
@@ -120,6 +123,22 @@ def _generic(acc, a4, w, lanes):
     return out
 
 
+def _dp4a(acc, a4, w, lanes):
+    """CUDA's ``__dp4a`` (signed x signed bytes, one int32 lane per thread)."""
+    return T.call_pure_extern(I32, "__dp4a", a4, T.reinterpret(I32, w), acc)
+
+
+def dp4a_emulated(acc, a4, w, lanes):
+    """What ``__dp4a`` computes, in plain int32 arithmetic (the CUDA kernels' CPU twin)."""
+    out = acc
+    for k in range(4):
+        shift = T.int32(24 - 8 * k)
+        ak = T.shift_right(T.shift_left(a4, shift), T.int32(24))
+        wk = T.shift_right(T.shift_left(T.reinterpret(I32, w), shift), T.int32(24))
+        out = out + ak * wk
+    return out
+
+
 DOTS: dict[str, Dot] = {
     "vnni": Dot("vnni", "uint8", 0, 255, (16, 8, 4), _vnni),
     "avxvnni": Dot("avxvnni", "uint8", 0, 255, (8, 4), _vnni),
@@ -127,6 +146,7 @@ DOTS: dict[str, Dot] = {
     "avx2": Dot("avx2", "uint8", 0, 127, (8, 4), _avx2),
     "sdot": Dot("sdot", "int8", -128, 127, (4, 2), _sdot),
     "generic": Dot("generic", "uint8", 0, 255, (4,), _generic),
+    "dp4a": Dot("dp4a", "int8", -128, 127, (1,), _dp4a, columns=4, convs=False),
 }
 """The dot-product instructions the kernels use, by name."""
 
@@ -134,7 +154,7 @@ DOTS: dict[str, Dot] = {
 def dot_for_target(target: Any) -> Dot:
     """Rule table: the best dot-product instruction ``target`` has (by its features, not by
     the machine compiling): AVX-512 VNNI, AVX-VNNI, AVX-512BW, AVX2, aarch64 dotprod, else
-    the generic int32 form."""
+    the generic int32 form; ``__dp4a`` on CUDA."""
     from tvm.target import codegen
 
     def has(*features: str) -> bool:
@@ -144,6 +164,8 @@ def dot_for_target(target: Any) -> Dot:
             return False
 
     kind = target.kind.name if target is not None else "llvm"
+    if kind == "cuda":
+        return DOTS["dp4a"]
     if kind != "llvm":
         return DOTS["generic"]
     if has("avx512vnni", "avx512bw", "avx512vl"):
@@ -265,6 +287,24 @@ def padded_k(k: int, bk: int) -> int:
     return -(-k // bk) * bk + 4
 
 
+def row_scale_zero(lo: tirx.PrimExpr, hi: tirx.PrimExpr, qmin: float,
+                   qmax: float) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+    """Scale and (float) zero point mapping a row's ``[lo, hi]`` (``lo <= 0 <= hi``) onto
+    ``[qmin, qmax]``: :func:`tetris_tvm.quantization.static_params` in TensorIR."""
+    span = (hi - lo) / T.float32(qmax - qmin)
+    s = T.Select(span > T.float32(0.0), span, T.float32(1.0))
+    z = T.Cast(F32, qmin) - T.floor(lo / s + T.float32(0.5))
+    return s, T.max(T.min(z, T.float32(qmax)), T.float32(qmin))
+
+
+def quantized_value(v: tirx.PrimExpr, inv: tirx.PrimExpr, zf: tirx.PrimExpr, qmin: float,
+                    qmax: float) -> tirx.PrimExpr:
+    """``clip(floor(v * inv + 0.5) + zf, qmin, qmax)`` as float32 (one value)."""
+    v = T.floor(v * inv + T.float32(0.5)) + zf
+    return T.Select(v > T.float32(qmax), T.float32(qmax),
+                    T.Select(v < T.float32(qmin), T.float32(qmin), v))
+
+
 def quantize_rows(
     x_shape: tuple,
     k_pad: int,
@@ -327,10 +367,7 @@ def quantize_rows(
                                                     lo[i], lo[0]), [0])
                         T.buffer_store(hi, T.Select(tirx.Or(hi[i] > hi[0], hi[i] != hi[i]),
                                                     hi[i], hi[0]), [0])
-                    span = (hi[0] - lo[0]) / T.float32(qmax - qmin)
-                    s = T.Select(span > T.float32(0.0), span, T.float32(1.0))
-                    z = T.Cast(F32, qmin) - T.floor(lo[0] / s + T.float32(0.5))
-                    z = T.max(T.min(z, T.float32(qmax)), T.float32(qmin))
+                    s, z = row_scale_zero(lo[0], hi[0], qmin, qmax)
                 else:
                     s = T.float32(static[0])
                     z = T.float32(static[1])
@@ -345,10 +382,61 @@ def quantize_rows(
                     T.buffer_store(q, T.Cast(f"{dot.act_dtype}x{vl}", v),
                                    [m, T.ramp(j * vl, 1, vl)])
                 with T.serial(full * vl, k_pad) as j:
-                    v = T.floor(xf[m, T.min(j, k - 1)] * inv + T.float32(0.5)) + zf
-                    v = T.Select(v > T.float32(qmax), T.float32(qmax),
-                                 T.Select(v < T.float32(qmin), T.float32(qmin), v))
+                    v = quantized_value(xf[m, T.min(j, k - 1)], inv, zf, qmin, qmax)
                     T.buffer_store(q, T.Cast(dot.act_dtype, T.Select(j < k, v, zf)), [m, j])
+    return ib.get()
+
+
+def int8_im2col(
+    geo: Any,
+    k_pad: int,
+    dot: Dot,
+    *,
+    name: str = "main",
+) -> tirx.PrimFunc:
+    """The GEMM operand of an int8 conv: quantized images -> quantized patches.
+
+    ``geo`` is the conv's :class:`~tetris_tvm.kernels.compute.Conv2dGeometry` (static batch).
+    Arguments ``(q (N, C*H*W), scale (N,), zero (N,), patches (N*OH*OW, k_pad), row_scale
+    (N*OH*OW,), row_zero (N*OH*OW,))``: row ``(n, oh, ow)`` of ``patches`` holds the input
+    values of that output pixel in ``(cin, kh, kw)`` order (the order of
+    ``w.reshape(Cout, -1)``), padding and the columns past ``C*kh*kw`` as the image's zero
+    point (they dequantize to 0), and each row inherits its image's scale and zero point.
+    Working on the quantized bytes moves a quarter of what a float32 im2col would.
+    """
+    n, cin, h, w = (int(d) for d in (geo.batch, geo.cin, geo.h, geo.w))
+    oh, ow, kh, kw = geo.oh, geo.ow, geo.kh, geo.kw
+    (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    rows, k = n * oh * ow, cin * kh * kw
+    with IRBuilder() as ib:
+        with TB.prim_func(s_tir=True):
+            TB.func_name(name)
+            TB.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                          KERNEL_ATTR: "int8_im2col"})
+            q = TB.arg("q", T.Buffer((n, cin * h * w), dot.act_dtype))
+            sc = TB.arg("scale", T.Buffer((n,), F32))
+            zp = TB.arg("zero", T.Buffer((n,), I32))
+            p = TB.arg("patches", T.Buffer((rows, k_pad), dot.act_dtype))
+            rs = TB.arg("row_scale", T.Buffer((rows,), F32))
+            rz = TB.arg("row_zero", T.Buffer((rows,), I32))
+            with T.sblock("root"), T.parallel(0, n * oh) as t, T.serial(0, ow) as x:
+                img = TB.bind(t // oh)
+                m = TB.bind(t * ow + x)
+                z = TB.bind(T.Cast(dot.act_dtype, zp[img]))
+                T.buffer_store(rs, sc[img], [m])
+                T.buffer_store(rz, zp[img], [m])
+                with T.serial(0, cin) as c:
+                    for i in range(kh):
+                        iy = (t % oh) * sh - ph + i * dh
+                        for j in range(kw):
+                            ix = x * sw - pw + j * dw
+                            inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
+                            src = q[img, (c * h + T.max(T.min(iy, h - 1), 0)) * w
+                                    + T.max(T.min(ix, w - 1), 0)]
+                            T.buffer_store(p, T.Select(inside, src, z),
+                                           [m, c * (kh * kw) + i * kw + j])
+                with T.serial(k, k_pad) as col:
+                    T.buffer_store(p, z, [m, col])
     return ib.get()
 
 
@@ -364,6 +452,7 @@ def int8_linear(
     activation: str | None = None,
     threads: int = 1,
     tile_rows: int | None = None,
+    pixels: int | None = None,
     name: str = "main",
 ) -> tirx.PrimFunc:
     """``y[..., N] = act(s_x * s_w * (q_x @ q_w.T - z_x * sum_w) + bias)`` on int8 operands.
@@ -371,6 +460,8 @@ def int8_linear(
     ``x_shape`` is the float input's shape (its rows are the quantized activations' rows),
     ``block`` the stored block (``dense``: one block-column spanning K, every block stored),
     ``nnzb`` the stored blocks. Arguments: ``(q_x, s_x, z_x, *int8_linear_args(...), y)``.
+    ``pixels``: the rows are a conv's output pixels, ``pixels`` per image, and ``y`` is
+    ``(rows / pixels, N, pixels)`` (NCHW) instead of ``(rows, N)``.
     """
     rows = _flat_rows(x_shape)
     k = int(x_shape[-1])
@@ -408,8 +499,13 @@ def int8_linear(
             ws = TB.arg("w_scale", T.Buffer((nbp,), F32))
             wsum = TB.arg("w_sum", T.Buffer((nbp,), I32))
             b = TB.arg("bias", T.Buffer((nbp,), F32)) if bias else None
-            y = TB.arg("y", T.Buffer((*x_shape[:-1], n), F32))
-            yf = TB.decl_buffer((rows, n), F32, data=y.data)
+            if pixels is None:
+                y = TB.arg("y", T.Buffer((*x_shape[:-1], n), F32))
+                yf = TB.decl_buffer((rows, n), F32, data=y.data)
+            else:
+                if rows % pixels:
+                    raise ValueError(f"{rows} rows are not whole images of {pixels} pixels")
+                yf = TB.arg("y", T.Buffer((rows // pixels, n, pixels), F32))
             # each thread walks the row chunks (its chunk of x stays in its cache) and, per
             # chunk, its share of the block-rows: round-robin when every row costs the same
             # (dense), else the balanced table ``order``
@@ -425,17 +521,18 @@ def int8_linear(
                         sparse = None if dense else (ind, ptr)
                         with T.serial(0, chunk // tr) as t:
                             _tile(qx, sx, zx, w, ws, wsum, b, yf, blk, m0 + t * tr, tr,
-                                  lanes, vecs, bn, bk, k4, n, dot, activation, sparse)
+                                  lanes, vecs, bn, bk, k4, n, dot, activation, sparse, pixels)
                         if chunk % tr:  # the ragged last tile
                             _tile(qx, sx, zx, w, ws, wsum, b, yf, blk,
                                   m0 + chunk - chunk % tr, chunk % tr, lanes, vecs, bn, bk,
-                                  k4, n, dot, activation, sparse)
+                                  k4, n, dot, activation, sparse, pixels)
     return ib.get()
 
 
 def _tile(qx, sx, zx, w, ws, wsum, b, yf, blk, m0, height, lanes, vecs, bn, bk, k4, n, dot,
-          activation, sparse) -> None:
-    """One register tile: ``height`` rows from ``m0`` x the block-row ``blk``."""
+          activation, sparse, pixels=None) -> None:
+    """One register tile: ``height`` rows from ``m0`` x the block-row ``blk`` (stored in
+    NCHW when ``pixels`` is set)."""
     acc = TB.alloc_buffer((height, bn), I32)
     for r in range(height):
         for v in range(vecs):
@@ -486,7 +583,15 @@ def _tile(qx, sx, zx, w, ws, wsum, b, yf, blk, m0, height, lanes, vecs, bn, bk, 
                 (T.broadcast(sx[m], lanes) * ws.vload([n0], f"float32x{lanes}"))
             if b is not None:
                 val = val + b.vload([n0], f"float32x{lanes}")
-            if n % bn == 0:
+            if pixels is not None:  # one output channel per lane: a strided store
+                tmp = TB.alloc_buffer((lanes,), F32)
+                T.buffer_store(tmp, val, [T.ramp(0, 1, lanes)])
+                with T.serial(0, lanes) as li:
+                    with T.If(n0 + li < n):
+                        with T.Then():
+                            T.buffer_store(yf, apply_activation(tmp[li], activation),
+                                           [m // pixels, n0 + li, m % pixels])
+            elif n % bn == 0:
                 T.buffer_store(yf, val, [m, cols])
                 if activation is not None:  # on the stored value, not the expression above
                     T.buffer_store(yf, apply_activation(yf.vload([m, n0], f"float32x{lanes}"),

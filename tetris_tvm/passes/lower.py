@@ -42,6 +42,10 @@ __all__ = ["LOWERED_ATTR", "LowerBlockSparse", "LoweredLayer", "lowered_layers"]
 LOWERED_ATTR = Attr.LOWERED_LAYERS
 """Module attribute where LowerBlockSparse records its layers (JSON, see lowered_layers)."""
 
+DENSE_INT8_ROWS = 32
+"""Outputs per register tile of a layer that runs the dense int8 kernel although its plan's
+blocks are narrower (two AVX-512 vectors of int32: an 8-row block fills half of one)."""
+
 _ACTIVATIONS = {"relax.nn.relu": "relu", "relax.nn.gelu": "gelu", "relax.nn.gelu_tanh": "gelu_tanh"}
 
 
@@ -297,6 +301,10 @@ class LowerBlockSparse:
             if len(pads) == 4 and (pads[0], pads[1]) != (pads[2], pads[3]):
                 raise ValueError(f"{layer}: asymmetric conv padding {pads} is not supported")
             kind = "conv2d"
+            if layer in self.quantization.get("layers", {}):
+                conv = K.Conv2dGeometry(x_shape, w4.shape, **geo)
+                return self._lower_int8(bb, layer, x, x_shape, out_shape, w2, bsr, bias, act,
+                                        conv=(conv, tuple(int(d) for d in w4.shape)))
             if bsr.density <= self.dense_above and self._half_conv(x_shape):
                 return self._lower_half(
                     bb, layer, x, out_shape, bsr, bias, act, block, "conv2d", tuple(w4.shape),
@@ -324,9 +332,12 @@ class LowerBlockSparse:
         args = [x, *(relax.const(c) for c in consts)]
         return relax.call_tir(gv, args, relax.TensorType(out_shape, str(out_ty.dtype)))
 
-    def _lower_int8(self, bb, layer, x, x_shape, out_shape, w, bsr, bias, act) -> Any:
+    def _lower_int8(self, bb, layer, x, x_shape, out_shape, w, bsr, bias, act,
+                    conv: tuple[Any, tuple[int, ...]] | None = None) -> Any:
         """The int8 linear: quantize ``x`` per row, then the int8 kernel (dense when the
-        layer kept almost everything)."""
+        layer kept almost everything). A conv (``conv``: its geometry and weight shape, ``w``
+        the weight as ``(Cout, Cin*kh*kw)``) quantizes each image, gathers the quantized
+        patches and runs the same kernel over them, which writes NCHW."""
         from ..kernels import int8 as K8
 
         q = self.quantization
@@ -338,34 +349,93 @@ class LowerBlockSparse:
         block = tuple(bsr.block)
         if block[0] % min(dot.widths):  # a whole-axis block of an odd width: pad to lanes
             block = (-(-block[0] // min(dot.widths)) * min(dot.widths), block[1])
-        k = int(x_shape[-1])
+        # a dense layer is not bound by its plan's narrow blocks, while every thread keeps
+        # block-rows of its own (the kernel's threads split the block-rows)
+        if (dense and block[0] < DENSE_INT8_ROWS and dot.name != "dp4a"
+                and w.shape[0] >= DENSE_INT8_ROWS * self.threads):
+            block = (DENSE_INT8_ROWS, block[1])
+        k = int(w.shape[1])
         kq = K8.padded_k(k, k if dense else block[1])
-        rows = 1
-        for d in x_shape[:-1]:
-            rows *= int(d)
-        # one function per distinct quantization: layers reading the same tensor (Q, K, V)
-        # share it, and their identical calls are computed once (common subexpressions)
-        key = (tuple(x_shape), kq, static, dot.name)
-        qgv = self._quantizers.get(key)
-        if qgv is None:
-            quant = K8.quantize_rows(tuple(x_shape), kq, dot, static=static,
-                                     threads=self.threads)
-            name = f"quantize_rows_{len(self._quantizers)}"
-            qgv = bb.add_func(quant.with_attr("global_symbol", name), name)
-            self._quantizers[key] = qgv
-        outs = [relax.TensorType((rows, kq), dot.act_dtype), relax.TensorType((rows,), "float32"),
-                relax.TensorType((rows,), "int32")]
-        quantized = bb.emit(relax.call_tir(qgv, [x], outs))
-        args = K8.int8_linear_args(qw, scale, block, dense, bias, threads=self.threads)
-        func = K8.int8_linear(tuple(x_shape), w.shape[0], block, args[0].shape[0], dot,
-                              dense=dense, bias=bias is not None, activation=act,
-                              threads=self.threads)
+        if conv is None:
+            rows_shape = tuple(int(d) for d in x_shape)
+            operands = self._quantized_rows(bb, x, rows_shape, kq, static, dot)
+        else:
+            geo = conv[0]
+            images = (int(geo.batch), geo.cin * geo.h * geo.w)
+            flat = bb.emit(relax.op.reshape(x, images))
+            quantized = self._quantized_rows(bb, flat, images, images[1], static, dot)
+            rows_shape = (int(geo.batch) * geo.oh * geo.ow, k)
+            gather = self._function(bb, ("im2col", images, conv[1], geo.stride, geo.padding,
+                                         geo.dilation, kq, dot.name),
+                                    "int8_im2col", lambda: K8.int8_im2col(geo, kq, dot))
+            operands = self._tuple(bb, relax.call_tir(gather, quantized,
+                                                      self._quantized_types(rows_shape, kq, dot)))
+        cuda = dot.name == "dp4a"
+        args = K8.int8_linear_args(qw, scale, block, dense, bias,
+                                   threads=1 if cuda else self.threads)
+        if cuda:
+            from ..kernels.int8_cuda import int8_linear_cuda
+
+            func = int8_linear_cuda(rows_shape, w.shape[0], block, args[0].shape[0],
+                                    dense=dense, bias=bias is not None, activation=act)
+        else:
+            func = K8.int8_linear(rows_shape, w.shape[0], block, args[0].shape[0], dot,
+                                  dense=dense, bias=bias is not None, activation=act,
+                                  threads=self.threads,
+                                  pixels=None if conv is None else conv[0].oh * conv[0].ow)
         kernel = str(func.attrs[K.KERNEL_ATTR])
-        gv = self._add_kernel(bb, func, kernel, layer, "linear", tuple(w.shape),
+        kind, shape = ("linear", tuple(w.shape)) if conv is None else ("conv2d", conv[1])
+        gv = self._add_kernel(bb, func, kernel, layer, kind, shape,
                               tuple(bsr.block), bsr, bias, act, precision="int8")
-        operands = [relax.TupleGetItem(quantized, i) for i in range(3)]
-        return relax.call_tir(gv, [*operands, *(relax.const(a) for a in args)],
-                              relax.TensorType(out_shape, "float32"))
+        if conv is None:
+            return relax.call_tir(gv, [*operands, *(relax.const(a) for a in args)],
+                                  relax.TensorType(out_shape, "float32"))
+        n, cout, oh, ow = (int(d) for d in out_shape)  # the kernel writes (N, Cout, OH*OW)
+        y = bb.emit(relax.call_tir(gv, [*operands, *(relax.const(a) for a in args)],
+                                   relax.TensorType((n, cout, oh * ow), "float32")))
+        return relax.op.reshape(y, (n, cout, oh, ow))
+
+    @staticmethod
+    def _quantized_types(rows_shape: tuple[int, ...], kq: int, dot: Any) -> list[Any]:
+        rows = 1
+        for d in rows_shape[:-1]:
+            rows *= int(d)
+        return [relax.TensorType((rows, kq), dot.act_dtype),
+                relax.TensorType((rows,), "float32"), relax.TensorType((rows,), "int32")]
+
+    @staticmethod
+    def _tuple(bb, call: Any) -> list[Any]:
+        """The three outputs of a quantizing call (values, scales, zero points)."""
+        out = bb.emit(call)
+        return [relax.TupleGetItem(out, i) for i in range(3)]
+
+    def _function(self, bb, key: tuple, prefix: str, make: Any) -> Any:
+        """One module function per distinct ``key`` (built by ``make`` the first time): layers
+        reading the same tensor (Q, K, V) share it, and their identical calls are computed
+        once (common subexpressions)."""
+        gv = self._quantizers.get(key)
+        if gv is None:
+            name = f"{prefix}_{len(self._quantizers)}"
+            gv = bb.add_func(make().with_attr("global_symbol", name), name)
+            self._quantizers[key] = gv
+        return gv
+
+    def _quantized_rows(self, bb, x, x_shape: tuple[int, ...], kq: int, static: Any,
+                        dot: Any) -> list[Any]:
+        """``x`` quantized per row (:func:`..kernels.int8.quantize_rows`)."""
+        from ..kernels import int8 as K8
+
+        def make() -> Any:
+            if dot.name != "dp4a":
+                return K8.quantize_rows(x_shape, kq, dot, static=static, threads=self.threads)
+            from ..kernels.int8_cuda import quantize_rows_cuda
+
+            return quantize_rows_cuda(x_shape, kq, static=static)
+
+        quant = self._function(bb, ("rows", x_shape, kq, static, dot.name), "quantize_rows",
+                               make)
+        return self._tuple(bb, relax.call_tir(quant, [x],
+                                              self._quantized_types(x_shape, kq, dot)))
 
     def _half(self, bsr: BSRMatrix, x_shape: list) -> bool:
         """Whether this linear layer runs the half kernel (no padding blocks, static rows)."""
