@@ -272,7 +272,8 @@ def _work_lanes(block_rows: int, threads: int) -> int:
     return max(1, min(threads, block_rows))
 
 
-def _flat_rows(x_shape: tuple) -> int:
+def flat_rows(x_shape: tuple) -> int:
+    """The static number of rows of ``x_shape`` (all axes but the last)."""
     rows = 1
     for d in x_shape[:-1]:
         if not isinstance(d, int):
@@ -322,7 +323,7 @@ def quantize_rows(
     ``zero`` (their weights are 0). A NaN in a row makes its scale NaN, so the row's outputs
     are NaN (as torch's are). Vectorised 16 floats at a time.
     """
-    rows = _flat_rows(x_shape)
+    rows = flat_rows(x_shape)
     k = int(x_shape[-1])
     vl = 16
     full = k // vl
@@ -463,7 +464,7 @@ def int8_linear(
     ``pixels``: the rows are a conv's output pixels, ``pixels`` per image, and ``y`` is
     ``(rows / pixels, N, pixels)`` (NCHW) instead of ``(rows, N)``.
     """
-    rows = _flat_rows(x_shape)
+    rows = flat_rows(x_shape)
     k = int(x_shape[-1])
     bn, bk = block
     if dense:

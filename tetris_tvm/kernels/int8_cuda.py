@@ -28,7 +28,7 @@ from tvm.tirx.script.builder import ir as TB
 
 from ..attr_keys import Attr, kernel_attrs
 from .compute import KERNEL_ATTR, apply_activation
-from .int8 import DOTS, _flat_rows, dp4a_emulated, padded_k, quantized_value, row_scale_zero
+from .int8 import DOTS, flat_rows, dp4a_emulated, padded_k, quantized_value, row_scale_zero
 
 __all__ = ["MAX_THREADS", "int8_linear_cuda", "quantize_rows_cuda"]
 
@@ -51,7 +51,7 @@ def quantize_rows_cuda(x_shape: tuple, k_pad: int, *,
     computes it (each row's own range, or the calibrated ``static`` scale and zero point);
     one thread per row."""
     dot = DOTS["dp4a"]
-    rows, k = _flat_rows(x_shape), int(x_shape[-1])
+    rows, k = flat_rows(x_shape), int(x_shape[-1])
     qmin, qmax = float(dot.qmin), float(dot.qmax)
     with IRBuilder() as ib:
         with TB.prim_func(s_tir=True):
@@ -114,7 +114,7 @@ def int8_linear_cuda(
     """
     dot = DOTS["dp4a"]
     emit = dot.emit if gpu else dp4a_emulated
-    rows, k = _flat_rows(x_shape), int(x_shape[-1])
+    rows, k = flat_rows(x_shape), int(x_shape[-1])
     bn, bk = block
     if dense:
         bk = k
