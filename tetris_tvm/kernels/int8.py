@@ -43,6 +43,7 @@ __all__ = [
     "int8_im2col",
     "int8_linear",
     "int8_linear_args",
+    "int8_linear_arguments",
     "balanced_order",
     "int8_tile_rows",
     "pack_int8_blocks",
@@ -441,6 +442,34 @@ def int8_im2col(
     return ib.get()
 
 
+def int8_linear_arguments(dot: Dot, rows: int, kq: int, block: tuple[int, int], n: int,
+                          nb: int, nnzb: int, dense: bool, bias: bool,
+                          activation: str | None, order_lanes: int) -> dict[str, Any]:
+    """Declare an int8 linear kernel's attributes and input arguments (inside its
+    ``prim_func`` builder): ``q_x, s_x, z_x, w_data, [w_indices, w_indptr, w_order], w_scale,
+    w_sum, [bias]`` (see :func:`int8_linear_args`), by name; ``bias`` None when absent."""
+    bn, bk = block
+    TB.func_attr({
+        "tirx.noalias": True, "tirx.is_scheduled": True,
+        **kernel_attrs("int8_dense_linear" if dense else "int8_bsr_linear", (bn, bk), rows, n,
+                       activation, **{Attr.DOT: dot.name}),
+    })
+    nbp = nb * bn
+    out = {"q_x": TB.arg("q_x", T.Buffer((rows, kq), dot.act_dtype)),
+           "s_x": TB.arg("s_x", T.Buffer((rows,), F32)),
+           "z_x": TB.arg("z_x", T.Buffer((rows,), I32)),
+           "w_data": TB.arg("w_data", T.Buffer((nb if dense else nnzb, -(-bk // 4), bn, 4),
+                                               "int8"))}
+    if not dense:
+        out["w_indices"] = TB.arg("w_indices", T.Buffer((nnzb,), I32))
+        out["w_indptr"] = TB.arg("w_indptr", T.Buffer((nb + 1,), I32))
+        out["w_order"] = TB.arg("w_order", T.Buffer((order_lanes, nb), I32))
+    out["w_scale"] = TB.arg("w_scale", T.Buffer((nbp,), F32))
+    out["w_sum"] = TB.arg("w_sum", T.Buffer((nbp,), I32))
+    out["bias"] = TB.arg("bias", T.Buffer((nbp,), F32)) if bias else None
+    return out
+
+
 def int8_linear(
     x_shape: tuple,
     n: int,
@@ -473,7 +502,6 @@ def int8_linear(
     nb = -(-n // bn)
     kq = padded_k(k, bk)
     k4 = -(-bk // 4)
-    nbp = nb * bn
     chunk = linear_row_chunk(rows) or rows
     chunks = rows // chunk
     lanes_p = _work_lanes(nb, threads)
@@ -483,23 +511,11 @@ def int8_linear(
     with IRBuilder() as ib:
         with TB.prim_func(s_tir=True):
             TB.func_name(name)
-            TB.func_attr({
-                "tirx.noalias": True, "tirx.is_scheduled": True,
-                **kernel_attrs("int8_dense_linear" if dense else "int8_bsr_linear", (bn, bk),
-                               rows, n, activation, **{Attr.DOT: dot.name}),
-            })
-            qx = TB.arg("q_x", T.Buffer((rows, kq), dot.act_dtype))
-            sx = TB.arg("s_x", T.Buffer((rows,), F32))
-            zx = TB.arg("z_x", T.Buffer((rows,), I32))
-            stored = nb if dense else nnzb
-            w = TB.arg("w_data", T.Buffer((stored, k4, bn, 4), "int8"))
-            if not dense:
-                ind = TB.arg("w_indices", T.Buffer((nnzb,), I32))
-                ptr = TB.arg("w_indptr", T.Buffer((nb + 1,), I32))
-                order = TB.arg("w_order", T.Buffer((lanes_p, nb), I32))
-            ws = TB.arg("w_scale", T.Buffer((nbp,), F32))
-            wsum = TB.arg("w_sum", T.Buffer((nbp,), I32))
-            b = TB.arg("bias", T.Buffer((nbp,), F32)) if bias else None
+            a = int8_linear_arguments(dot, rows, kq, (bn, bk), n, nb, nnzb, dense, bias,
+                                      activation, lanes_p)
+            qx, sx, zx, w, ws, wsum, b = (a[key] for key in ("q_x", "s_x", "z_x", "w_data",
+                                                             "w_scale", "w_sum", "bias"))
+            ind, ptr, order = a.get("w_indices"), a.get("w_indptr"), a.get("w_order")
             if pixels is None:
                 y = TB.arg("y", T.Buffer((*x_shape[:-1], n), F32))
                 yf = TB.decl_buffer((rows, n), F32, data=y.data)
@@ -584,24 +600,17 @@ def _tile(qx, sx, zx, w, ws, wsum, b, yf, blk, m0, height, lanes, vecs, bn, bk, 
                 (T.broadcast(sx[m], lanes) * ws.vload([n0], f"float32x{lanes}"))
             if b is not None:
                 val = val + b.vload([n0], f"float32x{lanes}")
-            if pixels is not None:  # one output channel per lane: a strided store
-                tmp = TB.alloc_buffer((lanes,), F32)
-                T.buffer_store(tmp, val, [T.ramp(0, 1, lanes)])
-                with T.serial(0, lanes) as li:
-                    with T.If(n0 + li < n):
-                        with T.Then():
-                            T.buffer_store(yf, apply_activation(tmp[li], activation),
-                                           [m // pixels, n0 + li, m % pixels])
-            elif n % bn == 0:
+            if pixels is None and n % bn == 0:
                 T.buffer_store(yf, val, [m, cols])
                 if activation is not None:  # on the stored value, not the expression above
                     T.buffer_store(yf, apply_activation(yf.vload([m, n0], f"float32x{lanes}"),
                                                         activation), [m, cols])
-            else:
+            else:  # lane by lane: outputs cut at N, or one output channel per lane (NCHW)
                 tmp = TB.alloc_buffer((lanes,), F32)
                 T.buffer_store(tmp, val, [T.ramp(0, 1, lanes)])
                 with T.serial(0, lanes) as li:
                     with T.If(n0 + li < n):
                         with T.Then():
-                            T.buffer_store(yf, apply_activation(tmp[li], activation),
-                                           [m, n0 + li])
+                            at = ([m, n0 + li] if pixels is None
+                                  else [m // pixels, n0 + li, m % pixels])
+                            T.buffer_store(yf, apply_activation(tmp[li], activation), at)

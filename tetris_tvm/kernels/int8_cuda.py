@@ -26,9 +26,16 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as TB
 
-from ..attr_keys import Attr, kernel_attrs
 from .compute import KERNEL_ATTR, apply_activation
-from .int8 import DOTS, flat_rows, dp4a_emulated, padded_k, quantized_value, row_scale_zero
+from .int8 import (
+    DOTS,
+    dp4a_emulated,
+    flat_rows,
+    int8_linear_arguments,
+    padded_k,
+    quantized_value,
+    row_scale_zero,
+)
 
 __all__ = ["MAX_THREADS", "int8_linear_cuda", "quantize_rows_cuda"]
 
@@ -124,29 +131,17 @@ def int8_linear_cuda(
     if bn > MAX_THREADS:
         raise ValueError(f"a block of {bn} outputs exceeds {MAX_THREADS} threads")
     nb, k4 = -(-n // bn), bk // 4
-    kq, nbp = padded_k(k, bk), nb * bn
+    kq = padded_k(k, bk)
     tm = max(1, min(tile_rows, MAX_THREADS // bn, rows))
     apply_activation(T.float32(0.0), activation)  # validate early
     with IRBuilder() as ib:
         with TB.prim_func(s_tir=True):
             TB.func_name(name)
-            TB.func_attr({
-                "tirx.noalias": True, "tirx.is_scheduled": True,
-                **kernel_attrs("int8_dense_linear" if dense else "int8_bsr_linear", (bn, bk),
-                               rows, n, activation, **{Attr.DOT: dot.name}),
-            })
-            qx = TB.arg("q_x", T.Buffer((rows, kq), dot.act_dtype))
-            sx = TB.arg("s_x", T.Buffer((rows,), F32))
-            zx = TB.arg("z_x", T.Buffer((rows,), I32))
-            stored = nb if dense else nnzb
-            w = TB.arg("w_data", T.Buffer((stored, k4, bn, 4), "int8"))
-            if not dense:
-                ind = TB.arg("w_indices", T.Buffer((nnzb,), I32))
-                ptr = TB.arg("w_indptr", T.Buffer((nb + 1,), I32))
-                TB.arg("w_order", T.Buffer((1, nb), I32))
-            ws = TB.arg("w_scale", T.Buffer((nbp,), F32))
-            wsum = TB.arg("w_sum", T.Buffer((nbp,), I32))
-            b = TB.arg("bias", T.Buffer((nbp,), F32)) if bias else None
+            a = int8_linear_arguments(dot, rows, kq, (bn, bk), n, nb, nnzb, dense, bias,
+                                      activation, 1)
+            qx, sx, zx, w, ws, wsum, b = (a[key] for key in ("q_x", "s_x", "z_x", "w_data",
+                                                             "w_scale", "w_sum", "bias"))
+            ind, ptr = a.get("w_indices"), a.get("w_indptr")
             y = TB.arg("y", T.Buffer((*x_shape[:-1], n), F32))
             yf = TB.decl_buffer((rows, n), F32, data=y.data)
             x4 = TB.decl_buffer((rows, kq // 4), I32, data=qx.data)
