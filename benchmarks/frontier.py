@@ -3,7 +3,8 @@ int8, against the dense runtimes a user already has.
 
 Every point is one plan made one-shot (the default recipe of ``calibration=``: activation-aware
 TETRIS, sensitivity allocation, reconstruction checked on held-back calibration sentences; 256
-calibration sentences; plans cached in benchmarks/cache/), measured twice:
+calibration sentences and 256 single vocabulary words, ``--calibration-words``, the same set
+for NNCF; plans cached in benchmarks/cache/), measured twice:
 
 - quality on held-out text no step saw (``lee.cor`` in-domain; conversation and technical
   prose out of domain): mean cosine of mean-pooled embeddings to the dense float32 model's,
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=11, help="interleaved repeats (median)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--calibration-words", type=int, default=256, metavar="N",
+                    help="single vocabulary words after the 256 calibration sentences (ours "
+                    "and NNCF's calibration set)")
     ap.add_argument("--out", default=str(RESULTS / "frontier_minilm.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in args.sparsity:
         for block in args.blocks:
             start = time.perf_counter()
-            plan = one_shot_plan(model, tok, s, block)
+            plan = one_shot_plan(model, tok, s, block, words=args.calibration_words)
             print(f"plan {s:.0%} {block[0]}x{block[1]}: {time.perf_counter() - start:.0f} s",
                   flush=True)
             for q in (None, "int8"):
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_peers:
         found = peers.available()
         mask = torch.ones_like(ids)
-        calibration = quality.minilm_calibration(tok, n=256)
+        calibration = quality.minilm_calibration(tok, n=256, words=args.calibration_words)
         nncf_data = [(b["input_ids"], b["attention_mask"]) for b in calibration]
         for variant in PEERS:
             reason = found.get(variant.split("-")[0])
@@ -131,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         rows[name]["ms"] = t * 1e3
     _table(rows)
     out = {"machine": platform.machine(), "cpu": cpu_name(), "threads": args.threads,
-           "batch": args.batch, "seq": 128, "repeats": args.repeats, "rows": rows}
+           "batch": args.batch, "seq": 128, "repeats": args.repeats,
+           "calibration": {"sentences": 256, "words": args.calibration_words}, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     _plot(rows, Path(args.out).with_suffix(".png"), args.batch)
