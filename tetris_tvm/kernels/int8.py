@@ -48,6 +48,7 @@ __all__ = [
     "int8_tile_rows",
     "pack_int8_blocks",
     "quantize_rows",
+    "quantizer_arguments",
     "quantize_weight",
 ]
 
@@ -307,6 +308,20 @@ def quantized_value(v: tirx.PrimExpr, inv: tirx.PrimExpr, zf: tirx.PrimExpr, qmi
                     T.Select(v < T.float32(qmin), T.float32(qmin), v))
 
 
+def quantizer_arguments(x_shape: tuple, k_pad: int, dot: Dot) -> tuple[Any, Any, Any, Any]:
+    """Declare a row quantizer's attributes and arguments (inside its ``prim_func`` builder):
+    ``x`` (float32, ``x_shape``), then the outputs ``q (rows, k_pad)``, ``scale (rows,)``,
+    ``zero (rows,)``; returns ``(q, scale, zero, x as (rows, K))``."""
+    rows, k = flat_rows(x_shape), int(x_shape[-1])
+    TB.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                  KERNEL_ATTR: "quantize_rows"})
+    x = TB.arg("x", T.Buffer(x_shape, F32))
+    q = TB.arg("q", T.Buffer((rows, k_pad), dot.act_dtype))
+    sc = TB.arg("scale", T.Buffer((rows,), F32))
+    zp = TB.arg("zero", T.Buffer((rows,), I32))
+    return q, sc, zp, TB.decl_buffer((rows, k), F32, data=x.data)
+
+
 def quantize_rows(
     x_shape: tuple,
     k_pad: int,
@@ -336,13 +351,7 @@ def quantize_rows(
     with IRBuilder() as ib:
         with TB.prim_func(s_tir=True):
             TB.func_name(name)
-            TB.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
-                          KERNEL_ATTR: "quantize_rows"})
-            x = TB.arg("x", T.Buffer(x_shape, F32))
-            q = TB.arg("q", T.Buffer((rows, k_pad), dot.act_dtype))
-            sc = TB.arg("scale", T.Buffer((rows,), F32))
-            zp = TB.arg("zero", T.Buffer((rows,), I32))
-            xf = TB.decl_buffer((rows, k), F32, data=x.data)
+            q, sc, zp, xf = quantizer_arguments(x_shape, k_pad, dot)
             with T.sblock("root"), T.parallel(0, rows) as m:
                 if static is None:
                     lo = TB.alloc_buffer((vl,), F32)

@@ -26,7 +26,7 @@ from tvm.script import tirx as T
 from tvm.script.ir_builder import IRBuilder
 from tvm.tirx.script.builder import ir as TB
 
-from .compute import KERNEL_ATTR, apply_activation
+from .compute import apply_activation
 from .int8 import (
     DOTS,
     dp4a_emulated,
@@ -34,6 +34,7 @@ from .int8 import (
     int8_linear_arguments,
     padded_k,
     quantized_value,
+    quantizer_arguments,
     row_scale_zero,
 )
 
@@ -63,13 +64,7 @@ def quantize_rows_cuda(x_shape: tuple, k_pad: int, *,
     with IRBuilder() as ib:
         with TB.prim_func(s_tir=True):
             TB.func_name(name)
-            TB.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
-                          KERNEL_ATTR: "quantize_rows"})
-            x = TB.arg("x", T.Buffer(x_shape, F32))
-            q = TB.arg("q", T.Buffer((rows, k_pad), dot.act_dtype))
-            sc = TB.arg("scale", T.Buffer((rows,), F32))
-            zp = TB.arg("zero", T.Buffer((rows,), I32))
-            xf = TB.decl_buffer((rows, k), F32, data=x.data)
+            q, sc, zp, xf = quantizer_arguments(x_shape, k_pad, dot)
             with ExitStack() as stack:
                 stack.enter_context(T.sblock("root"))
                 bx = _loop(stack, -(-rows // ROW_THREADS), "blockIdx.x", gpu)
