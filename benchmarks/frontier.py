@@ -66,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="single vocabulary words after the 256 calibration sentences (ours "
                     "and NNCF's calibration set)")
     ap.add_argument("--out", default=str(RESULTS / "frontier_minilm.json"))
+    ap.add_argument("--plot-only", action="store_true",
+                    help="redraw the PNG from the JSON at --out, measure nothing")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        saved = json.loads(Path(args.out).read_text())
+        _plot(saved["rows"], Path(args.out).with_suffix(".png"), saved["batch"])
+        return 0
     torch.set_num_threads(args.threads)
     model, tok = zoo.load_minilm()
     evaluator = quality.EncoderEvaluator(model, tok)
@@ -159,6 +165,8 @@ def _table(rows: dict[str, dict[str, Any]]) -> None:
 
 
 def _plot(rows: dict[str, dict[str, Any]], path: Path, batch: int) -> None:
+    """Out-of-domain cosine against milliseconds: our points coloured by block shape (circles
+    float32, triangles int8, filled at 50%, hollow at 75%), the dense runtimes labelled."""
     try:
         import matplotlib
 
@@ -167,20 +175,33 @@ def _plot(rows: dict[str, dict[str, Any]], path: Path, batch: int) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    shapes = sorted({tuple(r["block"]) for r in rows.values() if r.get("block")})
+    colors = dict(zip(shapes, plt.get_cmap("tab10").colors, strict=False))
     for name, r in rows.items():
         if "ms" not in r or r.get("cosine_ood") is None:
             continue
-        kind = r.get("kind")
-        marker = {"peer": "s", "dense": "D"}.get(kind, "o" if r.get("precision") == "float32"
-                                                  else "^")
-        color = "tab:gray" if kind in ("peer", "dense") else (
-            "tab:blue" if r.get("precision") == "float32" else "tab:red")
-        ax.scatter(r["ms"], r["cosine_ood"], marker=marker, color=color)
-        ax.annotate(name.replace("ours ", ""), (r["ms"], r["cosine_ood"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        if r.get("block") is None:  # dense: ours and the peers
+            ax.scatter(r["ms"], r["cosine_ood"], marker="s", color="tab:gray")
+            ours = name.startswith("ours")  # ours above the point, the peers below it
+            ax.annotate(name, (r["ms"], r["cosine_ood"]), fontsize=7,
+                        xytext=(4, 6 if ours else -12), textcoords="offset points")
+            continue
+        color = colors[tuple(r["block"])]
+        filled = r.get("sparsity", 0) <= 0.5
+        ax.scatter(r["ms"], r["cosine_ood"], s=40,
+                   marker="o" if r.get("precision") == "float32" else "^",
+                   facecolors=color if filled else "none", edgecolors=color)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=f"{b[0]}x{b[1]}")
+               for b, c in colors.items()]
+    handles += [plt.Line2D([], [], marker="o", ls="", color="k", mfc="none", label="float32"),
+                plt.Line2D([], [], marker="^", ls="", color="k", mfc="none", label="int8"),
+                plt.Line2D([], [], marker="o", ls="", color="k", label="50% (filled)"),
+                plt.Line2D([], [], marker="o", ls="", color="k", mfc="none",
+                           label="75% (hollow)")]
+    ax.legend(handles=handles, fontsize=8, loc="center right")
     ax.set_xlabel(f"ms per batch of {batch} x 128 tokens (2 threads)")
     ax.set_ylabel("held-out cosine to dense embeddings, out of domain")
-    ax.set_title("MiniLM: one-shot block pruning (blue float32, red int8) vs dense runtimes")
+    ax.set_title("MiniLM: one-shot block pruning by block shape vs dense runtimes (gray)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
