@@ -72,6 +72,7 @@ class Dot:
     emit: Callable[[tirx.PrimExpr, tirx.PrimExpr, tirx.PrimExpr, int], tirx.PrimExpr]
     columns: int = 1  # block columns must be a multiple of this (aligned 4-byte reads)
     convs: bool = True  # whether convs run int8 with it
+    gpu: bool = False  # a CUDA instruction: the kernels of .int8_cuda use it
 
 
 def _bytes(a4: tirx.PrimExpr, lanes: int, dtype: str) -> tirx.PrimExpr:
@@ -148,7 +149,7 @@ DOTS: dict[str, Dot] = {
     "avx2": Dot("avx2", "uint8", 0, 127, (8, 4), _avx2),
     "sdot": Dot("sdot", "int8", -128, 127, (4, 2), _sdot),
     "generic": Dot("generic", "uint8", 0, 255, (4,), _generic),
-    "dp4a": Dot("dp4a", "int8", -128, 127, (1,), _dp4a, columns=4, convs=False),
+    "dp4a": Dot("dp4a", "int8", -128, 127, (1,), _dp4a, columns=4, convs=False, gpu=True),
 }
 """The dot-product instructions the kernels use, by name."""
 

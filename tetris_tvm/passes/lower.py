@@ -351,7 +351,7 @@ class LowerBlockSparse:
             block = (-(-block[0] // min(dot.widths)) * min(dot.widths), block[1])
         # a dense layer is not bound by its plan's narrow blocks, while every thread keeps
         # block-rows of its own (the kernel's threads split the block-rows)
-        if (dense and block[0] < DENSE_INT8_ROWS and dot.name != "dp4a"
+        if (dense and block[0] < DENSE_INT8_ROWS and not dot.gpu
                 and w.shape[0] >= DENSE_INT8_ROWS * self.threads):
             block = (DENSE_INT8_ROWS, block[1])
         k = int(w.shape[1])
@@ -370,10 +370,9 @@ class LowerBlockSparse:
                                     "int8_im2col", lambda: K8.int8_im2col(geo, kq, dot))
             operands = self._tuple(bb, relax.call_tir(gather, quantized,
                                                       self._quantized_types(rows_shape, kq, dot)))
-        cuda = dot.name == "dp4a"
         args = K8.int8_linear_args(qw, scale, block, dense, bias,
-                                   threads=1 if cuda else self.threads)
-        if cuda:
+                                   threads=1 if dot.gpu else self.threads)
+        if dot.gpu:
             from ..kernels.int8_cuda import int8_linear_cuda
 
             func = int8_linear_cuda(rows_shape, w.shape[0], block, args[0].shape[0],
@@ -426,7 +425,7 @@ class LowerBlockSparse:
         from ..kernels import int8 as K8
 
         def make() -> Any:
-            if dot.name != "dp4a":
+            if not dot.gpu:
                 return K8.quantize_rows(x_shape, kq, dot, static=static, threads=self.threads)
             from ..kernels.int8_cuda import quantize_rows_cuda
 
