@@ -49,6 +49,8 @@ __all__ = [
     "pack_int8_blocks",
     "quantize_rows",
     "quantizer_arguments",
+    "extend_range",
+    "store_quantized",
     "quantize_weight",
 ]
 
@@ -323,6 +325,26 @@ def quantizer_arguments(x_shape: tuple, k_pad: int, dot: Dot) -> tuple[Any, Any,
     return q, sc, zp, TB.decl_buffer((rows, k), F32, data=x.data)
 
 
+def extend_range(lo: Any, hi: Any, v: tirx.PrimExpr, lo_now: tirx.PrimExpr,
+                 hi_now: tirx.PrimExpr, at: list) -> None:
+    """Store at ``at`` of ``lo`` / ``hi`` the running minimum / maximum after ``v`` (a value
+    or a vector); a NaN wins both, so the row's scale becomes NaN."""
+    nan = v != v
+    T.buffer_store(lo, T.Select(tirx.Or(v < lo_now, nan), v, lo_now), at)
+    T.buffer_store(hi, T.Select(tirx.Or(v > hi_now, nan), v, hi_now), at)
+
+
+def store_quantized(q: Any, xf: Any, m: Any, start: Any, k_pad: int, inv: tirx.PrimExpr,
+                    zf: tirx.PrimExpr, dot: Dot) -> None:
+    """Row ``m`` of ``q`` from column ``start`` to ``k_pad``, one value at a time: ``xf``
+    quantized with ``inv`` (1 / scale) and zero point ``zf``; columns past ``xf``'s width
+    get the zero point."""
+    k = int(xf.shape[1])
+    with T.serial(start, k_pad) as j:
+        v = quantized_value(xf[m, T.min(j, k - 1)], inv, zf, float(dot.qmin), float(dot.qmax))
+        T.buffer_store(q, T.Cast(dot.act_dtype, T.Select(j < k, v, zf)), [m, j])
+
+
 def quantize_rows(
     x_shape: tuple,
     k_pad: int,
@@ -362,18 +384,11 @@ def quantize_rows(
                     T.buffer_store(hi, vec(0.0), [lanes])
                     # NaN wins both comparisons: the row's scale becomes NaN
                     with T.serial(0, full) as j:
-                        v = xf.vload([m, j * vl], f"float32x{vl}")
-                        nan = v != v
-                        T.buffer_store(lo, T.Select(tirx.Or(v < lo.vload([0], f"float32x{vl}"),
-                                                            nan), v,
-                                                    lo.vload([0], f"float32x{vl}")), [lanes])
-                        T.buffer_store(hi, T.Select(tirx.Or(v > hi.vload([0], f"float32x{vl}"),
-                                                            nan), v,
-                                                    hi.vload([0], f"float32x{vl}")), [lanes])
+                        extend_range(lo, hi, xf.vload([m, j * vl], f"float32x{vl}"),
+                                     lo.vload([0], f"float32x{vl}"),
+                                     hi.vload([0], f"float32x{vl}"), [lanes])
                     with T.serial(full * vl, k) as j:
-                        v = xf[m, j]
-                        T.buffer_store(lo, T.Select(tirx.Or(v < lo[0], v != v), v, lo[0]), [0])
-                        T.buffer_store(hi, T.Select(tirx.Or(v > hi[0], v != v), v, hi[0]), [0])
+                        extend_range(lo, hi, xf[m, j], lo[0], hi[0], [0])
                     with T.serial(1, vl) as i:
                         T.buffer_store(lo, T.Select(tirx.Or(lo[i] < lo[0], lo[i] != lo[i]),
                                                     lo[i], lo[0]), [0])
@@ -393,9 +408,7 @@ def quantize_rows(
                     v = T.Select(v > vec(qmax), vec(qmax), T.Select(v < vec(qmin), vec(qmin), v))
                     T.buffer_store(q, T.Cast(f"{dot.act_dtype}x{vl}", v),
                                    [m, T.ramp(j * vl, 1, vl)])
-                with T.serial(full * vl, k_pad) as j:
-                    v = quantized_value(xf[m, T.min(j, k - 1)], inv, zf, qmin, qmax)
-                    T.buffer_store(q, T.Cast(dot.act_dtype, T.Select(j < k, v, zf)), [m, j])
+                store_quantized(q, xf, m, full * vl, k_pad, inv, zf, dot)
     return ib.get()
 
 

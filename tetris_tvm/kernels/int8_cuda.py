@@ -30,12 +30,13 @@ from .compute import apply_activation
 from .int8 import (
     DOTS,
     dp4a_emulated,
+    extend_range,
     flat_rows,
     int8_linear_arguments,
     padded_k,
-    quantized_value,
     quantizer_arguments,
     row_scale_zero,
+    store_quantized,
 )
 
 __all__ = ["MAX_THREADS", "int8_linear_cuda", "quantize_rows_cuda"]
@@ -76,12 +77,8 @@ def quantize_rows_cuda(x_shape: tuple, k_pad: int, *,
                         hi = TB.alloc_buffer((1,), F32, scope="local")
                         T.buffer_store(lo, T.float32(0.0), [0])
                         T.buffer_store(hi, T.float32(0.0), [0])
-                        with T.serial(0, k) as j:  # NaN wins both comparisons, as on the CPU
-                            v = xf[m, j]
-                            T.buffer_store(lo, T.Select(tirx.Or(v < lo[0], v != v), v, lo[0]),
-                                           [0])
-                            T.buffer_store(hi, T.Select(tirx.Or(v > hi[0], v != v), v, hi[0]),
-                                           [0])
+                        with T.serial(0, k) as j:
+                            extend_range(lo, hi, xf[m, j], lo[0], hi[0], [0])
                         s, z = row_scale_zero(lo[0], hi[0], qmin, qmax)
                     else:
                         s, z = T.float32(static[0]), T.float32(static[1])
@@ -89,9 +86,7 @@ def quantize_rows_cuda(x_shape: tuple, k_pad: int, *,
                     T.buffer_store(zp, T.Cast(I32, z), [m])
                     inv = T.float32(1.0) / sc[m]
                     zf = T.Cast(F32, zp[m])
-                    with T.serial(0, k_pad) as j:
-                        v = quantized_value(xf[m, T.min(j, k - 1)], inv, zf, qmin, qmax)
-                        T.buffer_store(q, T.Cast(dot.act_dtype, T.Select(j < k, v, zf)), [m, j])
+                    store_quantized(q, xf, m, 0, k_pad, inv, zf, dot)
     return ib.get()
 
 
