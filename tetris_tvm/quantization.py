@@ -124,7 +124,7 @@ def int8_settings(model: Any, plan: Any, dot: Any, activations: str,
         if not isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
             float32[name] = "int8 runs Linear and Conv2d layers"
             continue
-        if isinstance(module, torch.nn.Conv2d) and not getattr(dot, "convs", True):
+        if isinstance(module, torch.nn.Conv2d) and not dot.convs:
             float32[name] = f"int8 with {dot.name} runs Linear layers"
             continue
         if isinstance(module, torch.nn.Conv2d) and (module.groups != 1
@@ -135,7 +135,7 @@ def int8_settings(model: Any, plan: Any, dot: Any, activations: str,
         if bn % min(dot.widths) and bn != lp.shape[0]:
             float32[name] = f"int8 blocks need rows in multiples of {min(dot.widths)}"
             continue
-        columns = int(getattr(dot, "columns", 1))
+        columns = int(dot.columns)
         k = int(np.prod(lp.shape[1:]))
         if min(int(lp.block_size[1]), k) % columns or k % columns:
             float32[name] = f"int8 blocks need columns in multiples of {columns} ({dot.name})"

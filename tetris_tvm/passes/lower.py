@@ -216,7 +216,7 @@ class LowerBlockSparse:
 
         self.layers = []
         self._symbols: set[str] = set()
-        self._quantizers: dict[Any, Any] = {}
+        self._shared: dict[Any, Any] = {}
 
         def rewrite(bb: relax.BlockBuilder, var: Any, value: Any, mapping: dict) -> Any:
             if var in skipped:
@@ -396,9 +396,10 @@ class LowerBlockSparse:
 
     @staticmethod
     def _quantized_types(rows_shape: tuple[int, ...], kq: int, dot: Any) -> list[Any]:
-        rows = 1
-        for d in rows_shape[:-1]:
-            rows *= int(d)
+        """The types of a quantizing call's outputs (values, scales, zero points)."""
+        from ..kernels.int8 import flat_rows
+
+        rows = flat_rows(rows_shape)
         return [relax.TensorType((rows, kq), dot.act_dtype),
                 relax.TensorType((rows,), "float32"), relax.TensorType((rows,), "int32")]
 
@@ -412,11 +413,11 @@ class LowerBlockSparse:
         """One module function per distinct ``key`` (built by ``make`` the first time): layers
         reading the same tensor (Q, K, V) share it, and their identical calls are computed
         once (common subexpressions)."""
-        gv = self._quantizers.get(key)
+        gv = self._shared.get(key)
         if gv is None:
-            name = f"{prefix}_{len(self._quantizers)}"
+            name = f"{prefix}_{len(self._shared)}"
             gv = bb.add_func(make().with_attr("global_symbol", name), name)
-            self._quantizers[key] = gv
+            self._shared[key] = gv
         return gv
 
     def _quantized_rows(self, bb, x, x_shape: tuple[int, ...], kq: int, static: Any,
