@@ -431,11 +431,34 @@ def frontier_table() -> None:
               f"{_cell(r, 'cosine_ood')} | {r['wordsim353']:.3f} |")
 
 
+def latency_table() -> None:
+    """Latency-budget plans against 32x32 at the same latency (benchmarks/latency_allocation.py)."""
+    path = RESULTS / "latency_allocation_minilm.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    print(f"\nall-MiniLM-L6-v2, {data['cpu']}, {data['threads']} threads, batch "
+          f"{data['batch']} x {data['seq']} tokens, median of {data['repeats']} interleaved runs; "
+          f"latency budget {data['latency']:g} of the dense build of the same precision\n")
+    print("| row | weights kept | predicted ms | ms | x dense | cosine in-domain | "
+          "cosine out-of-domain | WordSim353 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in data["rows"].items():
+        kept = f"{r['weights_kept']:.2f}" if "weights_kept" in r else "1.00"
+        pred = f"{r['predicted_ms']:.1f}" if "predicted_ms" in r else "-"
+        dense = f"{r['vs_dense']:.2f}" if "vs_dense" in r else "-"
+        print(f"| {name} | {kept} | {pred} | {r['ms']:.1f} | {dense} | {r['cosine']:.3f} | "
+              f"{_cell(r, 'cosine_ood')} | {r['wordsim353']:.3f} |")
+
+
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["frontier"]:
         frontier_table()
+        sys.exit(0)
+    if sys.argv[1:] == ["latency"]:
+        latency_table()
         sys.exit(0)
 
     if sys.argv[1:] == ["readme"]:

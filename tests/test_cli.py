@@ -36,6 +36,10 @@ def test_bad_arguments_are_clear():
     assert res.returncode != 0 and "neither one of" in res.stderr
     res = run("compile", "--model", "mnist-cnn", "--attention", "int8")
     assert res.returncode != 0 and "attention='int8' needs quantize='int8'" in res.stderr
+    res = run("compile", "--model", "mnist-cnn", "--latency", "2")
+    assert res.returncode != 0 and "give milliseconds as a string" in res.stderr
+    res = run("compile", "--model", "mnist-cnn", "--latency", "0.5", "--sparsity", "0.5")
+    assert res.returncode != 0 and "give sparsity or latency, not both" in res.stderr
 
 
 def test_compile_export_report_user_model(tmp_path):

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("version workarounds and IR keys", ("_compat", "attr_keys")),
     ("algorithm", ("reorder", "assignment", "_auction")),
     ("torch side", ("plan", "calibration", "holdout", "importance", "reconstruct", "allocation",
-                    "oneshot", "quantization", "spec", "gradual",
+                    "latency", "oneshot", "quantization", "spec", "gradual",
                     "finetuning", "zoo", "quality", "profiling")),
     ("compute definitions", ("kernels",)),
     ("frontend and passes", ("frontend", "passes")),

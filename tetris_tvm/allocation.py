@@ -24,10 +24,10 @@ import numpy as np
 from .calibration import CalibrationBatch, model_output, run_batch
 from .reorder import count_pruned_blocks
 
-__all__ = ["LayerCost", "ALLOCATIONS", "sparsity_grid", "measure_costs", "allocate",
-           "output_error"]
+__all__ = ["LayerCost", "ALLOCATIONS", "sparsity_grid", "measure_costs",
+           "measure_option_costs", "allocate", "output_error"]
 
-ALLOCATIONS: tuple[str, ...] = ("uniform", "sensitivity")
+ALLOCATIONS: tuple[str, ...] = ("uniform", "sensitivity", "latency")
 
 
 @dataclass
@@ -65,19 +65,21 @@ def output_error(
     return err / ref if ref > 0 else 0.0
 
 
-def measure_costs(
+def measure_option_costs(
     model: Any,
     names: Sequence[str],
-    mask_for: Callable[[str, float], tuple[np.ndarray, int]],
+    mask_for: Callable[[str, Any], tuple[np.ndarray, int]],
     batches: Sequence[CalibrationBatch],
-    grid: Sequence[float],
+    options: Callable[[str], Sequence[Any]] | Sequence[Any],
     *,
     refit: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray | None]] | None = None,
     progress: bool = False,
-) -> list[LayerCost]:
-    """Each layer's cost curve: the output error when it alone is pruned at each sparsity.
+) -> dict[str, dict[Any, tuple[float, int]]]:
+    """Each layer's output error when it alone is pruned each way it may be:
+    ``{name: {option: (error, blocks)}}``.
 
-    ``mask_for(name, sparsity)`` returns the layer's mask and its number of blocks;
+    ``options`` lists the ways (a sequence for every layer, or ``options(name)``);
+    ``mask_for(name, option)`` returns the layer's mask and its number of blocks;
     ``refit(name, mask)`` (optional) returns the weight and bias (or None) to measure instead
     of the plain masked weight.
     """
@@ -91,17 +93,17 @@ def measure_costs(
         from tqdm.auto import tqdm
 
         it = tqdm(names, desc="sensitivity", unit="layer", leave=False)
-    out = []
+    out: dict[str, dict[Any, tuple[float, int]]] = {}
     for name in it:
         p = params[name]
         original = p.detach().clone()
         bias_name = name.rsplit(".", 1)[0] + ".bias"
         bias = params.get(bias_name)
         bias_orig = None if bias is None else bias.detach().clone()
-        costs, n_blocks = [], 1
         dense_w = original.cpu().numpy()
-        for s in grid:
-            mask, n_blocks = mask_for(name, s)
+        row: dict[Any, tuple[float, int]] = {}
+        for option in (options(name) if callable(options) else options):
+            mask, n_blocks = mask_for(name, option)
             if refit is not None:
                 new_w, new_b = refit(name, mask)
             else:
@@ -110,13 +112,36 @@ def measure_costs(
                 p.copy_(torch.as_tensor(new_w, dtype=p.dtype))
                 if bias is not None and new_b is not None:
                     bias.copy_(torch.as_tensor(new_b, dtype=bias.dtype))
-            costs.append(output_error(work, batches, dense_out))
+            row[option] = (output_error(work, batches, dense_out), n_blocks)
             with torch.no_grad():
                 p.copy_(original)
                 if bias is not None:
                     bias.copy_(bias_orig)
-        out.append(LayerCost(name, int(original.numel()), n_blocks,
-                             [float(s) for s in grid], costs))
+        out[name] = row
+    return out
+
+
+def measure_costs(
+    model: Any,
+    names: Sequence[str],
+    mask_for: Callable[[str, float], tuple[np.ndarray, int]],
+    batches: Sequence[CalibrationBatch],
+    grid: Sequence[float],
+    *,
+    refit: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray | None]] | None = None,
+    progress: bool = False,
+) -> list[LayerCost]:
+    """Each layer's cost curve: the output error when it alone is pruned at each sparsity of
+    ``grid`` (:func:`measure_option_costs` with the sparsities as the options)."""
+    params = dict(model.named_parameters())
+    measured = measure_option_costs(model, names, mask_for, batches, list(grid), refit=refit,
+                                    progress=progress)
+    out = []
+    for name in names:
+        row = measured[name]
+        n_blocks = row[grid[-1]][1] if grid else 1
+        out.append(LayerCost(name, int(params[name].numel()), n_blocks,
+                             [float(s) for s in grid], [row[s][0] for s in grid]))
     return out
 
 

@@ -36,6 +36,24 @@ def _block(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"block must look like 32 or 32x16, got {text!r}")
 
 
+def _latency(text: str) -> float | str:
+    from .latency import parse_latency
+
+    value: float | str = text if text.strip().lower().endswith("ms") else _number(text)
+    try:
+        parse_latency(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def _sparsity(text: str) -> float:
     try:
         value = float(text)
@@ -112,9 +130,11 @@ def _recovery(args: argparse.Namespace, quantize: str | None = None) -> dict[str
                              "need calibration data: --calibrate N or --calibration FILE")
         return {}
     # with calibration data, the command's full recipe unless a flag says otherwise
+    budget = getattr(args, "latency", None)
     return {"calibration": calibration, "importance": args.importance,
             "reconstruct": True if args.reconstruct is None else args.reconstruct,
-            "allocation": args.allocation or args.recovery_allocation}
+            "allocation": args.allocation or ("latency" if budget is not None
+                                              else args.recovery_allocation)}
 
 
 def _recovery_args(p: argparse.ArgumentParser, default_calibrate: int = 0,
@@ -159,7 +179,9 @@ def _spec(args: argparse.Namespace, recovery: dict[str, Any] | None = None,
         "streams": getattr(args, "streams", None), "quantize": getattr(args, "quantize", None),
         "activations": getattr(args, "activations", None),
         "attention": getattr(args, "attention", None),
-        "dtype": getattr(args, "dtype", None), **recovery,
+        "dtype": getattr(args, "dtype", None),
+        "latency": getattr(args, "latency", None), "blocks": getattr(args, "blocks", None),
+        **recovery,
     }
     if hasattr(args, "no_reorder"):
         options.update(reorder=not args.no_reorder, solver=args.solver, balanced=args.balanced)
@@ -713,6 +735,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "apache-tvm wheels); default: this machine's TVM, or pip download")
     c.add_argument("--save-plan", help="write the plan used to this .npz")
     _recovery_args(c, default_calibrate=256, allocation="sensitivity")
+    g = c.add_argument_group("latency budget (instead of --sparsity; needs calibration data)")
+    g.add_argument("--latency", type=_latency, default=None,
+                   help="choose every layer's sparsity and block shape to run in this "
+                   "fraction of the dense build's time (0.5) or milliseconds ('20ms'), "
+                   "from kernel times measured on this machine (cached)")
+    g.add_argument("--blocks", type=_block, nargs="+", default=None, metavar="BLOCK",
+                   help="block shapes --latency chooses from (default 32x4 16x4 32x1)")
 
     t = _command(
         sub, "tune", _cmd_tune, model_args, pruning_args,

@@ -367,7 +367,7 @@ def lower_model(
     plan, prune_pass, stream_report = _plan_imported(
         model, imported, plan, eligible, spec,
         calibration=None if spec.quantize and plan is not None else calibration,
-        progress=progress,
+        progress=progress, target=tgt, example_inputs=example_inputs,
     )
     if spec.quantize is not None:
         attention = spec.attention_precision if imported.kept_attention else "float32"
@@ -420,10 +420,12 @@ def plan_model(
     spec: PruningSpec | None = None,
     calibration: Any = None,
     progress: bool = True,
+    target: Any = "llvm",
     **options: Any,
 ) -> Any:
     """The plan :func:`compile` would compute for ``model`` (same arguments), without
-    building anything: its permutations fold away in the compiled graph, and with the
+    building anything but, with a ``latency`` budget, the kernels it times on ``target``:
+    its permutations fold away in the compiled graph, and with the
     recovery options it carries the refitted weights. ``compile(model, ..., plan=plan)``
     then builds exactly this model; ``plan.apply(copy)`` is its torch reference, e.g. to
     measure quality."""
@@ -434,7 +436,8 @@ def plan_model(
     eligible, _ = _eligible_names(model)
     imported = import_model(model, example_inputs)
     plan, _, _ = _plan_imported(model, imported, None, eligible, spec,
-                                calibration=calibration, progress=progress)
+                                calibration=calibration, progress=progress,
+                                target=resolve_target(target), example_inputs=example_inputs)
     return plan
 
 
@@ -605,6 +608,8 @@ def _plan_imported(
     *,
     calibration: Any,
     progress: bool,
+    target: Any = None,
+    example_inputs: Any = None,
 ) -> tuple[Any, Any, list[dict[str, Any]]]:
     """The plan for an imported model (computed by :func:`~tetris_tvm.passes.plan_graph`
     with the graph's folding constraints unless given), with quality recovery when
@@ -636,11 +641,16 @@ def _plan_imported(
                              "ExportedProgram")
         from .oneshot import prepare_recovery
 
+        timer = None
+        if allocation == "latency":
+            timer = _kernel_timer(model, example_inputs, spec, target)
         setup = prepare_recovery(
             model, sparsity, block_size, calibration=calibration, importance=importance,
             allocation=allocation, reconstruct=reconstruct, method="tetris",
-            overrides=overrides, progress=progress,
+            overrides=overrides, latency=spec.latency, candidates=spec.candidate_blocks,
+            timer=timer, progress=progress,
         )
+        overrides = setup.overrides(overrides)
 
     def planned(scores: Any, show: bool, sparsities: Any = None) -> tuple[Any, list]:
         return plan_graph(
@@ -668,7 +678,12 @@ def _plan_imported(
 
             plan, rows = reconstruct_plan(model, plan, setup.batches, progress=progress)
             plan.settings["reconstruction"] = rows
-        plan = setup.keep_better(model, plan, lambda: planned(None, False)[0])
+        plain_sparsities = setup.sparsities if allocation == "latency" else None
+        plan = setup.keep_better(model, plan, lambda: planned(None, False, plain_sparsities)[0])
+        if allocation == "latency":  # no global sparsity was asked for: record what was met
+            kept = sum(int(lp.mask.sum()) for lp in plan.layers.values())
+            total = sum(int(lp.mask.size) for lp in plan.layers.values())
+            plan.settings["sparsity"] = round(1.0 - kept / max(total, 1), 4)
     elif plan is None:
         plan, stream_report = planned(None, progress)
     plan = _canonical(plan, imported.aliases)
@@ -694,6 +709,35 @@ def _plan_imported(
             if w.shape == lp.mask.shape:
                 imported.weights[relax_name] = (w * lp.mask).astype(w.dtype)
     return plan, TetrisPrune(plan, imported.weights, imported.torch_names), stream_report
+
+
+def _kernel_timer(model: Any, example_inputs: Any, spec: PruningSpec, target: Any) -> Any:
+    """How ``allocation="latency"`` times kernels: single layers and the dense model built
+    for ``target`` with the spec's precision (:func:`tetris_tvm.latency.compiled_timer`)."""
+    from tvm.target import codegen
+
+    from .frontend import to_torch_inputs
+    from .latency import compiled_timer, default_cache_path
+
+    if target is None or example_inputs is None or not _runs_here(target):
+        raise ValueError(
+            f"latency allocation times kernels built for the target, so the target must run "
+            f"on this machine (got {target}); plan on the machine you deploy to, then "
+            "compile for the target with plan=")
+    inputs = to_torch_inputs(example_inputs)
+    options = {"quantize": spec.quantize, "dtype": spec.dtype, "progress": False}
+    if spec.quantize:
+        options.update(activations="dynamic", attention=spec.attention_precision)
+    context = json.dumps({"target": str(target), "cpu": codegen.llvm_get_system_cpu(),
+                          "threads": _threads(target), "quantize": spec.quantize,
+                          "dtype": spec.dtype, "attention": spec.attention_precision},
+                         sort_keys=True)
+
+    def build_for_target(module: Any, inputs: Any, **kw: Any) -> Any:
+        return compile(module, inputs, target, **kw)
+
+    return compiled_timer(model, inputs, build_for_target, context=context, options=options,
+                          cache_path=default_cache_path())
 
 
 def _canonical(plan: Any, aliases: Mapping[str, str]) -> Any:

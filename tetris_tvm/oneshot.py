@@ -13,15 +13,24 @@ closer to the dense one, each optional and each measured in ``docs/quality.md``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .allocation import ALLOCATIONS, allocate, measure_costs, sparsity_grid
+from .allocation import ALLOCATIONS, allocate, measure_costs, measure_option_costs, sparsity_grid
 from .calibration import CalibrationBatch, InputGram, as_batches, layer_modules, run_batch
 from .importance import IMPORTANCE, layer_importance
+from .latency import (
+    DEFAULT_CANDIDATES,
+    LATENCY_GRID,
+    KernelTimer,
+    Option,
+    allocate_latency,
+    budget_seconds,
+    measure_latency,
+)
 from .plan import PruningPlan, clamp_block, plan_layers, select_layers
 from .reconstruct import reconstruct as reconstruct_plan
 from .reconstruct import refit_rows
@@ -32,11 +41,13 @@ __all__ = ["prune", "RecoverySetup", "prepare_recovery", "recovery_defaults"]
 
 
 def recovery_defaults(
-    calibration: Any, importance: str | None, reconstruct: bool | None, allocation: str | None
+    calibration: Any, importance: str | None, reconstruct: bool | None, allocation: str | None,
+    latency: Any = None,
 ) -> tuple[str, bool, str]:
     """``(importance, reconstruct, allocation)`` with the unset (``None``) ones chosen by
     whether calibration data is given (:meth:`tetris_tvm.PruningSpec.recovery`)."""
-    spec = PruningSpec(importance=importance, reconstruct=reconstruct, allocation=allocation)
+    spec = PruningSpec(importance=importance, reconstruct=reconstruct, allocation=allocation,
+                       latency=latency)
     return spec.recovery(calibration is not None)
 
 
@@ -56,6 +67,20 @@ class RecoverySetup:
     allocation: str
     held: list[CalibrationBatch] = field(default_factory=list)
     """calibration inputs held back from every recovery step, to check it on."""
+    blocks: dict[str, tuple[int, int]] | None = None
+    """per-layer block shapes chosen by ``allocation="latency"``."""
+    latency: dict[str, Any] | None = None
+    """what latency allocation measured and predicted (budget, times, choices)."""
+
+    def overrides(self, base: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``base`` overrides with the chosen block shapes added by exact layer name (they
+        come last, so they win over a pattern's block size)."""
+        import glob
+
+        out = dict(base or {})
+        for name, block in (self.blocks or {}).items():
+            out[glob.escape(name)] = {"block_size": block}
+        return out
 
     def keep_better(self, model: Any, recovered: PruningPlan,
                     plain: Callable[[], PruningPlan]) -> PruningPlan:
@@ -84,11 +109,14 @@ class RecoverySetup:
         return alt
 
     def settings(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "calibration_batches": len(self.batches or []),
             "importance": self.importance,
             "allocation": self.allocation,
         }
+        if self.latency is not None:
+            out["latency"] = self.latency
+        return out
 
 
 def _refitter(
@@ -127,12 +155,17 @@ def prepare_recovery(
     overrides: Mapping[str, Any] | None = None,
     damp: float = 0.01,
     sensitivity_batches: int = 2,
+    latency: Any = None,
+    candidates: Sequence[tuple[int, int]] = DEFAULT_CANDIDATES,
+    timer: KernelTimer | None = None,
     progress: bool = False,
 ) -> RecoverySetup:
     """Check the recovery options (unset ones as :func:`recovery_defaults`) and measure what
-    they need on the calibration data."""
+    they need on the calibration data. ``allocation="latency"`` needs the ``latency``
+    budget, the ``candidates`` block shapes and a ``timer`` for the target (made by the
+    compiler: :func:`tetris_tvm.latency.compiled_timer`)."""
     importance, reconstruct, allocation = recovery_defaults(
-        calibration, importance, reconstruct, allocation)
+        calibration, importance, reconstruct, allocation, latency)
     if importance not in IMPORTANCE:
         raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
     if allocation not in ALLOCATIONS:
@@ -142,6 +175,10 @@ def prepare_recovery(
         ("reconstruct=True", reconstruct),
         (f"allocation={allocation!r}", allocation != "uniform"),
     ) if on]
+    if allocation == "latency" and (latency is None or timer is None):
+        raise ValueError(
+            "allocation='latency' needs a latency budget and times kernels on the compile "
+            "target: use tetris_tvm.compile or tetris_tvm.plan_model with latency=...")
     if calibration is None:
         if needs:
             raise ValueError(f"{', '.join(needs)} needs calibration data: pass calibration=[...]"
@@ -182,7 +219,80 @@ def prepare_recovery(
             sparsity_grid(sparsity), refit=refit, progress=progress,
         )
         sparsities = allocate(costs, sparsity)
-    return RecoverySetup(batches, scores, sparsities, importance, allocation, held)
+    setup = RecoverySetup(batches, scores, sparsities, importance, allocation, held)
+    if allocation == "latency":
+        assert timer is not None
+        _allocate_latency(setup, model, names, modules, weights, grams, batches, latency,
+                          candidates, timer, method=method, reconstruct=bool(reconstruct),
+                          damp=damp, sensitivity_batches=sensitivity_batches,
+                          progress=progress)
+    return setup
+
+
+def _allocate_latency(
+    setup: RecoverySetup,
+    model: Any,
+    names: Sequence[str],
+    modules: Mapping[str, Any],
+    weights: Mapping[str, np.ndarray],
+    grams: Mapping[str, InputGram],
+    batches: Sequence[CalibrationBatch],
+    latency: Any,
+    candidates: Sequence[tuple[int, int]],
+    timer: KernelTimer,
+    *,
+    method: str,
+    reconstruct: bool,
+    damp: float,
+    sensitivity_batches: int,
+    progress: bool,
+) -> None:
+    """Fill ``setup.sparsities`` / ``setup.blocks`` / ``setup.latency`` with the options
+    :func:`tetris_tvm.latency.allocate_latency` picks from measured kernel times and
+    calibration costs."""
+    assert setup.scores is not None
+    scores = setup.scores
+    missing = [n for n in names if n not in timer.input_shapes]
+    if missing:
+        raise ValueError(f"latency allocation: layers {missing[:3]} did not run on the "
+                         "example inputs, so their kernels cannot be timed")
+    options = {
+        n: [Option(b, s) for b in sorted({clamp_block(c, weights[n].shape) for c in candidates})
+            for s in LATENCY_GRID]
+        for n in names
+    }
+    reference = {n: Option(clamp_block(candidates[0], weights[n].shape), 0.5) for n in names}
+    table = measure_latency(names, modules, timer.input_shapes, options, timer.time_layer,
+                            timer.time_model, context=timer.context, cache=timer.cache,
+                            reference=reference, progress=progress)
+    budget = budget_seconds(latency, table.dense_model)
+
+    def mask_for(name: str, o: Option) -> tuple[np.ndarray, int]:
+        if method == "element":
+            lp = prune_elementwise(scores[name], o.sparsity, name=name)
+        else:
+            lp = prune_weight(scores[name], o.block, o.sparsity, name=name)
+        return lp.mask, lp.n_blocks
+
+    biases = {n: None if modules[n].bias is None else modules[n].bias.detach().cpu().numpy()
+              for n in names}
+    refit = _refitter(weights, biases, grams, damp) if reconstruct else None
+    k = max(min(sensitivity_batches, len(batches)), 1)
+    spread = [batches[i * len(batches) // k] for i in range(k)]
+    measured = measure_option_costs(model, names, mask_for, spread, lambda n: options[n],
+                                    refit=refit, progress=progress)
+    costs = {n: {o: err for o, (err, _) in row.items()} for n, row in measured.items()}
+    choice = allocate_latency(costs, table, budget)
+    setup.sparsities = {n: 0.0 if o is None else o.sparsity for n, o in choice.items()}
+    setup.blocks = {n: o.block for n, o in choice.items() if o is not None}
+    setup.latency = {
+        "budget": latency if isinstance(latency, str) else float(latency),
+        "budget_ms": budget * 1e3,
+        "predicted_ms": table.predict(choice) * 1e3,
+        "candidates": [list(b) for b in candidates],
+        "choices": {n: "dense" if o is None else o.label() for n, o in choice.items()},
+        **table.to_dict(),
+    }
 
 
 def prune(
@@ -252,7 +362,7 @@ def prune(
     setup = prepare_recovery(
         model, sparsity, block_size, calibration=calibration, importance=importance,
         allocation=allocation, reconstruct=reconstruct, method=method,
-        overrides=spec.overrides, damp=damp, progress=progress,
+        overrides=spec.overrides, damp=damp, latency=spec.latency, progress=progress,
     )
     plan = plan_layers(
         model, sparsity, block_size, method=method, overrides=spec.overrides,

@@ -62,8 +62,15 @@ class PruningSpec:
         importance: ``"magnitude"``, ``"activation"`` or ``"hessian"`` (default:
             ``"activation"`` with calibration data, else ``"magnitude"``).
         reconstruct: refit the kept weights on the calibration data (default: on with it).
-        allocation: ``"uniform"`` or ``"sensitivity"`` (default: ``"sensitivity"`` with
-            calibration data, else ``"uniform"``).
+        allocation: ``"uniform"``, ``"sensitivity"`` or ``"latency"`` (default:
+            ``"latency"`` when ``latency`` is given, else ``"sensitivity"`` with calibration
+            data, else ``"uniform"``).
+        latency: a latency budget instead of a sparsity: a fraction of the dense build's
+            time (``0.5``) or milliseconds (``"20ms"``); every layer's sparsity and block
+            shape are chosen from measured kernel times (:mod:`tetris_tvm.latency`). Needs
+            calibration data and ``compile`` / ``plan_model``.
+        blocks: the block shapes latency allocation chooses from (default
+            :data:`tetris_tvm.latency.DEFAULT_CANDIDATES`, or ``block_size`` when given).
         method: ``"tetris"`` (blocks, reordered) or ``"element"`` (unstructured, the quality
             anchor; cannot be compiled to block-sparse kernels).
         prune_options: extra :func:`tetris_tvm.prune_weight` arguments (``reorder``,
@@ -84,6 +91,8 @@ class PruningSpec:
     importance: str | None = None
     reconstruct: bool | None = None
     allocation: str | None = None
+    latency: float | str | None = None
+    blocks: tuple[tuple[int, int], ...] | None = None
     method: str = "tetris"
     prune_options: Mapping[str, Any] = field(default_factory=dict)
     allow_gathers: bool = False
@@ -114,6 +123,7 @@ class PruningSpec:
         _one_of("attention", self.attention, (None, *ATTENTION_PRECISIONS))
         if self.attention == "int8" and self.quantize != "int8":
             raise ValueError("attention='int8' needs quantize='int8'")
+        self._check_latency()
         if self.reconstruct not in (None, True, False):
             raise ValueError(f"reconstruct must be True, False or None, got "
                              f"{self.reconstruct!r}")
@@ -127,6 +137,35 @@ class PruningSpec:
         object.__setattr__(self, "prune_options", options)
         if self.quantize is not None and self.dtype != "float32":
             raise ValueError("give quantize='int8' or a half dtype, not both")
+
+    def _check_latency(self) -> None:
+        from .latency import parse_latency
+
+        if self.latency is not None:
+            parse_latency(self.latency)
+            if self.allocation not in (None, "latency"):
+                raise ValueError(f"latency= is a budget for allocation='latency', not "
+                                 f"allocation={self.allocation!r}")
+            if self.sparsity is not None:
+                raise ValueError("give sparsity or latency, not both: with a latency budget "
+                                 "every layer's sparsity is chosen from measured times")
+        elif self.allocation == "latency":
+            raise ValueError("allocation='latency' needs latency=... (a fraction of the dense "
+                             "build's time such as 0.5, or milliseconds such as '20ms')")
+        if self.blocks is not None:
+            if self.latency is None:
+                raise ValueError("blocks= lists the block shapes latency allocation chooses "
+                                 "from: give latency=... too (or block_size= for one shape)")
+            one = isinstance(self.blocks, int) or (
+                len(self.blocks) == 2 and all(isinstance(b, int) for b in self.blocks))
+            shapes = [self.blocks] if one else list(self.blocks)
+            if not shapes:
+                raise ValueError("blocks= must list at least one (rows, cols) block shape")
+            checked = []
+            for b in shapes:
+                c = check_block_size(b, "spec")
+                checked.append(c if isinstance(c, tuple) else (int(c), int(c)))
+            object.__setattr__(self, "blocks", tuple(checked))
 
     # ---------------------------------------------------------------------------- building
     @classmethod
@@ -174,8 +213,23 @@ class PruningSpec:
 
     @property
     def prunes(self) -> bool:
-        """Whether any layer loses blocks (a global or an override sparsity above 0)."""
-        return self.target_sparsity > 0 or any(o.sparsity for o in self.overrides.values())
+        """Whether any layer loses blocks (a global or an override sparsity above 0, or a
+        latency budget)."""
+        return (self.latency is not None or self.target_sparsity > 0
+                or any(o.sparsity for o in self.overrides.values()))
+
+    @property
+    def candidate_blocks(self) -> tuple[tuple[int, int], ...]:
+        """The block shapes latency allocation chooses from: ``blocks``, else
+        ``block_size``, else :data:`tetris_tvm.latency.DEFAULT_CANDIDATES`."""
+        from .latency import DEFAULT_CANDIDATES
+
+        if self.blocks is not None:
+            return self.blocks
+        if self.block_size is not None:
+            b = self.block_size
+            return ((b, b),) if isinstance(b, int) else (tuple(b),)  # type: ignore[return-value]
+        return DEFAULT_CANDIDATES
 
     @property
     def attention_precision(self) -> str:
@@ -188,10 +242,12 @@ class PruningSpec:
         importance, reconstruction, sensitivity allocation); without it, or when nothing is
         pruned, magnitude pruning at uniform sparsity."""
         given = calibration_given and self.prunes
+        default = "latency" if self.latency is not None else (
+            "sensitivity" if given else "uniform")
         return (
             self.importance or ("activation" if given else "magnitude"),
             bool(self.reconstruct) if self.reconstruct is not None else given,
-            self.allocation or ("sensitivity" if given else "uniform"),
+            self.allocation or default,
         )
 
     def layer_settings(self, name: str, shape: tuple[int, ...]
