@@ -214,6 +214,11 @@ def test_prune_refuses_a_latency_budget_with_the_way_out():
         tetris_tvm.prune(m, latency=0.5, calibration=[torch.randn(8, 16)])
     with pytest.raises(ValueError, match="calibration"):
         tetris_tvm.compile(m, (torch.randn(8, 16),), latency=0.5)
+    with pytest.raises(ValueError, match="must run on this machine"):
+        tetris_tvm.compile(m, (torch.randn(8, 16),), target="cuda", latency=0.5,
+                           calibration=[torch.randn(8, 16)])
+    with pytest.raises(ValueError, match="gradual pruning trains to a sparsity"):
+        tetris_tvm.GradualPruner(m, tetris_tvm.PruningSpec(latency=0.5), steps=10)
 
 
 # ----------------------------------------------------------------------------- end to end

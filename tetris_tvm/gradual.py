@@ -152,6 +152,10 @@ class GradualPruner:
         self.permutations, self.teacher = permutations, teacher
         self.reconstruct_first = reconstruct_first
         self.broadcast, self.plans_here = broadcast, plans_here
+        if spec.latency is not None:
+            raise ValueError("a latency budget (latency=) is for one-shot plans "
+                             "(tetris_tvm.compile / plan_model); gradual pruning trains to a "
+                             "sparsity: give sparsity= (and block_size= or overrides)")
         self.target = spec.target_sparsity
         self.batches: list[CalibrationBatch] = (
             as_batches(calibration, "calibration") if calibration is not None else [])
