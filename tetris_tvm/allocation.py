@@ -24,8 +24,8 @@ import numpy as np
 from .calibration import CalibrationBatch, model_output, run_batch
 from .reorder import count_pruned_blocks
 
-__all__ = ["LayerCost", "ALLOCATIONS", "sparsity_grid", "measure_costs",
-           "measure_option_costs", "allocate", "output_error"]
+__all__ = ["LayerCost", "ALLOCATIONS", "sparsity_grid", "measure_option_costs", "allocate",
+           "output_error"]
 
 ALLOCATIONS: tuple[str, ...] = ("uniform", "sensitivity", "latency")
 
@@ -118,30 +118,6 @@ def measure_option_costs(
                 if bias is not None:
                     bias.copy_(bias_orig)
         out[name] = row
-    return out
-
-
-def measure_costs(
-    model: Any,
-    names: Sequence[str],
-    mask_for: Callable[[str, float], tuple[np.ndarray, int]],
-    batches: Sequence[CalibrationBatch],
-    grid: Sequence[float],
-    *,
-    refit: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray | None]] | None = None,
-    progress: bool = False,
-) -> list[LayerCost]:
-    """Each layer's cost curve: the output error when it alone is pruned at each sparsity of
-    ``grid`` (:func:`measure_option_costs` with the sparsities as the options)."""
-    params = dict(model.named_parameters())
-    measured = measure_option_costs(model, names, mask_for, batches, list(grid), refit=refit,
-                                    progress=progress)
-    out = []
-    for name in names:
-        row = measured[name]
-        n_blocks = row[grid[-1]][1] if grid else 1
-        out.append(LayerCost(name, int(params[name].numel()), n_blocks,
-                             [float(s) for s in grid], [row[s][0] for s in grid]))
     return out
 
 

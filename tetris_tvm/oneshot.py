@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .allocation import ALLOCATIONS, allocate, measure_costs, measure_option_costs, sparsity_grid
+from .allocation import ALLOCATIONS, LayerCost, allocate, measure_option_costs, sparsity_grid
 from .calibration import CalibrationBatch, InputGram, as_batches, layer_modules, run_batch
 from .importance import IMPORTANCE, layer_importance
 from .latency import (
@@ -197,61 +197,69 @@ def prepare_recovery(
     grams, scores = layer_importance(model, batches, names, importance, damp, progress)
     weights = {n: w.detach().cpu().float().numpy() for n, w, _, _ in todo}
     sparsities = None
+    probe = _CostProbe(model, names, modules, weights, grams, scores, batches, method=method,
+                       reconstruct=bool(reconstruct), damp=damp,
+                       sensitivity_batches=sensitivity_batches, progress=progress)
     if allocation == "sensitivity":
+        grid = sparsity_grid(sparsity)
         blocks = {n: clamp_block(b, weights[n].shape) for n, _, _, b in todo}
-
-        def mask_for(name: str, s: float) -> tuple[np.ndarray, int]:
-            if method == "element":
-                lp = prune_elementwise(scores[name], s, name=name)
-            else:
-                lp = prune_weight(scores[name], blocks[name], s, name=name)
-            return lp.mask, lp.n_blocks
-
-        biases = {
-            n: None if modules[n].bias is None else modules[n].bias.detach().cpu().numpy()
-            for n in names
-        }
-        refit = _refitter(weights, biases, grams, damp) if reconstruct else None
-        k = max(min(sensitivity_batches, len(batches)), 1)
-        spread = [batches[i * len(batches) // k] for i in range(k)]  # short and long alike
-        costs = measure_costs(
-            model, names, mask_for, spread,
-            sparsity_grid(sparsity), refit=refit, progress=progress,
-        )
+        measured = probe.costs({n: [Option(blocks[n], s) for s in grid] for n in names})
+        costs = [LayerCost(n, int(weights[n].size), measured[n][Option(blocks[n], grid[-1])][1],
+                           list(grid), [measured[n][Option(blocks[n], s)][0] for s in grid])
+                 for n in names]
         sparsities = allocate(costs, sparsity)
     setup = RecoverySetup(batches, scores, sparsities, importance, allocation, held)
     if allocation == "latency":
         assert timer is not None
-        _allocate_latency(setup, model, names, modules, weights, grams, batches, latency,
-                          candidates, timer, method=method, reconstruct=bool(reconstruct),
-                          damp=damp, sensitivity_batches=sensitivity_batches,
-                          progress=progress)
+        _allocate_latency(setup, probe, latency, candidates, timer)
     return setup
 
 
-def _allocate_latency(
-    setup: RecoverySetup,
-    model: Any,
-    names: Sequence[str],
-    modules: Mapping[str, Any],
-    weights: Mapping[str, np.ndarray],
-    grams: Mapping[str, InputGram],
-    batches: Sequence[CalibrationBatch],
-    latency: Any,
-    candidates: Sequence[tuple[int, int]],
-    timer: KernelTimer,
-    *,
-    method: str,
-    reconstruct: bool,
-    damp: float,
-    sensitivity_batches: int,
-    progress: bool,
-) -> None:
+@dataclass
+class _CostProbe:
+    """Measures what pruning one layer alone costs: the whole model's output error on a
+    spread of calibration batches, each layer pruned each way it is asked (an
+    :class:`~tetris_tvm.latency.Option`), refitted when reconstruction is on."""
+
+    model: Any
+    names: list[str]
+    modules: Mapping[str, Any]
+    weights: Mapping[str, np.ndarray]
+    grams: Mapping[str, InputGram]
+    scores: Mapping[str, np.ndarray]
+    batches: list[CalibrationBatch]
+    method: str
+    reconstruct: bool
+    damp: float
+    sensitivity_batches: int
+    progress: bool
+
+    def costs(self, options: Mapping[str, Sequence[Option]]
+              ) -> dict[str, dict[Option, tuple[float, int]]]:
+        """``{name: {option: (output error, blocks)}}`` for every layer's ``options``."""
+        def mask_for(name: str, o: Option) -> tuple[np.ndarray, int]:
+            if self.method == "element":
+                lp = prune_elementwise(self.scores[name], o.sparsity, name=name)
+            else:
+                lp = prune_weight(self.scores[name], o.block, o.sparsity, name=name)
+            return lp.mask, lp.n_blocks
+
+        biases = {n: None if self.modules[n].bias is None
+                  else self.modules[n].bias.detach().cpu().numpy() for n in self.names}
+        refit = (_refitter(self.weights, biases, self.grams, self.damp) if self.reconstruct
+                 else None)
+        k = max(min(self.sensitivity_batches, len(self.batches)), 1)
+        spread = [self.batches[i * len(self.batches) // k] for i in range(k)]  # short and long
+        return measure_option_costs(self.model, self.names, mask_for, spread,
+                                    lambda n: options[n], refit=refit, progress=self.progress)
+
+
+def _allocate_latency(setup: RecoverySetup, probe: _CostProbe, latency: Any,
+                      candidates: Sequence[tuple[int, int]], timer: KernelTimer) -> None:
     """Fill ``setup.sparsities`` / ``setup.blocks`` / ``setup.latency`` with the options
     :func:`tetris_tvm.latency.allocate_latency` picks from measured kernel times and
     calibration costs."""
-    assert setup.scores is not None
-    scores = setup.scores
+    names, weights = probe.names, probe.weights
     missing = [n for n in names if n not in timer.input_shapes]
     if missing:
         raise ValueError(f"latency allocation: layers {missing[:3]} did not run on the "
@@ -262,25 +270,11 @@ def _allocate_latency(
         for n in names
     }
     reference = {n: Option(clamp_block(candidates[0], weights[n].shape), 0.5) for n in names}
-    table = measure_latency(names, modules, timer.input_shapes, options, timer.time_layer,
-                            timer.time_model, context=timer.context, cache=timer.cache,
-                            reference=reference, progress=progress)
+    table = measure_latency(names, probe.modules, timer.input_shapes, options,
+                            timer.time_layer, timer.time_model, context=timer.context,
+                            cache=timer.cache, reference=reference, progress=probe.progress)
     budget = budget_seconds(latency, table.dense_model)
-
-    def mask_for(name: str, o: Option) -> tuple[np.ndarray, int]:
-        if method == "element":
-            lp = prune_elementwise(scores[name], o.sparsity, name=name)
-        else:
-            lp = prune_weight(scores[name], o.block, o.sparsity, name=name)
-        return lp.mask, lp.n_blocks
-
-    biases = {n: None if modules[n].bias is None else modules[n].bias.detach().cpu().numpy()
-              for n in names}
-    refit = _refitter(weights, biases, grams, damp) if reconstruct else None
-    k = max(min(sensitivity_batches, len(batches)), 1)
-    spread = [batches[i * len(batches) // k] for i in range(k)]
-    measured = measure_option_costs(model, names, mask_for, spread, lambda n: options[n],
-                                    refit=refit, progress=progress)
+    measured = probe.costs(options)
     costs = {n: {o: err for o, (err, _) in row.items()} for n, row in measured.items()}
     choice = allocate_latency(costs, table, budget)
     setup.sparsities = {n: 0.0 if o is None else o.sparsity for n, o in choice.items()}
