@@ -1,10 +1,11 @@
 """Latency-aware allocation: per-layer sparsity AND block shape chosen to meet a latency budget.
 
 ``allocation="sensitivity"`` meets a sparsity target; what a user usually wants is "this fast,
-as good as possible". Pruned layers do not cost what their kept weights say: a 32x1 block runs
-at 32x32 speed in float32 but at half of it in int8, 8x1 blocks are no faster than dense, and
-the attention, norms and quantizers a model spends the rest of its time in do not shrink at
-all. ``allocation="latency"`` therefore works from measured times:
+as good as possible". Pruned layers do not cost what their kept weights say: a block shape's
+speed depends on the kernel and the precision (narrow column blocks run as fast as square ones
+in float32 but not in int8), and the attention, norms and quantizers a model spends the rest of
+its time in do not shrink at all. ``allocation="latency"`` therefore works from measured
+times (docs/quality.md, "A latency budget instead of a sparsity"):
 
 1. every pruned layer's kernel is built alone for the target at each candidate block shape x
    a grid of sparsities (and dense), with the layer's real input shape and precision, and
@@ -59,8 +60,8 @@ LATENCY_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 0.875)
 """Sparsities each candidate block shape is measured at (time and quality)."""
 
 DEFAULT_CANDIDATES: tuple[tuple[int, int], ...] = ((32, 4), (16, 4), (32, 1))
-"""Block shapes tried when none are given: 32x4 and 16x4 run at 32x32 speed in float32 and
-int8 (VNNI dots take four inputs) with better quality; 32x1 keeps the most in float32."""
+"""Block shapes tried when none are given: four-input columns suit the int8 dot instructions,
+single-input columns keep the most quality; the measured times decide between them."""
 
 
 @dataclass(frozen=True, order=True)
