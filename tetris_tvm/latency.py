@@ -29,6 +29,7 @@ The budget is a fraction of the dense build's time (``latency=0.5``) or millisec
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -188,7 +189,9 @@ class LatencyTable:
     each layer's shape)."""
     reference_model: float | None = None
 
+    @functools.cached_property
     def _fit(self) -> tuple[float, float]:
+        """``(fixed, scale)``, computed once (the table is not changed after it is made)."""
         dense_sum = sum(self.dense_layers.values())
         plain = (max(self.dense_model - dense_sum, 0.0), 1.0)
         if self.reference is None or self.reference_model is None:
@@ -205,12 +208,12 @@ class LatencyTable:
     @property
     def fixed(self) -> float:
         """Seconds of a build spent outside the pruned layers' kernels."""
-        return self._fit()[0]
+        return self._fit[0]
 
     @property
     def scale(self) -> float:
         """A layer's time in the model per second of its time alone."""
-        return self._fit()[1]
+        return self._fit[1]
 
     def time_of(self, name: str, option: Option | None) -> float:
         """Predicted seconds of layer ``name`` in the model (dense when ``option`` is None)."""
@@ -289,20 +292,23 @@ def measure_latency(
     )
 
 
-def _pick(costs: Mapping[str, Mapping[Option, float]], table: LatencyTable,
+def _ways(costs: Mapping[str, Mapping[Option, float]]
+          ) -> dict[str, list[tuple[Option | None, float]]]:
+    """Every layer's choices with their costs: dense (``None``, cost 0) first, then its
+    options in order, costs clipped at 0."""
+    return {n: [(None, 0.0), *((o, max(c, 0.0)) for o, c in sorted(opts.items()))]
+            for n, opts in costs.items()}
+
+
+def _pick(ways: Mapping[str, Sequence[tuple[Option | None, float]]], table: LatencyTable,
           lam: float) -> dict[str, Option | None]:
-    """Each layer's option minimising ``cost + lam * seconds`` (dense costs 0; ties: faster)."""
-    out: dict[str, Option | None] = {}
-    for name, opts in costs.items():
-        best: tuple[float, float, Option | None] = (lam * table.dense_layers[name],
-                                                    table.dense_layers[name], None)
-        for o, c in sorted(opts.items()):
-            t = table.layers[name][o]
-            cand = (max(c, 0.0) + lam * t, t, o)
-            if cand[:2] < best[:2]:
-                best = cand
-        out[name] = best[2]
-    return out
+    """Each layer's choice minimising ``cost + lam * seconds`` (ties: the faster, then the
+    first)."""
+    def key(name: str, way: tuple[Option | None, float]) -> tuple[float, float]:
+        t = table.time_of(name, way[0])
+        return way[1] + lam * t, t
+
+    return {n: min(choices, key=functools.partial(key, n))[0] for n, choices in ways.items()}
 
 
 def allocate_latency(
@@ -311,47 +317,41 @@ def allocate_latency(
     """One option per layer (``None``: dense) whose predicted time meets ``budget`` seconds
     at the least total quality cost. Raises ``ValueError`` when even the fastest options
     miss the budget."""
-    names = list(costs)
-    if not names:
+    ways = _ways(costs)
+    if not ways:
         raise ValueError("latency allocation: no layer to prune")
-
-    def total(choice: Mapping[str, Option | None]) -> float:
-        return table.predict(choice)
-
-    fastest = {n: min([*costs[n], None],
-                      key=lambda o, n=n: (table.time_of(n, o), -1 if o is None else 0))
-               for n in names}
-    if total(fastest) > budget:
+    fastest = {n: min(choices, key=lambda w, n=n: table.time_of(n, w[0]))[0]
+               for n, choices in ways.items()}
+    if table.predict(fastest) > budget:
         raise ValueError(
             f"latency budget {budget * 1e3:.2f} ms cannot be met: the fastest candidate "
-            f"plan is predicted at {total(fastest) * 1e3:.2f} ms (the dense build "
+            f"plan is predicted at {table.predict(fastest) * 1e3:.2f} ms (the dense build "
             f"{table.dense_model * 1e3:.2f} ms, {table.fixed * 1e3:.2f} ms of it outside the "
             "pruned layers); allow a larger budget, higher sparsities or other block shapes")
-    choice = _pick(costs, table, 0.0)
-    if total(choice) > budget:
+    choice = _pick(ways, table, 0.0)
+    if table.predict(choice) > budget:
         lo, hi = 0.0, 1.0
-        while total(_pick(costs, table, hi)) > budget:
+        while table.predict(_pick(ways, table, hi)) > budget:
             hi *= 4.0
             if hi > 1e30:
                 break
         for _ in range(100):
             mid = (lo + hi) / 2
-            if total(_pick(costs, table, mid)) > budget:
+            if table.predict(_pick(ways, table, mid)) > budget:
                 lo = mid
             else:
                 hi = mid
-        choice = _pick(costs, table, hi)
-        if total(choice) > budget:  # the multiplier search could not reach it: fastest
+        choice = _pick(ways, table, hi)
+        if table.predict(choice) > budget:  # the multiplier search could not reach it
             choice = dict(fastest)
     # spend what is left of the budget: best cost saved per second added, while it fits
+    cost_of = {n: dict(choices) for n, choices in ways.items()}
     while True:
-        slack = budget - total(choice)
+        slack = budget - table.predict(choice)
         best: tuple[float, str, Option | None] | None = None
-        for n in names:
-            now_t = table.time_of(n, choice[n])
-            now_c = 0.0 if choice[n] is None else max(costs[n][choice[n]], 0.0)
-            for o in [None, *costs[n]]:
-                c = 0.0 if o is None else max(costs[n][o], 0.0)
+        for n, choices in ways.items():
+            now_t, now_c = table.time_of(n, choice[n]), cost_of[n][choice[n]]
+            for o, c in choices:
                 dt = table.time_of(n, o) - now_t
                 if c >= now_c or dt > slack:
                     continue
